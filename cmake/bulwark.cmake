@@ -1,0 +1,76 @@
+# Small helpers in the spirit of Abseil's absl_cc_library: every folder declares its
+# targets with these, so warnings, sanitizers and include paths are set in one place.
+
+# While a component is being written its files may not exist yet: with
+# -DBULWARK_ALLOW_MISSING=ON such targets (and those depending on them) are skipped with a
+# message instead of failing the configure. CI never sets it.
+option(BULWARK_ALLOW_MISSING "Skip targets whose sources or deps are missing" OFF)
+macro(bulwark_skip_if_missing name)
+  if(BULWARK_ALLOW_MISSING)
+    foreach(f ${ARGN})
+      if(f MATCHES "^bulwark_")
+        if(NOT TARGET ${f})
+          message(STATUS "skipping ${name}: target ${f} missing")
+          return()
+        endif()
+      elseif(f MATCHES "\\.(cc|h)$" AND NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+        message(STATUS "skipping ${name}: ${f} missing")
+        return()
+      endif()
+    endforeach()
+  endif()
+endmacro()
+
+# bulwark_cc_library(NAME n SRCS a.cc HDRS a.h DEPS x y)
+function(bulwark_cc_library)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
+  bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_HDRS} ${ARG_DEPS})
+  if(ARG_SRCS)
+    add_library(${ARG_NAME} STATIC ${ARG_SRCS} ${ARG_HDRS})
+    target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS})
+    target_include_directories(${ARG_NAME} PUBLIC ${PROJECT_SOURCE_DIR})
+    bulwark_apply_warnings(${ARG_NAME})
+  else()
+    add_library(${ARG_NAME} INTERFACE)
+    target_link_libraries(${ARG_NAME} INTERFACE ${ARG_DEPS})
+    target_include_directories(${ARG_NAME} INTERFACE ${PROJECT_SOURCE_DIR})
+  endif()
+endfunction()
+
+# bulwark_cc_binary(NAME n SRCS main.cc DEPS x y)
+function(bulwark_cc_binary)
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS" ${ARGN})
+  bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_DEPS})
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS})
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
+  bulwark_apply_warnings(${ARG_NAME})
+endfunction()
+
+# bulwark_cc_test(NAME n SRCS t.cc DEPS x y [LABELS l]): a GoogleTest binary run by ctest.
+function(bulwark_cc_test)
+  cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_DEPS})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 120)
+  endif()
+  add_executable(${ARG_NAME} ${ARG_SRCS})
+  target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gmock GTest::gtest_main)
+  target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
+  bulwark_apply_warnings(${ARG_NAME})
+  gtest_discover_tests(${ARG_NAME}
+    DISCOVERY_TIMEOUT 60
+    PROPERTIES LABELS "${ARG_LABELS}"
+               ENVIRONMENT "BULWARK_BINARY_DIR=${PROJECT_BINARY_DIR}"
+               TIMEOUT "${ARG_TIMEOUT}")
+endfunction()
+
+function(bulwark_apply_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra)
+  if(BULWARK_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(BULWARK_THREAD_SAFETY)
+    target_compile_options(${target} PRIVATE -Wthread-safety -Werror=thread-safety)
+  endif()
+endfunction()
