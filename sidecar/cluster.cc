@@ -1,0 +1,89 @@
+#include "sidecar/cluster.h"
+
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sidecar/config_loader.h"
+
+namespace bulwark {
+namespace {
+
+absl::Status Resolve(const HostPort& address, net::UpstreamAddress* out) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port = std::to_string(address.port);
+  if (int rc = getaddrinfo(address.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", address.ToString(), ": ", gai_strerror(rc)));
+  }
+  std::memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
+  out->addr_len = res->ai_addrlen;
+  freeaddrinfo(res);
+  out->key = address.ToString();
+  out->authority = out->key;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Cluster::Cluster(const config::v1::Cluster& config, ClusterMetrics* metrics)
+    : config_(config), metrics_(metrics) {}
+
+absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Cluster& config,
+                                                          Metrics& metrics,
+                                                          const Cluster* previous) {
+  std::shared_ptr<Cluster> cluster(new Cluster(config, metrics.ForCluster(config.name())));
+  const bool checked = config.has_health_check();
+  for (const std::string& text : config.endpoints()) {
+    auto address = ParseHostPort(text);
+    if (!address.ok()) return address.status();
+    std::shared_ptr<Endpoint> endpoint;
+    if (previous != nullptr) {
+      for (const auto& old : previous->endpoints_) {
+        // Same address and same health-check presence: keep its state.
+        if (old->address == *address && (old->health != nullptr) == checked) endpoint = old;
+      }
+    }
+    if (endpoint == nullptr) {
+      endpoint = std::make_shared<Endpoint>();
+      endpoint->address = *address;
+      if (absl::Status st = Resolve(*address, &endpoint->upstream); !st.ok()) return st;
+      endpoint->metrics = cluster->metrics_->ForEndpoint(address->ToString());
+      if (checked) {
+        const auto& hc = config.health_check();
+        endpoint->health = std::make_unique<HealthState>(HealthState::Options{
+            .unhealthy_threshold = hc.unhealthy_threshold(),
+            .healthy_threshold = hc.healthy_threshold()});
+      }
+      endpoint->metrics->SetHealthy(true);
+    }
+    cluster->loads_.push_back(&endpoint->load);
+    cluster->endpoints_.push_back(std::move(endpoint));
+  }
+  cluster->balancer_ = std::make_unique<Balancer>(
+      config.load_balancing() == config::v1::Cluster::LEAST_REQUEST
+          ? Balancer::Policy::kLeastRequest
+          : Balancer::Policy::kRoundRobin);
+  return cluster;
+}
+
+Endpoint* Cluster::Pick() {
+  const std::optional<size_t> index = balancer_->Pick(loads_);
+  return index.has_value() ? endpoints_[*index].get() : nullptr;
+}
+
+bool Cluster::AnyHealthy() const {
+  for (const auto& endpoint : endpoints_) {
+    if (endpoint->load.healthy.load(std::memory_order_relaxed)) return true;
+  }
+  return false;
+}
+
+}  // namespace bulwark

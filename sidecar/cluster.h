@@ -1,0 +1,65 @@
+// Cluster: one upstream service's endpoints, their health and load, and the balancer that
+// picks among the healthy ones. Endpoint objects are shared between configuration snapshots
+// (an endpoint whose address is unchanged keeps its health and in-flight count across a
+// reload), and so is a cluster's live state.
+//
+// Thread-safety: Pick and the accessors are called from every worker at once: health and
+// load are atomics (EndpointLoad), the balancer is lock-free. Building a cluster resolves
+// DNS names (blocking): done at start-up and reload, never on a worker. Cost of Pick: one
+// atomic increment plus a scan of the endpoints (round robin skips unhealthy ones).
+#ifndef BULWARK_SIDECAR_CLUSTER_H_
+#define BULWARK_SIDECAR_CLUSTER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "bulwark/config/v1/config.pb.h"
+#include "policies/balancer.h"
+#include "policies/health_state.h"
+#include "sidecar/host_port.h"
+#include "sidecar/metrics.h"
+#include "sidecar/net/stream_handler.h"
+
+namespace bulwark {
+
+struct Endpoint {
+  HostPort address;
+  net::UpstreamAddress upstream;  // resolved socket address, connection key
+  EndpointLoad load;              // healthy flag and calls in flight (atomics)
+  EndpointMetrics* metrics = nullptr;
+  // Threshold state of the heartbeat (present when the cluster has a health_check).
+  std::unique_ptr<HealthState> health;
+};
+
+class Cluster {
+ public:
+  // Resolves each endpoint (the first address getaddrinfo returns). Endpoints of
+  // `previous` with the same address are reused with their state.
+  static absl::StatusOr<std::shared_ptr<Cluster>> Create(const config::v1::Cluster& config,
+                                                         Metrics& metrics,
+                                                         const Cluster* previous);
+
+  const std::string& name() const { return config_.name(); }
+  const config::v1::Cluster& config() const { return config_; }
+  const std::vector<std::shared_ptr<Endpoint>>& endpoints() const { return endpoints_; }
+  ClusterMetrics* metrics() const { return metrics_; }
+
+  // A healthy endpoint by the configured balancing, or nullptr if none is healthy.
+  Endpoint* Pick();
+  bool AnyHealthy() const;
+
+ private:
+  Cluster(const config::v1::Cluster& config, ClusterMetrics* metrics);
+
+  config::v1::Cluster config_;
+  ClusterMetrics* metrics_;
+  std::vector<std::shared_ptr<Endpoint>> endpoints_;
+  std::vector<const EndpointLoad*> loads_;
+  std::unique_ptr<Balancer> balancer_;
+};
+
+}  // namespace bulwark
+
+#endif  // BULWARK_SIDECAR_CLUSTER_H_

@@ -1,0 +1,365 @@
+#include "sidecar/metrics.h"
+
+#include <utility>
+#include <vector>
+
+#include "prometheus/text_serializer.h"
+
+namespace bulwark {
+namespace {
+
+constexpr std::array<std::string_view, kGrpcCodeCount> kGrpcCodeNames = {
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+constexpr int kUnknownCode = 2;
+
+constexpr std::array<std::string_view, kRejectReasonCount> kRejectReasonNames =
+    {
+        "rate_limited",  "circuit_open",        "concurrency_limit",
+        "queue_timeout", "no_healthy_endpoint", "message_too_large",
+        "coalesced",
+};
+
+constexpr std::array<std::string_view, 3> kBreakerStateNames = {
+    "closed", "open", "half_open"};
+constexpr std::array<std::string_view, 2> kRoleNames = {"leader", "follower"};
+constexpr std::array<std::string_view, 3> kHealthCheckResultNames = {
+    "success", "failure", "timeout"};
+
+// An out-of-range code counts as UNKNOWN (as gRPC maps it) rather than indexing
+// past the cache: the code comes from an upstream's trailers, which the sidecar
+// does not control.
+int CodeIndex(int code) {
+  return code >= 0 && code < kGrpcCodeCount ? code : kUnknownCode;
+}
+
+// Call durations of a sidecar range from ~100 µs (a local rejection) to seconds
+// (a slow upstream, a queued call); a 1-2.5-5 series per decade keeps relative
+// error near 2.5x with 16 buckets, so one route costs 19 series, not hundreds.
+prometheus::Histogram::BucketBoundaries DurationBuckets() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
+}
+
+prometheus::Labels Labels1(std::string_view k, std::string_view v) {
+  return {{std::string(k), std::string(v)}};
+}
+
+prometheus::Labels AddLabel(prometheus::Labels labels, std::string_view k,
+                            std::string_view v) {
+  labels.emplace(std::string(k), std::string(v));
+  return labels;
+}
+
+}  // namespace
+
+std::string_view GrpcCodeName(int code) {
+  return kGrpcCodeNames[CodeIndex(code)];
+}
+
+std::string_view RejectReasonName(RejectReason reason) {
+  return kRejectReasonNames[static_cast<size_t>(reason)];
+}
+
+namespace metrics_internal {
+
+// Help texts are the "meaning" column of SPEC section 5.
+struct Families {
+  explicit Families(prometheus::Registry& registry)
+      : requests(prometheus::BuildCounter()
+                     .Name("bulwark_requests_total")
+                     .Help("downstream calls by final status code name (OK, "
+                           "UNAVAILABLE, ...)")
+                     .Register(registry)),
+        request_duration(prometheus::BuildHistogram()
+                             .Name("bulwark_request_duration_seconds")
+                             .Help("downstream call time in the sidecar")
+                             .Register(registry)),
+        rejections(
+            prometheus::BuildCounter()
+                .Name("bulwark_rejections_total")
+                .Help("calls answered by a policy (reasons of section 3)")
+                .Register(registry)),
+        shadow_rejections(prometheus::BuildCounter()
+                              .Name("bulwark_shadow_rejections_total")
+                              .Help("calls a shadow policy would have rejected")
+                              .Register(registry)),
+        upstream_requests(prometheus::BuildCounter()
+                              .Name("bulwark_upstream_requests_total")
+                              .Help("calls sent upstream")
+                              .Register(registry)),
+        upstream_duration(prometheus::BuildHistogram()
+                              .Name("bulwark_upstream_request_duration_seconds")
+                              .Help("upstream call time")
+                              .Register(registry)),
+        breaker_state(
+            prometheus::BuildGauge()
+                .Name("bulwark_circuit_breaker_state")
+                .Help("1 for the current state, 0 for others (closed, open, "
+                      "half_open)")
+                .Register(registry)),
+        breaker_transitions(
+            prometheus::BuildCounter()
+                .Name("bulwark_circuit_breaker_transitions_total")
+                .Help("state changes")
+                .Register(registry)),
+        tokens(prometheus::BuildGauge()
+                   .Name("bulwark_rate_limit_tokens")
+                   .Help("tokens left in the shared bucket")
+                   .Register(registry)),
+        in_flight(prometheus::BuildGauge()
+                      .Name("bulwark_concurrency_in_flight")
+                      .Help("calls holding a slot")
+                      .Register(registry)),
+        queued(prometheus::BuildGauge()
+                   .Name("bulwark_concurrency_queued")
+                   .Help("calls waiting for a slot")
+                   .Register(registry)),
+        singleflight(prometheus::BuildCounter()
+                         .Name("bulwark_singleflight_calls_total")
+                         .Help("leader (went upstream) or follower (coalesced)")
+                         .Register(registry)),
+        endpoint_healthy(prometheus::BuildGauge()
+                             .Name("bulwark_endpoint_healthy")
+                             .Help("1 healthy, 0 not")
+                             .Register(registry)),
+        health_checks(prometheus::BuildCounter()
+                          .Name("bulwark_health_checks_total")
+                          .Help("success, failure, timeout")
+                          .Register(registry)),
+        config_reloads(prometheus::BuildCounter()
+                           .Name("bulwark_config_reloads_total")
+                           .Help("success, failure")
+                           .Register(registry)),
+        build_info(prometheus::BuildGauge()
+                       .Name("bulwark_build_info")
+                       .Help("always 1")
+                       .Register(registry)),
+        duration_buckets(DurationBuckets()) {}
+
+  prometheus::Family<prometheus::Counter>& requests;
+  prometheus::Family<prometheus::Histogram>& request_duration;
+  prometheus::Family<prometheus::Counter>& rejections;
+  prometheus::Family<prometheus::Counter>& shadow_rejections;
+  prometheus::Family<prometheus::Counter>& upstream_requests;
+  prometheus::Family<prometheus::Histogram>& upstream_duration;
+  prometheus::Family<prometheus::Gauge>& breaker_state;
+  prometheus::Family<prometheus::Counter>& breaker_transitions;
+  prometheus::Family<prometheus::Gauge>& tokens;
+  prometheus::Family<prometheus::Gauge>& in_flight;
+  prometheus::Family<prometheus::Gauge>& queued;
+  prometheus::Family<prometheus::Counter>& singleflight;
+  prometheus::Family<prometheus::Gauge>& endpoint_healthy;
+  prometheus::Family<prometheus::Counter>& health_checks;
+  prometheus::Family<prometheus::Counter>& config_reloads;
+  prometheus::Family<prometheus::Gauge>& build_info;
+  const prometheus::Histogram::BucketBoundaries duration_buckets;
+};
+
+}  // namespace metrics_internal
+
+// --- RouteMetrics ---
+
+RouteMetrics::RouteMetrics(std::string name,
+                           metrics_internal::Families& families)
+    : name_(std::move(name)),
+      families_(families),
+      route_label_(Labels1("route", name_)) {}
+
+prometheus::Labels RouteMetrics::With(std::string_view key,
+                                      std::string_view value) const {
+  return AddLabel(route_label_, key, value);
+}
+
+prometheus::Counter& RouteMetrics::Requests(int grpc_code) {
+  const int i = CodeIndex(grpc_code);
+  return requests_[i].Get(families_.requests,
+                          [&] { return With("code", kGrpcCodeNames[i]); });
+}
+
+prometheus::Histogram& RouteMetrics::Duration() {
+  return duration_.Get(
+      families_.request_duration, [&] { return route_label_; },
+      families_.duration_buckets);
+}
+
+prometheus::Counter& RouteMetrics::Rejections(RejectReason reason) {
+  const auto i = static_cast<size_t>(reason);
+  return rejections_[i].Get(families_.rejections, [&] {
+    return With("reason", kRejectReasonNames[i]);
+  });
+}
+
+prometheus::Counter& RouteMetrics::ShadowRejections(RejectReason reason) {
+  const auto i = static_cast<size_t>(reason);
+  return shadow_rejections_[i].Get(families_.shadow_rejections, [&] {
+    return With("reason", kRejectReasonNames[i]);
+  });
+}
+
+void RouteMetrics::SetBreakerState(BreakerState state) {
+  for (size_t i = 0; i < kBreakerStateNames.size(); ++i) {
+    prometheus::Gauge& gauge = breaker_state_[i].Get(
+        families_.breaker_state,
+        [&] { return With("state", kBreakerStateNames[i]); });
+    gauge.Set(i == static_cast<size_t>(state) ? 1 : 0);
+  }
+}
+
+prometheus::Counter& RouteMetrics::BreakerTransitions(BreakerState to) {
+  const auto i = static_cast<size_t>(to);
+  return transitions_[i].Get(families_.breaker_transitions,
+                             [&] { return With("to", kBreakerStateNames[i]); });
+}
+
+prometheus::Gauge& RouteMetrics::Tokens() {
+  return tokens_.Get(families_.tokens, [&] { return route_label_; });
+}
+
+prometheus::Gauge& RouteMetrics::InFlight() {
+  return in_flight_.Get(families_.in_flight, [&] { return route_label_; });
+}
+
+prometheus::Gauge& RouteMetrics::Queued() {
+  return queued_.Get(families_.queued, [&] { return route_label_; });
+}
+
+prometheus::Counter& RouteMetrics::Singleflight(SingleflightRole role) {
+  const auto i = static_cast<size_t>(role);
+  return singleflight_[i].Get(families_.singleflight,
+                              [&] { return With("role", kRoleNames[i]); });
+}
+
+// --- EndpointMetrics ---
+
+EndpointMetrics::EndpointMetrics(std::string_view cluster, std::string name,
+                                 metrics_internal::Families& families)
+    : name_(std::move(name)),
+      families_(families),
+      labels_(AddLabel(Labels1("cluster", cluster), "endpoint", name_)) {}
+
+prometheus::Labels EndpointMetrics::With(std::string_view key,
+                                         std::string_view value) const {
+  return AddLabel(labels_, key, value);
+}
+
+prometheus::Counter& EndpointMetrics::UpstreamRequests(int grpc_code) {
+  const int i = CodeIndex(grpc_code);
+  return upstream_requests_[i].Get(families_.upstream_requests, [&] {
+    return With("code", kGrpcCodeNames[i]);
+  });
+}
+
+void EndpointMetrics::SetHealthy(bool healthy) {
+  healthy_.Get(families_.endpoint_healthy, [&] { return labels_; })
+      .Set(healthy ? 1 : 0);
+}
+
+prometheus::Counter& EndpointMetrics::HealthChecks(HealthCheckResult result) {
+  const auto i = static_cast<size_t>(result);
+  return health_checks_[i].Get(families_.health_checks, [&] {
+    return With("result", kHealthCheckResultNames[i]);
+  });
+}
+
+// --- ClusterMetrics ---
+
+ClusterMetrics::ClusterMetrics(std::string name,
+                               metrics_internal::Families& families)
+    : name_(std::move(name)),
+      families_(families),
+      cluster_label_(Labels1("cluster", name_)) {}
+
+prometheus::Histogram& ClusterMetrics::UpstreamDuration() {
+  return duration_.Get(
+      families_.upstream_duration, [&] { return cluster_label_; },
+      families_.duration_buckets);
+}
+
+EndpointMetrics* ClusterMetrics::ForEndpoint(std::string_view endpoint) {
+  absl::MutexLock lock(&endpoints_mu_);
+  auto [it, inserted] = endpoints_.try_emplace(
+      absl::string_view(endpoint.data(), endpoint.size()));
+  if (inserted) {
+    // Private constructor: make_unique cannot reach it.
+    it->second.reset(
+        new EndpointMetrics(name_, std::string(endpoint), families_));
+  }
+  return it->second.get();
+}
+
+// --- Metrics ---
+
+Metrics::Metrics(std::string_view version)
+    : registry_(std::make_unique<prometheus::Registry>()),
+      families_(std::make_unique<metrics_internal::Families>(*registry_)),
+      reload_success_(
+          &families_->config_reloads.Add(Labels1("result", "success"))),
+      reload_failure_(
+          &families_->config_reloads.Add(Labels1("result", "failure"))) {
+  families_->build_info.Add(Labels1("version", version)).Set(1);
+}
+
+// Out of line: Families is incomplete in the header.
+Metrics::~Metrics() = default;
+
+RouteMetrics* Metrics::ForRoute(std::string_view route) {
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] =
+      routes_.try_emplace(absl::string_view(route.data(), route.size()));
+  if (inserted) {
+    it->second.reset(new RouteMetrics(std::string(route), *families_));
+  }
+  return it->second.get();
+}
+
+ClusterMetrics* Metrics::ForCluster(std::string_view cluster) {
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] =
+      clusters_.try_emplace(absl::string_view(cluster.data(), cluster.size()));
+  if (inserted) {
+    it->second.reset(new ClusterMetrics(std::string(cluster), *families_));
+  }
+  return it->second.get();
+}
+
+prometheus::Counter& Metrics::Reloads(ReloadResult result) {
+  return result == ReloadResult::kSuccess ? *reload_success_ : *reload_failure_;
+}
+
+void Metrics::SetCollectHook(std::function<void()> hook) {
+  std::shared_ptr<const std::function<void()>> next;
+  if (hook)
+    next = std::make_shared<const std::function<void()>>(std::move(hook));
+  absl::MutexLock lock(&mu_);
+  collect_hook_.swap(next);
+  // `next` (the old hook) is destroyed after the lock is released.
+}
+
+std::string Metrics::Serialize() {
+  std::shared_ptr<const std::function<void()>> hook;
+  {
+    absl::MutexLock lock(&mu_);
+    hook = collect_hook_;
+  }
+  if (hook != nullptr) (*hook)();
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace bulwark

@@ -1,0 +1,623 @@
+#include "sidecar/net/downstream_session.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "sidecar/net/upstream_session.h"
+#include "sidecar/net/worker.h"
+
+namespace bulwark::net {
+namespace {
+
+constexpr int kDeadlineExceeded = 4;
+constexpr int kResourceExhausted = 8;
+constexpr int kInternal = 13;
+constexpr int kUnavailable = 14;
+
+nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
+  return nghttp2_nv{
+      reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+      NGHTTP2_NV_FLAG_NONE};
+}
+
+DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
+  return static_cast<DownstreamStream*>(nghttp2_session_get_stream_user_data(session, id));
+}
+
+std::string_view Find(const HeaderList& headers, std::string_view name) {
+  for (const auto& [n, v] : headers) {
+    if (n == name) return v;
+  }
+  return {};
+}
+
+}  // namespace
+
+// nghttp2 server callbacks; user_data is the DownstreamSession.
+struct DownstreamCallbacks {
+  static int OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame,
+                            void* user_data) {
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+      return 0;
+    }
+    auto* self = static_cast<DownstreamSession*>(user_data);
+    Worker& worker = self->worker();
+    auto stream = std::make_unique<DownstreamStream>(*self, frame->hd.stream_id,
+                                                     worker.NextCallId(),
+                                                     worker.options().max_message_bytes);
+    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, stream.get());
+    self->streams_.emplace(frame->hd.stream_id, std::move(stream));
+    worker.StreamOpened();
+    return 0;
+  }
+
+  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+                      const uint8_t* name, size_t namelen, const uint8_t* value,
+                      size_t valuelen, uint8_t, void* user_data) {
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+      return 0;  // request trailers carry nothing gRPC uses
+    }
+    DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+    if (stream == nullptr) return 0;
+    auto* self = static_cast<DownstreamSession*>(user_data);
+    stream->AddRequestHeader(
+        std::string_view(reinterpret_cast<const char*>(name), namelen),
+        std::string_view(reinterpret_cast<const char*>(value), valuelen),
+        self->worker().options().max_header_list_bytes);
+    return 0;
+  }
+
+  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+    const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (frame->hd.type) {
+      case NGHTTP2_HEADERS: {
+        DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+        if (stream == nullptr) return 0;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+          stream->OnRequestHeadersDone(end_stream);
+        } else if (end_stream) {
+          stream->OnRequestEnd();
+        }
+        break;
+      }
+      case NGHTTP2_DATA:
+        if (end_stream) {
+          if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+            stream->OnRequestEnd();
+          }
+        }
+        break;
+      default:
+        break;
+    }
+    return 0;
+  }
+
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                         const uint8_t* data, size_t len, void*) {
+    if (DownstreamStream* stream = StreamOf(session, stream_id)) {
+      stream->OnRequestData(data, len);
+    } else {
+      nghttp2_session_consume(session, stream_id, len);
+    }
+    return 0;
+  }
+
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data) {
+    auto* self = static_cast<DownstreamSession*>(user_data);
+    if (DownstreamStream* stream = StreamOf(session, stream_id)) {
+      stream->OnDownstreamClosed(error_code);
+      self->EraseStream(stream_id);
+    }
+    return 0;
+  }
+
+  static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
+                              size_t length, uint32_t* flags, nghttp2_data_source*, void*) {
+    DownstreamStream* stream = StreamOf(session, stream_id);
+    if (stream == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return stream->ReadResponseBody(buf, length, flags);
+  }
+
+  static nghttp2_session_callbacks* Get() {
+    static nghttp2_session_callbacks* callbacks = [] {
+      nghttp2_session_callbacks* cb;
+      nghttp2_session_callbacks_new(&cb);
+      nghttp2_session_callbacks_set_on_begin_headers_callback(cb, &OnBeginHeaders);
+      nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
+      nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
+      return cb;
+    }();
+    return callbacks;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// DownstreamStream
+
+DownstreamStream::DownstreamStream(DownstreamSession& session, int32_t stream_id,
+                                   uint64_t call_id, uint64_t max_message_bytes)
+    : session_(session),
+      stream_id_(stream_id),
+      call_id_(call_id),
+      start_(absl::Now()),
+      request_scanner_(max_message_bytes) {}
+
+DownstreamStream::~DownstreamStream() = default;
+
+Worker& DownstreamStream::worker() { return session_.worker(); }
+
+nghttp2_session* DownstreamStream::down() const { return session_.session(); }
+
+std::string_view DownstreamStream::header(std::string_view name) const {
+  return Find(request_headers_, name);
+}
+
+bool DownstreamStream::AddRequestHeader(std::string_view name, std::string_view value,
+                                        uint32_t limit) {
+  header_bytes_ += static_cast<uint32_t>(name.size() + value.size() + 32);
+  if (header_bytes_ > limit) {
+    header_overflow_ = true;
+    return false;
+  }
+  if (!name.empty() && name[0] == ':') {
+    if (name == ":path") {
+      path_ = value;
+    } else if (name == ":method") {
+      method_ = value;
+    } else if (name == ":authority") {
+      request_headers_.emplace_back(name, value);  // kept for forwarding
+    }
+    return true;
+  }
+  if (name == "content-type") content_type_ = value;
+  request_headers_.emplace_back(name, value);
+  return true;
+}
+
+void DownstreamStream::OnRequestHeadersDone(bool end_stream) {
+  request_ended_ = end_stream;
+  worker().RegisterCall(call_id_, this);
+  if (header_overflow_) {
+    RespondLocal({.grpc_code = kResourceExhausted,
+                  .message = absl::StrCat("request header list exceeds ",
+                                          worker().options().max_header_list_bytes,
+                                          " bytes")});
+    return;
+  }
+  if (method_ != "POST" || !absl::StartsWith(content_type_, "application/grpc")) {
+    RespondLocal({.grpc_code = kInternal,
+                  .message = "not a gRPC request (POST with content-type application/grpc "
+                             "expected)",
+                  .http_status = 415});
+    return;
+  }
+  if (std::string_view timeout = header("grpc-timeout"); !timeout.empty()) {
+    if (auto parsed = ParseGrpcTimeout(timeout)) {
+      client_deadline_ = start_ + *parsed;
+    } else {
+      RespondLocal({.grpc_code = kInternal,
+                    .message = "malformed grpc-timeout: " + std::string(timeout)});
+      return;
+    }
+  }
+  worker().handler()->OnCall(*this);
+}
+
+void DownstreamStream::SetDeadline(absl::Time deadline) {
+  deadline_ = deadline;
+  if (deadline_timer_ != 0) {
+    worker().loop().CancelTimer(deadline_timer_);
+    deadline_timer_ = 0;
+  }
+  if (deadline == absl::InfiniteFuture()) return;
+  deadline_timer_ =
+      worker().loop().AddTimer(deadline - absl::Now(), [this] {
+        deadline_timer_ = 0;
+        OnDeadline();
+      });
+}
+
+void DownstreamStream::OnDeadline() {
+  if (response_state_ == ResponseState::kFinished || response_ended_) return;
+  DetachUpstream(/*reset=*/true);
+  response_body_.Clear();
+  FinishWithStatus(kDeadlineExceeded, "deadline exceeded in the sidecar",
+                   CallResult::Ending::kDeadlineExceeded);
+}
+
+void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
+  decided_ = true;
+  // The request body will never be forwarded: give its window back to the client.
+  if (!request_body_.empty()) {
+    nghttp2_session_consume(down(), stream_id_, request_body_.size());
+    request_body_.Clear();
+  }
+  result_.ending = CallResult::Ending::kLocalAnswer;
+  result_.grpc_code = answer.grpc_code;
+  if (response_state_ == ResponseState::kNone) {
+    SubmitTrailersOnly(answer);
+  } else if (response_state_ == ResponseState::kHeadersSent && !response_ended_) {
+    response_trailers_ = {{"grpc-status", std::to_string(answer.grpc_code)},
+                          {"grpc-message", PercentEncode(answer.message)}};
+    if (!answer.reason.empty()) {
+      response_trailers_.emplace_back("x-bulwark-reason", std::string(answer.reason));
+    }
+    response_ended_ = true;
+    ResumeResponse();
+  }
+}
+
+void DownstreamStream::Forward(const UpstreamAddress& upstream) {
+  decided_ = true;
+  std::string error;
+  UpstreamConnection* conn = worker().UpstreamFor(upstream, &error);
+  if (conn == nullptr) {
+    FinishWithStatus(kUnavailable, error, CallResult::Ending::kUpstreamFailed);
+    return;
+  }
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(request_headers_.size() + 5);
+  nv.push_back(MakeNv(":method", "POST"));
+  nv.push_back(MakeNv(":scheme", "http"));
+  nv.push_back(MakeNv(":path", path_));
+  bool have_authority = false;
+  for (const auto& [name, value] : request_headers_) {
+    if (name == ":authority") {
+      nv.push_back(MakeNv(name, value));
+      have_authority = true;
+      break;
+    }
+  }
+  if (!have_authority) nv.push_back(MakeNv(":authority", upstream.authority));
+  for (const auto& [name, value] : request_headers_) {
+    if (name[0] == ':' || name == "grpc-timeout") continue;
+    nv.push_back(MakeNv(name, value));
+  }
+  std::string timeout;
+  if (deadline_ != absl::InfiniteFuture()) {
+    timeout = EncodeGrpcTimeout(deadline_ - absl::Now());
+    nv.push_back(MakeNv("grpc-timeout", timeout));
+  }
+  const int32_t id = conn->Submit(this, nv.data(), nv.size());
+  if (id < 0) {
+    FinishWithStatus(kUnavailable,
+                     absl::StrCat("cannot open upstream stream: ", nghttp2_strerror(id)),
+                     CallResult::Ending::kUpstreamFailed);
+    return;
+  }
+  upstream_ = conn;
+  upstream_stream_id_ = id;
+  upstream_start_ = absl::Now();
+  result_.forwarded = true;
+  conn->MarkDirty();
+}
+
+void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
+  if (decided_ && upstream_ == nullptr) {
+    // Answered locally already: drop, and keep the connection window open.
+    nghttp2_session_consume(down(), stream_id_, len);
+    session_.MarkDirty();
+    return;
+  }
+  if (request_scanner_.Feed(data, len) == MessageScanner::Verdict::kTooLarge) {
+    nghttp2_session_consume(down(), stream_id_, len);
+    DetachUpstream(/*reset=*/true);
+    RespondLocal({.grpc_code = kResourceExhausted,
+                  .message = absl::StrCat("request message of ",
+                                          request_scanner_.last_message_length(),
+                                          " bytes exceeds max_message_bytes (",
+                                          worker().options().max_message_bytes, ")"),
+                  .reason = "message_too_large"});
+    result_.reason = "message_too_large";
+    session_.MarkDirty();
+    return;
+  }
+  request_body_.Append(data, len);
+  if (upstream_ != nullptr && request_deferred_) {
+    request_deferred_ = false;
+    upstream_->ResumeRequest(upstream_stream_id_);
+  }
+}
+
+void DownstreamStream::OnRequestEnd() {
+  request_ended_ = true;
+  if (upstream_ != nullptr && request_deferred_) {
+    request_deferred_ = false;
+    upstream_->ResumeRequest(upstream_stream_id_);
+  }
+}
+
+ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) {
+  const size_t n = std::min(length, request_body_.size());
+  if (n > 0) {
+    std::memcpy(buf, request_body_.data(), n);
+    request_body_.Consume(n);
+    // Only now the client may send more: end-to-end flow control.
+    nghttp2_session_consume(down(), stream_id_, n);
+    session_.MarkDirty();
+  }
+  if (request_body_.empty()) {
+    if (request_ended_) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+    } else if (n == 0) {
+      request_deferred_ = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+  }
+  return static_cast<ssize_t>(n);
+}
+
+void DownstreamStream::AddResponseHeader(std::string_view name, std::string_view value) {
+  if (!response_headers_done_) {
+    response_headers_.emplace_back(name, value);
+  } else {
+    response_trailers_.emplace_back(name, value);
+  }
+}
+
+void DownstreamStream::OnResponseHeadersDone(bool end_stream) {
+  if (response_headers_done_) {  // trailers
+    if (auto code = ParseGrpcStatus(Find(response_trailers_, "grpc-status"))) {
+      result_.upstream_grpc_code = *code;
+    }
+    OnResponseEnd();
+    return;
+  }
+  const std::string_view status = Find(response_headers_, ":status");
+  if (!status.empty() && status[0] == '1') {  // informational: wait for the real headers
+    response_headers_.clear();
+    return;
+  }
+  response_headers_done_ = true;
+  if (status != "200") {
+    const int http_status = std::atoi(std::string(status).c_str());
+    DetachUpstream(/*reset=*/!end_stream);
+    FinishWithStatus(GrpcCodeFromHttpStatus(http_status),
+                     "upstream answered HTTP status " + std::string(status),
+                     CallResult::Ending::kUpstreamFailed);
+    return;
+  }
+  if (end_stream) {  // trailers-only: pass it as such
+    if (auto code = ParseGrpcStatus(Find(response_headers_, "grpc-status"))) {
+      result_.upstream_grpc_code = *code;
+    }
+    result_.grpc_code = result_.upstream_grpc_code >= 0 ? result_.upstream_grpc_code : 2;
+    response_ended_ = true;
+    SubmitResponseHeaders(response_headers_, /*with_body=*/false);
+    response_state_ = ResponseState::kFinished;
+    return;
+  }
+  SubmitResponseHeaders(response_headers_, /*with_body=*/true);
+  response_state_ = ResponseState::kHeadersSent;
+}
+
+void DownstreamStream::OnResponseData(const uint8_t* data, size_t len) {
+  response_body_.Append(data, len);
+  ResumeResponse();
+}
+
+void DownstreamStream::OnResponseEnd() {
+  if (response_ended_) return;
+  response_ended_ = true;
+  if (response_trailers_.empty()) {
+    response_trailers_ = {{"grpc-status", "2"},
+                          {"grpc-message", "upstream response ended without grpc-status"}};
+  }
+  if (result_.upstream_grpc_code >= 0) {
+    result_.grpc_code = result_.upstream_grpc_code;
+  } else {
+    result_.grpc_code = ParseGrpcStatus(Find(response_trailers_, "grpc-status")).value_or(2);
+  }
+  ResumeResponse();
+}
+
+ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags) {
+  const size_t n = std::min(length, response_body_.size());
+  if (n > 0) {
+    std::memcpy(buf, response_body_.data(), n);
+    response_body_.Consume(n);
+    if (upstream_ != nullptr) {
+      nghttp2_session_consume(upstream_->session(), upstream_stream_id_, n);
+      upstream_->MarkDirty();
+    }
+  }
+  if (response_body_.empty()) {
+    if (response_ended_) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      std::vector<nghttp2_nv> nv;
+      nv.reserve(response_trailers_.size());
+      for (const auto& [name, value] : response_trailers_) nv.push_back(MakeNv(name, value));
+      nghttp2_submit_trailer(down(), stream_id_, nv.data(), nv.size());
+      response_state_ = ResponseState::kFinished;
+    } else if (n == 0) {
+      response_deferred_ = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+  }
+  return static_cast<ssize_t>(n);
+}
+
+void DownstreamStream::ResumeResponse() {
+  if (response_state_ == ResponseState::kHeadersSent && response_deferred_) {
+    response_deferred_ = false;
+    nghttp2_session_resume_data(down(), stream_id_);
+    session_.MarkDirty();
+  }
+}
+
+void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers, bool with_body) {
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(headers.size());
+  for (const auto& [name, value] : headers) nv.push_back(MakeNv(name, value));
+  nghttp2_data_provider provider{};
+  provider.read_callback = &DownstreamCallbacks::ReadResponse;
+  nghttp2_submit_response(down(), stream_id_, nv.data(), nv.size(),
+                          with_body ? &provider : nullptr);
+  session_.MarkDirty();
+}
+
+void DownstreamStream::SubmitTrailersOnly(const LocalAnswer& answer) {
+  const std::string status = std::to_string(answer.http_status);
+  const std::string code = std::to_string(answer.grpc_code);
+  const std::string message = PercentEncode(answer.message);
+  const std::string pushback =
+      answer.retry_pushback_ms >= 0 ? std::to_string(answer.retry_pushback_ms) : "";
+  nghttp2_nv nv[6];
+  size_t n = 0;
+  nv[n++] = MakeNv(":status", status);
+  nv[n++] = MakeNv("content-type", "application/grpc");
+  nv[n++] = MakeNv("grpc-status", code);
+  if (!message.empty()) nv[n++] = MakeNv("grpc-message", message);
+  if (!answer.reason.empty()) nv[n++] = MakeNv("x-bulwark-reason", answer.reason);
+  if (!pushback.empty()) nv[n++] = MakeNv("grpc-retry-pushback-ms", pushback);
+  nghttp2_submit_response(down(), stream_id_, nv, n, nullptr);
+  response_state_ = ResponseState::kFinished;
+  response_ended_ = true;
+  session_.MarkDirty();
+}
+
+void DownstreamStream::FinishWithStatus(int grpc_code, std::string_view message,
+                                        CallResult::Ending ending) {
+  if (response_state_ == ResponseState::kFinished || response_ended_) return;
+  result_.ending = ending;
+  result_.grpc_code = grpc_code;
+  if (response_state_ == ResponseState::kNone) {
+    SubmitTrailersOnly({.grpc_code = grpc_code, .message = std::string(message)});
+  } else {
+    response_trailers_ = {{"grpc-status", std::to_string(grpc_code)},
+                          {"grpc-message", PercentEncode(message)}};
+    response_ended_ = true;
+    ResumeResponse();
+  }
+}
+
+void DownstreamStream::DetachUpstream(bool reset) {
+  if (upstream_ == nullptr) return;
+  result_.upstream_duration = absl::Now() - upstream_start_;
+  // Buffered response bytes were never consumed upstream; give the connection window back.
+  if (!response_body_.empty()) {
+    nghttp2_session_consume_connection(upstream_->session(), response_body_.size());
+  }
+  if (reset) upstream_->Reset(upstream_stream_id_, NGHTTP2_CANCEL);
+  upstream_->Forget(this, upstream_stream_id_);
+  upstream_ = nullptr;
+  upstream_stream_id_ = -1;
+}
+
+void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
+  // The upstream connection already forgot us; what's buffered is ours to deliver.
+  result_.upstream_duration = absl::Now() - upstream_start_;
+  if (!response_body_.empty()) {
+    nghttp2_session_consume_connection(upstream_->session(), response_body_.size());
+  }
+  upstream_ = nullptr;
+  upstream_stream_id_ = -1;
+  if (response_ended_ || response_state_ == ResponseState::kFinished) return;
+  // Reset by the upstream before the response ended: pass the reset on to the client.
+  result_.ending = CallResult::Ending::kUpstreamReset;
+  result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
+  response_ended_ = true;
+  response_state_ = ResponseState::kFinished;
+  nghttp2_submit_rst_stream(down(), NGHTTP2_FLAG_NONE, stream_id_,
+                            error_code == NGHTTP2_NO_ERROR
+                                ? static_cast<uint32_t>(NGHTTP2_INTERNAL_ERROR)
+                                : error_code);
+  session_.MarkDirty();
+}
+
+void DownstreamStream::OnUpstreamFailed(std::string_view why) {
+  if (upstream_ != nullptr) result_.upstream_duration = absl::Now() - upstream_start_;
+  upstream_ = nullptr;
+  upstream_stream_id_ = -1;
+  if (response_ended_) return;
+  FinishWithStatus(kUnavailable, "upstream connection failed: " + std::string(why),
+                   CallResult::Ending::kUpstreamFailed);
+}
+
+void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
+  if (deadline_timer_ != 0) {
+    worker().loop().CancelTimer(deadline_timer_);
+    deadline_timer_ = 0;
+  }
+  DetachUpstream(/*reset=*/true);
+  if (!request_body_.empty()) {
+    nghttp2_session_consume_connection(down(), request_body_.size());
+    request_body_.Clear();
+  }
+  const bool completed = response_state_ == ResponseState::kFinished && response_ended_;
+  if (!completed && result_.ending == CallResult::Ending::kCompleted) {
+    (void)error_code;  // any reset or disconnect before the response ended
+    result_.ending = CallResult::Ending::kClientCancelled;
+    result_.grpc_code = 1;  // CANCELLED
+  }
+  worker().UnregisterCall(call_id_);
+  if (observer_ != nullptr) {
+    observer_->OnClose(result_);
+    observer_.reset();
+  }
+  worker().StreamClosed();
+}
+
+// ---------------------------------------------------------------------------------------
+// DownstreamSession
+
+DownstreamSession::DownstreamSession(Worker& worker, int fd) : H2Connection(worker, fd) {}
+
+DownstreamSession::~DownstreamSession() = default;
+
+void DownstreamSession::Start() {
+  nghttp2_option* option;
+  nghttp2_option_new(&option);
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_session_server_new2(&session_, DownstreamCallbacks::Get(), this, option);
+  nghttp2_option_del(option);
+  const WorkerOptions& o = worker_.options();
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, o.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, o.max_header_list_bytes},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(o.connection_window_bytes));
+  StartReading();
+  MarkDirty();
+}
+
+void DownstreamSession::Drain() {
+  if (closed()) return;
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                        nullptr, 0);
+  MarkDirty();
+}
+
+DownstreamStream* DownstreamSession::FindStream(int32_t id) {
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+void DownstreamSession::EraseStream(int32_t id) {
+  nghttp2_session_set_stream_user_data(session_, id, nullptr);
+  streams_.erase(id);
+}
+
+void DownstreamSession::OnClosed(std::string_view) {
+  // The client is gone: every open call ends as cancelled by the client.
+  auto streams = std::move(streams_);
+  streams_.clear();
+  for (auto& [id, stream] : streams) {
+    nghttp2_session_set_stream_user_data(session_, id, nullptr);
+    stream->OnDownstreamClosed(NGHTTP2_CANCEL);
+  }
+  worker_.OnDownstreamClosed(this);
+}
+
+}  // namespace bulwark::net

@@ -1,0 +1,141 @@
+// DownstreamSession: the server side of one client connection (nghttp2 server session), and
+// DownstreamStream: one gRPC call on it, which is the `Call` the core decides about and, once
+// forwarded, the pairing with one upstream stream. Request bytes wait in the stream until
+// the upstream session takes them, and only then are they consumed (WINDOW_UPDATE to the
+// client); response bytes likewise in the other direction: flow control is end to end and
+// the sidecar buffers at most the windows it advertises.
+//
+// Thread-safety: worker thread only. Cost per call: one stream object, the header copies,
+// and the bytes passing through the two ByteQueues.
+#ifndef BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
+#define BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "sidecar/net/grpc_framing.h"
+#include "sidecar/net/h2_connection.h"
+#include "sidecar/net/stream_handler.h"
+
+namespace bulwark::net {
+
+class DownstreamSession;
+class UpstreamConnection;
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+class DownstreamStream final : public Call {
+ public:
+  DownstreamStream(DownstreamSession& session, int32_t stream_id, uint64_t call_id,
+                   uint64_t max_message_bytes);
+  ~DownstreamStream() override;
+
+  // --- Call ---
+  uint64_t id() const override { return call_id_; }
+  Worker& worker() override;
+  std::string_view path() const override { return path_; }
+  std::string_view header(std::string_view name) const override;
+  absl::Time start_time() const override { return start_; }
+  absl::Time client_deadline() const override { return client_deadline_; }
+  void SetDeadline(absl::Time deadline) override;
+  absl::Time deadline() const override { return deadline_; }
+  void SetObserver(std::unique_ptr<CallObserver> observer) override {
+    observer_ = std::move(observer);
+  }
+  CallObserver* observer() const override { return observer_.get(); }
+  void RespondLocal(const LocalAnswer& answer) override;
+  void Forward(const UpstreamAddress& upstream) override;
+
+  // --- downstream session events ---
+  // Returns false when the header list grew past the limit.
+  bool AddRequestHeader(std::string_view name, std::string_view value, uint32_t limit);
+  void OnRequestHeadersDone(bool end_stream);
+  void OnRequestData(const uint8_t* data, size_t len);
+  void OnRequestEnd();
+  void OnDownstreamClosed(uint32_t error_code);
+  ssize_t ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags);
+
+  // --- upstream connection events ---
+  ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags);
+  void AddResponseHeader(std::string_view name, std::string_view value);
+  void OnResponseHeadersDone(bool end_stream);
+  void OnResponseData(const uint8_t* data, size_t len);
+  void OnResponseEnd();
+  void OnUpstreamClosed(uint32_t error_code);
+  void OnUpstreamFailed(std::string_view why);
+  const HeaderList& request_headers() const { return request_headers_; }
+  int32_t stream_id() const { return stream_id_; }
+
+ private:
+  enum class ResponseState { kNone, kHeadersSent, kFinished };
+  void SubmitResponseHeaders(const HeaderList& headers, bool with_body);
+  void SubmitTrailersOnly(const LocalAnswer& answer);
+  void FinishWithStatus(int grpc_code, std::string_view message, CallResult::Ending ending);
+  void DetachUpstream(bool reset);
+  void OnDeadline();
+  void ResumeResponse();
+  nghttp2_session* down() const;
+
+  DownstreamSession& session_;
+  const int32_t stream_id_;
+  const uint64_t call_id_;
+  std::string path_;
+  std::string method_;
+  std::string content_type_;
+  HeaderList request_headers_;  // regular headers only, in arrival order
+  uint32_t header_bytes_ = 0;
+  bool header_overflow_ = false;
+  absl::Time start_;
+  absl::Time client_deadline_ = absl::InfiniteFuture();
+  absl::Time deadline_ = absl::InfiniteFuture();
+  uint64_t deadline_timer_ = 0;
+  std::unique_ptr<CallObserver> observer_;
+  CallResult result_;
+  bool decided_ = false;  // RespondLocal or Forward happened
+
+  // Request direction.
+  MessageScanner request_scanner_;
+  ByteQueue request_body_;
+  bool request_ended_ = false;
+  bool request_deferred_ = false;  // the upstream data provider is waiting for bytes
+  size_t request_unconsumed_ = 0;  // bytes received and not yet consumed downstream
+
+  // Upstream pairing.
+  UpstreamConnection* upstream_ = nullptr;
+  int32_t upstream_stream_id_ = -1;
+  absl::Time upstream_start_;
+
+  // Response direction.
+  ResponseState response_state_ = ResponseState::kNone;
+  HeaderList response_headers_;
+  HeaderList response_trailers_;
+  bool response_headers_done_ = false;
+  ByteQueue response_body_;
+  bool response_ended_ = false;
+  bool response_deferred_ = false;
+};
+
+class DownstreamSession final : public H2Connection {
+ public:
+  DownstreamSession(Worker& worker, int fd);
+  ~DownstreamSession() override;
+
+  void Start();
+  // GOAWAY with the last stream id: no new streams, open ones finish.
+  void Drain();
+  DownstreamStream* FindStream(int32_t id);
+  void EraseStream(int32_t id);
+
+ private:
+  friend struct DownstreamCallbacks;
+  void OnClosed(std::string_view why) override;
+
+  absl::flat_hash_map<int32_t, std::unique_ptr<DownstreamStream>> streams_;
+};
+
+}  // namespace bulwark::net
+
+#endif  // BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_

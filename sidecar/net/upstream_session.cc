@@ -1,0 +1,194 @@
+#include "sidecar/net/upstream_session.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "sidecar/net/downstream_session.h"
+#include "sidecar/net/worker.h"
+
+namespace bulwark::net {
+namespace {
+
+DownstreamStream* PeerOf(nghttp2_session* session, int32_t id) {
+  return static_cast<DownstreamStream*>(nghttp2_session_get_stream_user_data(session, id));
+}
+
+}  // namespace
+
+// nghttp2 client callbacks; user_data is the UpstreamConnection.
+struct UpstreamCallbacks {
+  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+                      const uint8_t* name, size_t namelen, const uint8_t* value,
+                      size_t valuelen, uint8_t, void*) {
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+      peer->AddResponseHeader(std::string_view(reinterpret_cast<const char*>(name), namelen),
+                              std::string_view(reinterpret_cast<const char*>(value), valuelen));
+    }
+    return 0;
+  }
+
+  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+                         void* user_data) {
+    const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (frame->hd.type) {
+      case NGHTTP2_HEADERS:
+        if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+          peer->OnResponseHeadersDone(end_stream);
+        }
+        break;
+      case NGHTTP2_DATA:
+        if (end_stream) {
+          if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+            peer->OnResponseEnd();
+          }
+        }
+        break;
+      case NGHTTP2_GOAWAY:
+        // No new streams here; the worker opens a fresh connection for the next call.
+        static_cast<UpstreamConnection*>(user_data)->goaway_received_ = true;
+        break;
+      default:
+        break;
+    }
+    return 0;
+  }
+
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                         const uint8_t* data, size_t len, void* user_data) {
+    if (DownstreamStream* peer = PeerOf(session, stream_id)) {
+      peer->OnResponseData(data, len);
+    } else {
+      // The client left; the stream is being reset. Keep the connection window open.
+      nghttp2_session_consume(session, stream_id, len);
+      static_cast<UpstreamConnection*>(user_data)->MarkDirty();
+    }
+    return 0;
+  }
+
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data) {
+    auto* self = static_cast<UpstreamConnection*>(user_data);
+    if (DownstreamStream* peer = PeerOf(session, stream_id)) {
+      nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+      self->streams_.erase(peer);
+      peer->OnUpstreamClosed(error_code);
+    }
+    return 0;
+  }
+
+  static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
+                             size_t length, uint32_t* flags, nghttp2_data_source*, void*) {
+    DownstreamStream* peer = PeerOf(session, stream_id);
+    if (peer == nullptr) return NGHTTP2_ERR_DEFERRED;  // reset is on its way
+    return peer->ReadRequestBody(buf, length, flags);
+  }
+
+  static nghttp2_session_callbacks* Get() {
+    static nghttp2_session_callbacks* callbacks = [] {
+      nghttp2_session_callbacks* cb;
+      nghttp2_session_callbacks_new(&cb);
+      nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
+      nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
+      return cb;
+    }();
+    return callbacks;
+  }
+};
+
+UpstreamConnection::UpstreamConnection(Worker& worker, int fd, const UpstreamAddress& address)
+    : H2Connection(worker, fd), key_(address.key) {}
+
+UpstreamConnection::~UpstreamConnection() = default;
+
+UpstreamConnection* UpstreamConnection::Connect(Worker& worker, const UpstreamAddress& address,
+                                                std::string* error) {
+  const int fd = socket(address.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = absl::StrCat("upstream ", address.key, ": socket: ", strerror(errno));
+    return nullptr;
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&address.addr), address.addr_len);
+  if (rc != 0 && errno != EINPROGRESS) {
+    *error = absl::StrCat("upstream ", address.key, ": connect: ", strerror(errno));
+    close(fd);
+    return nullptr;
+  }
+  auto* conn = new UpstreamConnection(worker, fd, address);
+  nghttp2_option* option;
+  nghttp2_option_new(&option);
+  nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn, option);
+  nghttp2_option_del(option);
+  const WorkerOptions& o = worker.options();
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
+  };
+  nghttp2_submit_settings(conn->session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+  nghttp2_session_set_local_window_size(conn->session_, NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(o.connection_window_bytes));
+  if (rc == 0) {
+    conn->connected_ = true;
+    conn->StartReading();
+  } else {
+    conn->WaitForConnect();
+  }
+  return conn;
+}
+
+void UpstreamConnection::OnWritableFirstTime() {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    Close(absl::StrCat("connect to ", key_, " failed: ", strerror(err)));
+    return;
+  }
+  connected_ = true;
+}
+
+int32_t UpstreamConnection::Submit(DownstreamStream* stream, const nghttp2_nv* headers,
+                                   size_t count) {
+  nghttp2_data_provider provider{};
+  provider.read_callback = &UpstreamCallbacks::ReadRequest;
+  const int32_t id = nghttp2_submit_request(session_, nullptr, headers, count, &provider, stream);
+  if (id >= 0) streams_.insert(stream);
+  return id;
+}
+
+void UpstreamConnection::Reset(int32_t stream_id, uint32_t error_code) {
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, error_code);
+  MarkDirty();
+}
+
+void UpstreamConnection::Forget(DownstreamStream* stream, int32_t stream_id) {
+  nghttp2_session_set_stream_user_data(session_, stream_id, nullptr);
+  streams_.erase(stream);
+}
+
+void UpstreamConnection::ResumeRequest(int32_t stream_id) {
+  nghttp2_session_resume_data(session_, stream_id);
+  MarkDirty();
+}
+
+void UpstreamConnection::OnClosed(std::string_view why) {
+  // Streams still open lose their upstream: each answers its client.
+  auto streams = std::move(streams_);
+  streams_.clear();
+  for (DownstreamStream* stream : streams) stream->OnUpstreamFailed(why);
+  worker_.OnUpstreamClosed(this, !connected_);
+}
+
+}  // namespace bulwark::net

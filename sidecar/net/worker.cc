@@ -1,0 +1,211 @@
+#include "sidecar/net/worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sidecar/net/downstream_session.h"
+#include "sidecar/net/h2_connection.h"
+#include "sidecar/net/upstream_session.h"
+
+namespace bulwark::net {
+namespace {
+
+constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
+constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
+
+absl::StatusOr<int> BindListener(const std::string& host, uint16_t port, uint16_t* bound) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_str = std::to_string(port);
+  if (int rc = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res); rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listener ", host, ":", port, ": ", gai_strerror(rc)));
+  }
+  const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    freeaddrinfo(res);
+    return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
+  }
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+    const int err = errno;
+    freeaddrinfo(res);
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", host, ":", port, ": ", strerror(err)));
+  }
+  freeaddrinfo(res);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  *bound = ntohs(ss.ss_family == AF_INET6
+                     ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                     : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return fd;
+}
+
+}  // namespace
+
+Worker::Worker(const WorkerOptions& options) : options_(options), scratch_(64 * 1024) {
+  loop_.SetFlushHook([this] { FlushDirty(); });
+}
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options) {
+  std::unique_ptr<Worker> worker(new Worker(options));
+  auto fd = BindListener(options.listen_host, options.listen_port, &worker->listen_port_);
+  if (!fd.ok()) return fd.status();
+  worker->listen_fd_ = *fd;
+  worker->listener_ = evconnlistener_new(worker->loop_.base(), &Worker::OnAccept, worker.get(),
+                                         LEV_OPT_CLOSE_ON_FREE, -1, worker->listen_fd_);
+  if (worker->listener_ == nullptr) return absl::InternalError("evconnlistener_new failed");
+  return worker;
+}
+
+Worker::~Worker() {
+  Join();
+  // Connections left (the loop was stopped) are torn down without callbacks into the core.
+  for (DownstreamSession* s : downstream_) delete s;
+  for (UpstreamConnection* c : all_upstream_) delete c;
+  for (H2Connection* c : to_delete_) delete c;
+  if (listener_ != nullptr) evconnlistener_free(listener_);
+}
+
+void Worker::Start() {
+  thread_ = std::thread([this] { loop_.Run(); });
+}
+
+void Worker::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
+  auto* self = static_cast<Worker*>(arg);
+  if (self->draining_) {
+    close(fd);
+    return;
+  }
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  evutil_make_socket_nonblocking(fd);
+  auto* session = new DownstreamSession(*self, fd);
+  self->downstream_.insert(session);
+  session->Start();
+}
+
+void Worker::BeginDrain() {
+  Post([this] {
+    draining_ = true;
+    if (listener_ != nullptr) {
+      evconnlistener_free(listener_);
+      listener_ = nullptr;
+    }
+    for (DownstreamSession* s : downstream_) s->Drain();
+  });
+}
+
+void Worker::ForceCloseAndStop() {
+  Post([this] {
+    std::vector<DownstreamSession*> sessions(downstream_.begin(), downstream_.end());
+    for (DownstreamSession* s : sessions) s->Close("shutting down");
+    std::vector<UpstreamConnection*> ups(all_upstream_.begin(), all_upstream_.end());
+    for (UpstreamConnection* c : ups) c->Close("shutting down");
+    FlushDirty();
+    loop_.Stop();
+  });
+}
+
+Call* Worker::FindCall(uint64_t id) {
+  auto it = calls_.find(id);
+  return it == calls_.end() ? nullptr : it->second;
+}
+
+void Worker::RegisterCall(uint64_t id, DownstreamStream* stream) { calls_[id] = stream; }
+
+void Worker::UnregisterCall(uint64_t id) { calls_.erase(id); }
+
+UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address, std::string* error) {
+  UpstreamSlot& slot = upstream_[address.key];
+  if (slot.conn != nullptr && !slot.conn->closed() && slot.conn->accepting_streams()) {
+    return slot.conn;
+  }
+  slot.conn = nullptr;
+  const absl::Time now = absl::Now();
+  if (now < slot.retry_after) {
+    *error = absl::StrCat("upstream ", address.key, " is unreachable (next connect attempt in ",
+                          absl::FormatDuration(absl::Ceil(slot.retry_after - now,
+                                                          absl::Milliseconds(1))),
+                          ")");
+    return nullptr;
+  }
+  auto conn = UpstreamConnection::Connect(*this, address, error);
+  if (conn == nullptr) {
+    slot.backoff = std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
+    slot.retry_after = now + slot.backoff;
+    return nullptr;
+  }
+  slot.conn = conn;
+  all_upstream_.insert(conn);
+  return conn;
+}
+
+void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
+  all_upstream_.erase(conn);
+  auto it = upstream_.find(conn->key());
+  if (it == upstream_.end()) return;
+  UpstreamSlot& slot = it->second;
+  if (slot.conn == conn) slot.conn = nullptr;
+  if (connect_failed) {
+    slot.backoff = std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
+    slot.retry_after = absl::Now() + slot.backoff;
+  } else {
+    slot.backoff = absl::ZeroDuration();
+    slot.retry_after = absl::InfinitePast();
+  }
+}
+
+void Worker::OnDownstreamClosed(DownstreamSession* session) { downstream_.erase(session); }
+
+void Worker::AddDirty(H2Connection* conn) {
+  dirty_.push_back(conn);
+  loop_.RequestFlush();
+}
+
+void Worker::DeleteLater(H2Connection* conn) {
+  to_delete_.push_back(conn);
+  loop_.RequestFlush();
+}
+
+void Worker::FlushDirty() {
+  // Flushing one connection can dirty another (a WINDOW_UPDATE for the peer of a stream
+  // whose bytes just left), so loop until nothing is dirty.
+  while (!dirty_.empty()) {
+    std::vector<H2Connection*> batch;
+    batch.swap(dirty_);
+    for (H2Connection* conn : batch) {
+      if (!conn->closed()) conn->Flush();
+    }
+  }
+  std::vector<H2Connection*> doomed;
+  doomed.swap(to_delete_);
+  for (H2Connection* conn : doomed) delete conn;
+}
+
+}  // namespace bulwark::net

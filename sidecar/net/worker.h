@@ -1,0 +1,126 @@
+// Worker: one event-loop thread of the data plane. It owns its SO_REUSEPORT listening socket,
+// the downstream connections it accepted, and one multiplexed upstream connection per
+// endpoint it talks to. A call (stream) lives on one worker for its whole life; other
+// threads reach a worker only through Post.
+//
+// Thread-safety: Create/Start/Join/Post/BeginDrain/ForceClose from any thread; the rest only
+// on the worker's own thread. Cost: nothing per call beyond the sessions' own work.
+#ifndef BULWARK_SIDECAR_NET_WORKER_H_
+#define BULWARK_SIDECAR_NET_WORKER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "sidecar/net/event_loop.h"
+#include "sidecar/net/stream_handler.h"
+
+struct evconnlistener;
+
+namespace bulwark::net {
+
+class H2Connection;
+class DownstreamSession;
+class DownstreamStream;
+class UpstreamConnection;
+
+struct WorkerOptions {
+  int index = 0;
+  std::string listen_host = "0.0.0.0";
+  uint16_t listen_port = 0;  // 0: pick one (the first worker; others reuse its port)
+  uint64_t max_message_bytes = 4 * 1024 * 1024;
+  uint32_t max_concurrent_streams = 1000;
+  uint32_t max_header_list_bytes = 64 * 1024;
+  // HTTP/2 windows the sidecar advertises: they bound what it buffers per stream and per
+  // connection, since bytes are consumed only when the other side took them.
+  uint32_t stream_window_bytes = 1 << 20;
+  uint32_t connection_window_bytes = 8 << 20;
+};
+
+class Worker {
+ public:
+  // Binds the listening socket (SO_REUSEPORT) so address errors surface before start.
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(const WorkerOptions& options);
+  ~Worker();
+
+  // The handler must be set before Start and outlive the worker's thread.
+  void SetHandler(CallHandler* handler) { handler_ = handler; }
+  void Start();
+  void Join();
+
+  void Post(absl::AnyInvocable<void()> task) { loop_.Post(std::move(task)); }
+  // Stops accepting and sends GOAWAY on every downstream connection; open streams go on.
+  void BeginDrain();
+  // Resets every stream and closes every connection, then stops the loop.
+  void ForceCloseAndStop();
+
+  uint16_t listen_port() const { return listen_port_; }
+  int index() const { return options_.index; }
+  const WorkerOptions& options() const { return options_; }
+  // Streams open on this worker (a racy snapshot, for drain and /routes).
+  int64_t OpenStreamsApprox() const { return open_streams_.load(std::memory_order_relaxed); }
+
+  // --- worker-thread API ---
+  EventLoop& loop() { return loop_; }
+  TimerQueue& timers() { return timers_; }
+  CallHandler* handler() { return handler_; }
+  uint8_t* scratch() { return scratch_.data(); }
+  size_t scratch_size() const { return scratch_.size(); }
+  uint64_t NextCallId() { return ++last_call_id_; }
+  // The live call with this id, or nullptr if it ended (for continuations).
+  Call* FindCall(uint64_t id);
+  void RegisterCall(uint64_t id, DownstreamStream* stream);
+  void UnregisterCall(uint64_t id);
+  void StreamOpened() { open_streams_.fetch_add(1, std::memory_order_relaxed); }
+  void StreamClosed() { open_streams_.fetch_sub(1, std::memory_order_relaxed); }
+
+  // The connection for an upstream endpoint, connecting (or failing fast while it backs
+  // off after a failure) as needed. nullptr with `error` set when it cannot be used now.
+  UpstreamConnection* UpstreamFor(const UpstreamAddress& address, std::string* error);
+  void OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed);
+  void OnDownstreamClosed(DownstreamSession* session);
+
+  void AddDirty(H2Connection* conn);
+  void DeleteLater(H2Connection* conn);
+
+ private:
+  explicit Worker(const WorkerOptions& options);
+  static void OnAccept(evconnlistener* listener, int fd, sockaddr* addr, int len, void* arg);
+  void FlushDirty();
+
+  WorkerOptions options_;
+  EventLoop loop_;
+  LoopTimerQueue timers_{loop_};
+  CallHandler* handler_ = nullptr;
+  std::thread thread_;
+  int listen_fd_ = -1;
+  uint16_t listen_port_ = 0;
+  evconnlistener* listener_ = nullptr;
+  bool draining_ = false;
+  std::vector<uint8_t> scratch_;
+  uint64_t last_call_id_ = 0;
+  std::atomic<int64_t> open_streams_{0};
+
+  absl::flat_hash_set<DownstreamSession*> downstream_;
+  absl::flat_hash_map<uint64_t, DownstreamStream*> calls_;
+  struct UpstreamSlot {
+    UpstreamConnection* conn = nullptr;  // current connection (owned via all_upstream_)
+    absl::Time retry_after = absl::InfinitePast();
+    absl::Duration backoff = absl::ZeroDuration();
+  };
+  absl::flat_hash_map<std::string, UpstreamSlot> upstream_;
+  absl::flat_hash_set<UpstreamConnection*> all_upstream_;
+  std::vector<H2Connection*> dirty_;
+  std::vector<H2Connection*> to_delete_;
+};
+
+}  // namespace bulwark::net
+
+#endif  // BULWARK_SIDECAR_NET_WORKER_H_

@@ -1,0 +1,79 @@
+// RouteTable: the routes of one configuration snapshot, with everything a call needs resolved
+// when the configuration loads (SPEC section 2): the matcher, the cluster, the parsed
+// failure-code set, the metric handles and the live policy state. Matching is first match
+// in file order: exact service+method routes come from a hash map, then the other routes
+// (service, prefix, catch-all) that precede the exact hit are scanned in order.
+//
+// Live state (RouteState: token buckets, breaker, semaphore, flights) is shared with the
+// previous snapshot when a route's name and policy settings are unchanged (SPEC section 6).
+//
+// Thread-safety: immutable after Build; the policy objects it points to are thread-safe.
+// Cost of Match: one hash lookup plus a scan of the non-exact routes before the hit.
+#ifndef BULWARK_SIDECAR_ROUTE_TABLE_H_
+#define BULWARK_SIDECAR_ROUTE_TABLE_H_
+
+#include <bitset>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "bulwark/config/v1/config.pb.h"
+#include "policies/circuit_breaker.h"
+#include "policies/concurrency_limiter.h"
+#include "policies/keyed_rate_limiter.h"
+#include "policies/token_bucket.h"
+#include "sidecar/cluster.h"
+#include "sidecar/metrics.h"
+
+namespace bulwark {
+
+// Policy state of one route that outlives a snapshot.
+struct RouteState {
+  std::string fingerprint;  // the policy settings it was built from
+  std::unique_ptr<TokenBucket> bucket;          // rate_limit without key_header
+  std::unique_ptr<KeyedRateLimiter> keyed;      // rate_limit with key_header
+  std::unique_ptr<CircuitBreaker> breaker;
+  std::unique_ptr<ConcurrencyLimiter> limiter;
+};
+
+struct Route {
+  std::string name;
+  config::v1::Route config;
+  std::shared_ptr<Cluster> cluster;
+  absl::Duration timeout = absl::InfiniteDuration();
+  RouteMetrics* metrics = nullptr;
+  std::shared_ptr<RouteState> state;
+  std::bitset<17> failure_codes;
+  std::string key_header;  // rate_limit.key_header
+  bool rate_limit_shadow = false;
+  bool breaker_shadow = false;
+  bool concurrency_shadow = false;
+};
+
+class RouteTable {
+ public:
+  // `clusters` by name must hold every cluster the routes name.
+  static absl::StatusOr<std::unique_ptr<RouteTable>> Build(
+      const config::v1::Config& config,
+      const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
+      Metrics& metrics, const RouteTable* previous);
+
+  // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
+  const Route* Match(std::string_view path) const;
+  const std::vector<std::unique_ptr<Route>>& routes() const { return routes_; }
+
+ private:
+  RouteTable() = default;
+  bool Matches(const Route& route, std::string_view path) const;
+
+  std::vector<std::unique_ptr<Route>> routes_;
+  absl::flat_hash_map<std::string, size_t> exact_;  // "/svc/method" -> first exact route
+  std::vector<size_t> others_;                      // non-exact routes, in file order
+};
+
+}  // namespace bulwark
+
+#endif  // BULWARK_SIDECAR_ROUTE_TABLE_H_

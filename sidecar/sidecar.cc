@@ -1,0 +1,334 @@
+#include "sidecar/sidecar.h"
+
+#include <signal.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sidecar/log.h"
+
+namespace bulwark {
+namespace {
+
+std::string ReadFileOrEmpty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+RouteMetrics::BreakerState MetricState(CircuitBreaker::State state) {
+  switch (state) {
+    case CircuitBreaker::State::kOpen:
+      return RouteMetrics::BreakerState::kOpen;
+    case CircuitBreaker::State::kHalfOpen:
+      return RouteMetrics::BreakerState::kHalfOpen;
+    default:
+      return RouteMetrics::BreakerState::kClosed;
+  }
+}
+
+}  // namespace
+
+void Sidecar::BlockSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
+    LoadedConfig config, const Snapshot* previous) {
+  auto snapshot = std::make_shared<Snapshot>();
+  for (const auto& cc : config.proto.clusters()) {
+    const Cluster* old = nullptr;
+    if (previous != nullptr) {
+      if (auto it = previous->clusters.find(cc.name()); it != previous->clusters.end()) {
+        old = it->second.get();
+      }
+    }
+    auto cluster = Cluster::Create(cc, metrics_, old);
+    if (!cluster.ok()) {
+      return absl::Status(cluster.status().code(),
+                          absl::StrCat("clusters ", cc.name(), ": ", cluster.status().message()));
+    }
+    snapshot->clusters[cc.name()] = *cluster;
+    snapshot->cluster_list.push_back(*cluster);
+  }
+  auto routes = RouteTable::Build(config.proto, snapshot->clusters, metrics_,
+                                  previous != nullptr ? previous->routes.get() : nullptr);
+  if (!routes.ok()) return routes.status();
+  snapshot->routes = std::move(*routes);
+  snapshot->config_json = ConfigToJson(config.proto);
+  snapshot->config = std::move(config);
+  return snapshot;
+}
+
+absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
+  std::unique_ptr<Sidecar> sidecar(new Sidecar());
+  sidecar->config_path_ = config.source_path;
+  sidecar->config_text_ = ReadFileOrEmpty(config.source_path);
+  auto snapshot = sidecar->BuildSnapshot(std::move(config), nullptr);
+  if (!snapshot.ok()) return snapshot.status();
+  sidecar->snapshot_ = *snapshot;
+  const config::v1::Config& proto = (*snapshot)->config.proto;
+
+  auto listen = ParseHostPort(proto.listener().address(), PortZero::kAllow);
+  if (!listen.ok()) return listen.status();
+  uint32_t workers = proto.workers();
+  if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
+
+  net::WorkerOptions options{
+      .listen_host = listen->host,
+      .listen_port = listen->port,
+      .max_message_bytes = proto.listener().max_message_bytes(),
+      .max_concurrent_streams = proto.listener().max_concurrent_streams(),
+  };
+  for (uint32_t i = 0; i < workers; ++i) {
+    options.index = static_cast<int>(i);
+    auto worker = net::Worker::Create(options);
+    if (!worker.ok()) return worker.status();
+    // Port 0: the first worker's ephemeral port is shared by the others (SO_REUSEPORT).
+    options.listen_port = (*worker)->listen_port();
+    auto handler = std::make_unique<ProxyHandler>(**worker, *snapshot);
+    (*worker)->SetHandler(handler.get());
+    sidecar->handlers_.push_back(std::move(handler));
+    sidecar->workers_.push_back(std::move(*worker));
+  }
+
+  Sidecar* self = sidecar.get();
+  self->metrics_.SetCollectHook([self] { self->RefreshGauges(); });
+  auto admin = AdminServer::Create(
+      proto.admin().address(),
+      {.metrics = [self] { return self->metrics_.Serialize(); },
+       .readiness = [self] { return self->Readiness(); },
+       .config_json = [self] { return self->current()->config_json; },
+       .routes_json = [self] { return self->RoutesJson(); }});
+  if (!admin.ok()) return admin.status();
+  sidecar->admin_ = std::move(*admin);
+
+  for (auto& worker : sidecar->workers_) worker->Start();
+  Log(LogLevel::kInfo, "listening on %s:%d with %d workers; admin on port %d", listen->host,
+      sidecar->workers_[0]->listen_port(), static_cast<int>(workers), sidecar->admin_->port());
+  return sidecar;
+}
+
+Sidecar::~Sidecar() {
+  if (admin_ != nullptr) admin_->Stop();
+  for (auto& worker : workers_) worker->ForceCloseAndStop();
+  for (auto& worker : workers_) worker->Join();
+}
+
+std::shared_ptr<const Snapshot> Sidecar::current() {
+  absl::MutexLock lock(&mu_);
+  return snapshot_;
+}
+
+int Sidecar::Run() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  while (true) {
+    timespec timeout{1, 0};
+    const int sig = sigtimedwait(&set, nullptr, &timeout);
+    if (sig == SIGTERM || sig == SIGINT) {
+      Log(LogLevel::kInfo, "%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      Drain();
+      return 0;
+    }
+    if (sig == SIGHUP) {
+      Reload("SIGHUP");
+      continue;
+    }
+    // Timeout: has the file's content changed (ConfigMap updates swap a symlink)?
+    if (!config_path_.empty()) {
+      std::string text = ReadFileOrEmpty(config_path_);
+      if (!text.empty() && text != config_text_) Reload("config file changed");
+    }
+  }
+}
+
+void Sidecar::Reload(std::string_view why) {
+  config_text_ = ReadFileOrEmpty(config_path_);
+  auto loaded = LoadConfigFile(config_path_);
+  auto fail = [&](std::string_view message) {
+    metrics_.Reloads(Metrics::ReloadResult::kFailure).Increment();
+    Log(LogLevel::kError, "reload (%s) rejected, previous configuration stays: %s",
+        std::string(why), std::string(message));
+  };
+  if (!loaded.ok()) {
+    fail(std::string(loaded.status().message()));
+    return;
+  }
+  std::shared_ptr<const Snapshot> old = current();
+  const auto& now_cfg = loaded->proto;
+  const auto& old_cfg = old->config.proto;
+  if (now_cfg.listener().address() != old_cfg.listener().address() ||
+      now_cfg.admin().address() != old_cfg.admin().address() ||
+      now_cfg.workers() != old_cfg.workers() ||
+      now_cfg.listener().max_message_bytes() != old_cfg.listener().max_message_bytes() ||
+      now_cfg.listener().max_concurrent_streams() !=
+          old_cfg.listener().max_concurrent_streams()) {
+    fail("listener, admin and workers settings need a restart");
+    return;
+  }
+  auto snapshot = BuildSnapshot(std::move(*loaded), old.get());
+  if (!snapshot.ok()) {
+    fail(std::string(snapshot.status().message()));
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    snapshot_ = *snapshot;
+  }
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    ProxyHandler* handler = handlers_[i].get();
+    workers_[i]->Post([handler, s = *snapshot] { handler->SetSnapshot(s); });
+  }
+  metrics_.Reloads(Metrics::ReloadResult::kSuccess).Increment();
+  Log(LogLevel::kInfo, "configuration reloaded (%s)", std::string(why));
+}
+
+void Sidecar::Drain() {
+  draining_ = true;
+  for (auto& worker : workers_) worker->BeginDrain();
+  const absl::Duration budget =
+      ToAbslDuration(current()->config.proto.drain_timeout());
+  const absl::Time until = absl::Now() + budget;
+  while (absl::Now() < until) {
+    int64_t open = 0;
+    for (auto& worker : workers_) open += worker->OpenStreamsApprox();
+    if (open == 0) break;
+    absl::SleepFor(absl::Milliseconds(10));  // main thread, not a worker
+  }
+  int64_t left = 0;
+  for (auto& worker : workers_) left += worker->OpenStreamsApprox();
+  if (left > 0) Log(LogLevel::kWarning, "drain timeout: cancelling %d calls", left);
+  for (auto& worker : workers_) worker->ForceCloseAndStop();
+  for (auto& worker : workers_) worker->Join();
+  admin_->Stop();
+  Log(LogLevel::kInfo, "stopped");
+}
+
+AdminServer::Readiness Sidecar::Readiness() {
+  if (draining_) return {.ready = false, .reason = "draining"};
+  std::shared_ptr<const Snapshot> snapshot = current();
+  for (const auto& cluster : snapshot->cluster_list) {
+    if (!cluster->AnyHealthy()) {
+      return {.ready = false,
+              .reason = absl::StrCat("cluster ", cluster->name(), " has no healthy endpoint")};
+    }
+  }
+  return {.ready = true, .reason = ""};
+}
+
+void Sidecar::RefreshGauges() {
+  std::shared_ptr<const Snapshot> snapshot = current();
+  for (const auto& route : snapshot->routes->routes()) {
+    RouteState& state = *route->state;
+    if (state.bucket != nullptr) route->metrics->Tokens().Set(state.bucket->TokensApprox());
+    if (state.keyed != nullptr) {
+      route->metrics->Tokens().Set(state.keyed->SharedTokensApprox());
+    }
+    if (state.breaker != nullptr) {
+      route->metrics->SetBreakerState(MetricState(state.breaker->SnapshotApprox().state));
+    }
+    if (state.limiter != nullptr) {
+      route->metrics->InFlight().Set(state.limiter->InFlightApprox());
+      route->metrics->Queued().Set(state.limiter->QueuedApprox());
+    }
+  }
+  for (const auto& cluster : snapshot->cluster_list) {
+    for (const auto& endpoint : cluster->endpoints()) {
+      endpoint->metrics->SetHealthy(endpoint->load.healthy.load(std::memory_order_relaxed));
+    }
+  }
+}
+
+std::string Sidecar::RoutesJson() {
+  std::shared_ptr<const Snapshot> snapshot = current();
+  std::string out = "{\n  \"routes\": [";
+  bool first = true;
+  for (const auto& route : snapshot->routes->routes()) {
+    RouteState& state = *route->state;
+    absl::StrAppend(&out, first ? "\n" : ",\n", "    {\"name\": ", JsonString(route->name),
+                    ", \"cluster\": ", JsonString(route->cluster->name()));
+    first = false;
+    if (state.bucket != nullptr) {
+      absl::StrAppend(&out, ", \"tokens\": ", state.bucket->TokensApprox());
+    } else if (state.keyed != nullptr) {
+      absl::StrAppend(&out, ", \"tokens\": ", state.keyed->SharedTokensApprox(),
+                      ", \"keyed_buckets\": ", state.keyed->KeyCount());
+    }
+    if (state.breaker != nullptr) {
+      const CircuitBreaker::Snapshot b = state.breaker->SnapshotApprox();
+      absl::StrAppend(&out, ", \"breaker\": {\"state\": ",
+                      JsonString(CircuitBreaker::StateName(b.state)),
+                      ", \"consecutive_failures\": ", b.consecutive_failures,
+                      ", \"window_requests\": ", b.window_requests,
+                      ", \"window_failures\": ", b.window_failures,
+                      ", \"seconds_until_half_open\": ",
+                      absl::ToDoubleSeconds(b.time_until_half_open), "}");
+    }
+    if (state.limiter != nullptr) {
+      absl::StrAppend(&out, ", \"in_flight\": ", state.limiter->InFlightApprox(),
+                      ", \"queued\": ", state.limiter->QueuedApprox());
+    }
+    out += "}";
+  }
+  out += "\n  ],\n  \"clusters\": [";
+  first = true;
+  for (const auto& cluster : snapshot->cluster_list) {
+    absl::StrAppend(&out, first ? "\n" : ",\n", "    {\"name\": ", JsonString(cluster->name()),
+                    ", \"endpoints\": [");
+    first = false;
+    bool first_ep = true;
+    for (const auto& endpoint : cluster->endpoints()) {
+      absl::StrAppend(&out, first_ep ? "" : ", ", "{\"address\": ",
+                      JsonString(endpoint->address.ToString()), ", \"healthy\": ",
+                      endpoint->load.healthy.load() ? "true" : "false",
+                      ", \"in_flight\": ", endpoint->load.in_flight.load(), "}");
+      first_ep = false;
+    }
+    out += "]}";
+  }
+  int64_t open = 0;
+  for (auto& worker : workers_) open += worker->OpenStreamsApprox();
+  absl::StrAppend(&out, "\n  ],\n  \"open_streams\": ", open, "\n}\n");
+  return out;
+}
+
+}  // namespace bulwark

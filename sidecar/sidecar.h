@@ -1,0 +1,64 @@
+// Sidecar: the process. Builds configuration snapshots (clusters, routes, policy state),
+// starts the workers and the admin server, and runs the main thread's loop: signals
+// (SIGTERM/SIGINT drain and exit, SIGHUP reload) and the config file watch (a change of the
+// file's content, e.g. a Kubernetes ConfigMap symlink swap, reloads it).
+//
+// Thread-safety: Create and Run on the main thread; the admin providers it installs are
+// called on the admin thread and read the current snapshot under a mutex.
+#ifndef BULWARK_SIDECAR_SIDECAR_H_
+#define BULWARK_SIDECAR_SIDECAR_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "sidecar/admin_server.h"
+#include "sidecar/config_loader.h"
+#include "sidecar/metrics.h"
+#include "sidecar/net/worker.h"
+#include "sidecar/proxy_stream.h"
+
+namespace bulwark {
+
+class Sidecar {
+ public:
+  // Builds everything and binds the listener and admin ports; errors name what failed.
+  static absl::StatusOr<std::unique_ptr<Sidecar>> Create(LoadedConfig config);
+  ~Sidecar();
+
+  // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call before Create so every
+  // thread inherits the mask and the main thread alone receives them (sigtimedwait).
+  static void BlockSignals();
+
+  // Serves until SIGTERM/SIGINT, then drains. Returns the process exit code.
+  int Run();
+
+ private:
+  Sidecar() = default;
+  absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(LoadedConfig config,
+                                                                const Snapshot* previous);
+  void Reload(std::string_view why);
+  void Drain();
+  std::shared_ptr<const Snapshot> current() ABSL_LOCKS_EXCLUDED(mu_);
+  AdminServer::Readiness Readiness();
+  std::string RoutesJson();
+  void RefreshGauges();
+
+  Metrics metrics_{BULWARK_VERSION};
+  absl::Mutex mu_;
+  std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<net::Worker>> workers_;
+  std::vector<std::unique_ptr<ProxyHandler>> handlers_;
+  std::unique_ptr<AdminServer> admin_;
+  std::atomic<bool> draining_{false};
+  std::string config_path_;
+  std::string config_text_;  // content last loaded, to notice changes
+};
+
+}  // namespace bulwark
+
+#endif  // BULWARK_SIDECAR_SIDECAR_H_
