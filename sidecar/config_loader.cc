@@ -43,7 +43,7 @@ namespace {
 namespace pb = ::google::protobuf;
 namespace cfg = ::bulwark::config::v1;
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Small helpers shared by the walker and the validator.
 
 // The largest google.protobuf.Duration (10000 years), per duration.proto.
@@ -108,7 +108,7 @@ size_t EditDistance(absl::string_view a, absl::string_view b) {
   return row[b.size()];
 }
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Files.
 
 std::string ErrnoMessage(int error) {
@@ -160,7 +160,7 @@ std::string ResolvePath(absl::string_view base_dir, const std::string& path) {
       .string();
 }
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Which fields the YAML spelled out. Proto3 `optional` fields and messages
 // carry their own presence; this covers plain strings and repeated fields,
 // where "absent" (take the default) and "empty" (an explicit "" or []) mean
@@ -182,7 +182,7 @@ class FieldPresence {
       present_;
 };
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // YAML -> protobuf, strictly and generically over the message's descriptor:
 // every key must name a field, every value must have the field's type. Problems
 // go to `errors` under the field path; walking goes on so that one run reports
@@ -265,8 +265,8 @@ class YamlToProto {
       FillValue(node, message, field);
       return;
     }
-    if (node.IsNull())
-      return;  // "key:" alone: present and empty, like "key: []"
+    // "key:" alone is present and empty, like "key: []".
+    if (node.IsNull()) return;
     if (!node.IsSequence()) {
       errors_->AddError(
           absl::StrCat("expected a list (got ", Describe(node), ")"));
@@ -446,8 +446,9 @@ class YamlToProto {
     // YAML spells infinity and NaN with a leading dot; map them so that the
     // range checks can say "must be finite" instead of "expected a number".
     const std::string lower = absl::AsciiStrToLower(text);
-    if (lower == ".inf" || lower == "+.inf")
+    if (lower == ".inf" || lower == "+.inf") {
       return std::numeric_limits<double>::infinity();
+    }
     if (lower == "-.inf") return -std::numeric_limits<double>::infinity();
     if (lower == ".nan") return std::numeric_limits<double>::quiet_NaN();
     double value = 0;
@@ -464,8 +465,10 @@ class YamlToProto {
       return value->number();
     }
     std::vector<absl::string_view> names;
-    for (int i = 0; i < type->value_count(); ++i)
+    names.reserve(type->value_count());
+    for (int i = 0; i < type->value_count(); ++i) {
       names.push_back(type->value(i)->name());
+    }
     errors_->AddError(absl::StrCat("unknown value ", Quote(text), " (valid: ",
                                    absl::StrJoin(names, ", "), ")"));
     return std::nullopt;
@@ -549,16 +552,18 @@ class YamlToProto {
   FieldPresence* presence_;
 };
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Defaults (SPEC section 2, also listed in config.proto). Listener and admin
 // always exist; inside a cluster or route only the blocks that are present get
 // defaults, since an absent policy block means that policy is off.
 
 void FillHealthCheckDefaults(cfg::HealthCheck& hc) {
-  if (!hc.has_interval())
+  if (!hc.has_interval()) {
     *hc.mutable_interval() = ToProtoDuration(absl::Seconds(5));
-  if (!hc.has_timeout())
+  }
+  if (!hc.has_timeout()) {
     *hc.mutable_timeout() = ToProtoDuration(absl::Seconds(1));
+  }
   if (!hc.has_jitter()) hc.set_jitter(0.1);
   if (!hc.has_unhealthy_threshold()) hc.set_unhealthy_threshold(3);
   if (!hc.has_healthy_threshold()) hc.set_healthy_threshold(2);
@@ -575,10 +580,12 @@ void FillCircuitBreakerDefaults(cfg::CircuitBreaker& cb,
   if (!cb.has_consecutive_failures()) cb.set_consecutive_failures(5);
   if (!cb.has_failure_rate()) cb.set_failure_rate(0.5);
   if (!cb.has_minimum_requests()) cb.set_minimum_requests(20);
-  if (!cb.has_window())
+  if (!cb.has_window()) {
     *cb.mutable_window() = ToProtoDuration(absl::Seconds(10));
-  if (!cb.has_open_duration())
+  }
+  if (!cb.has_open_duration()) {
     *cb.mutable_open_duration() = ToProtoDuration(absl::Seconds(30));
+  }
   if (!cb.has_half_open_requests()) cb.set_half_open_requests(3);
   // An explicit [] is kept: then only deadline expiry and transport errors
   // count.
@@ -588,16 +595,18 @@ void FillCircuitBreakerDefaults(cfg::CircuitBreaker& cb,
       cb.add_failure_codes(code);
     }
   }
-  if (!cb.has_slow_call_duration())
+  if (!cb.has_slow_call_duration()) {
     *cb.mutable_slow_call_duration() = ToProtoDuration(absl::ZeroDuration());
+  }
   if (!cb.has_slow_call_rate()) cb.set_slow_call_rate(1.0);
 }
 
 void FillConcurrencyDefaults(cfg::Concurrency& c) {
   if (!c.has_max_in_flight()) c.set_max_in_flight(64);
   if (!c.has_max_queued()) c.set_max_queued(128);
-  if (!c.has_queue_timeout())
+  if (!c.has_queue_timeout()) {
     *c.mutable_queue_timeout() = ToProtoDuration(absl::Milliseconds(50));
+  }
 }
 
 void FillSingleflightDefaults(cfg::Singleflight& sf,
@@ -611,34 +620,40 @@ void FillSingleflightDefaults(cfg::Singleflight& sf,
 void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
   cfg::Listener& listener = *config.mutable_listener();
   if (!presence.Has(listener, "address")) listener.set_address("0.0.0.0:15000");
-  if (!listener.has_max_message_bytes())
+  if (!listener.has_max_message_bytes()) {
     listener.set_max_message_bytes(4194304);
-  if (!listener.has_max_concurrent_streams())
+  }
+  if (!listener.has_max_concurrent_streams()) {
     listener.set_max_concurrent_streams(1000);
+  }
   cfg::Admin& admin = *config.mutable_admin();
   if (!presence.Has(admin, "address")) admin.set_address("0.0.0.0:15001");
-  if (!config.has_drain_timeout())
+  if (!config.has_drain_timeout()) {
     *config.mutable_drain_timeout() = ToProtoDuration(absl::Seconds(20));
+  }
   if (!config.has_workers()) config.set_workers(0);
   for (cfg::Cluster& cluster : *config.mutable_clusters()) {
-    if (cluster.has_health_check())
+    if (cluster.has_health_check()) {
       FillHealthCheckDefaults(*cluster.mutable_health_check());
+    }
   }
   for (cfg::Route& route : *config.mutable_routes()) {
-    if (route.has_rate_limit())
+    if (route.has_rate_limit()) {
       FillRateLimitDefaults(*route.mutable_rate_limit());
+    }
     if (route.has_circuit_breaker()) {
       FillCircuitBreakerDefaults(*route.mutable_circuit_breaker(), presence);
     }
-    if (route.has_concurrency())
+    if (route.has_concurrency()) {
       FillConcurrencyDefaults(*route.mutable_concurrency());
+    }
     if (route.has_singleflight()) {
       FillSingleflightDefaults(*route.mutable_singleflight(), presence);
     }
   }
 }
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Semantic validation: ranges, references between blocks, files, addresses.
 
 using Field = ValidationErrors::ScopedField;
@@ -707,8 +722,9 @@ void CheckDurationPositive(ValidationErrors& errors, absl::string_view field,
 bool RouteMatchesPath(const cfg::RouteMatch& match, absl::string_view path) {
   if (!match.service().empty()) {
     const std::string service_prefix = absl::StrCat("/", match.service(), "/");
-    if (!match.method().empty())
+    if (!match.method().empty()) {
       return path == absl::StrCat(service_prefix, match.method());
+    }
     return absl::StartsWith(path, service_prefix);
   }
   if (!match.prefix().empty()) return absl::StartsWith(path, match.prefix());
@@ -765,11 +781,13 @@ class ConfigValidator {
   std::optional<HostPort> CheckAddress(absl::string_view field,
                                        const std::string& address,
                                        PortZero port_zero) {
-    auto parsed = ParseHostPort(address, port_zero);
-    if (parsed.ok()) return *std::move(parsed);
-    Field f(&errors_, absl::StrCat(".", field));
-    errors_.AddError(std::string(parsed.status().message()));
-    return std::nullopt;
+    if (auto parsed = ParseHostPort(address, port_zero); parsed.ok()) {
+      return *std::move(parsed);
+    } else {
+      Field f(&errors_, absl::StrCat(".", field));
+      errors_.AddError(std::string(parsed.status().message()));
+      return std::nullopt;
+    }
   }
 
   void ValidateListenerAndAdmin() {
@@ -826,8 +844,8 @@ class ConfigValidator {
     return a.host == b.host || wildcard(a) || wildcard(b);
   }
 
-  // Collects error strings from descriptor building (missing imports,
-  // duplicates).
+  // Keeps the first error of building descriptors (a missing import, say):
+  // the one that explains the others.
   class DescriptorErrors : public pb::DescriptorPool::ErrorCollector {
    public:
     void AddError(const std::string& filename,
@@ -940,8 +958,8 @@ class ConfigValidator {
     absl::flat_hash_map<std::string, int> seen;
     for (int i = 0; i < cluster.endpoints_size(); ++i) {
       Field e(&errors_, absl::StrCat(".endpoints[", i, "]"));
-      auto parsed = ParseHostPort(cluster.endpoints(i), PortZero::kReject);
-      if (!parsed.ok()) {
+      if (auto parsed = ParseHostPort(cluster.endpoints(i), PortZero::kReject);
+          !parsed.ok()) {
         errors_.AddError(std::string(parsed.status().message()));
       } else if (auto [it, inserted] = seen.emplace(parsed->ToString(), i);
                  !inserted) {
@@ -1001,11 +1019,13 @@ class ConfigValidator {
       const size_t errors_before = errors_.size();
       ValidateMatch(route.match());
       const bool match_ok = errors_.size() == errors_before;
-      if (route.has_timeout())
+      if (route.has_timeout()) {
         CheckDurationPositive(errors_, "timeout", route.timeout());
+      }
       if (route.has_rate_limit()) ValidateRateLimit(route.rate_limit());
-      if (route.has_circuit_breaker())
+      if (route.has_circuit_breaker()) {
         ValidateCircuitBreaker(route.circuit_breaker());
+      }
       if (route.has_concurrency()) ValidateConcurrency(route.concurrency());
       if (route.has_singleflight()) ValidateSingleflight(route, match_ok);
     }
@@ -1128,9 +1148,8 @@ class ConfigValidator {
     }
     if (!matches_unary || matches_streaming) {
       errors_.AddError(
-          "singleflight needs a route that matches one exact method (service + "
-          "method) "
-          "or methods known unary from descriptor_sets");
+          "singleflight needs a route that matches one exact method "
+          "(service + method) or methods known unary from descriptor_sets");
     }
   }
 
@@ -1141,7 +1160,7 @@ class ConfigValidator {
   absl::flat_hash_map<std::string, int> cluster_index_;
 };
 
-// ---------------------------------------------------------------------------------------
+// -----------------------------------------------------------------------------
 // Summary helpers.
 
 std::string DescribeMatch(const cfg::RouteMatch& match) {
@@ -1275,17 +1294,19 @@ absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
 }
 
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
-  auto content = ReadFile(path);
-  if (!content.ok()) {
+  if (auto content = ReadFile(path); content.ok()) {
+    // Relative paths in the file are relative to the file: the sidecar may be
+    // started from any directory, and a ConfigMap mounts its files together.
+    const std::string base_dir =
+        std::filesystem::path(path).parent_path().string();
+    auto loaded = ParseConfigText(*content, path, base_dir);
+    if (loaded.ok()) loaded->source_path = path;
+    return loaded;
+  } else {
     return absl::Status(content.status().code(),
                         absl::StrCat(path, ": cannot read config file: ",
                                      content.status().message()));
   }
-  const std::string base_dir =
-      std::filesystem::path(path).parent_path().string();
-  auto loaded = ParseConfigText(*content, path, base_dir);
-  if (loaded.ok()) loaded->source_path = path;
-  return loaded;
 }
 
 std::string ConfigToJson(const config::v1::Config& config) {
@@ -1307,8 +1328,9 @@ std::string ConfigToJson(const config::v1::Config& config) {
 std::string SummarizeConfig(const LoadedConfig& loaded) {
   const cfg::Config& config = loaded.proto;
   std::vector<std::string> lines;
-  if (!loaded.source_path.empty())
+  if (!loaded.source_path.empty()) {
     lines.push_back(absl::StrCat("config: ", loaded.source_path));
+  }
   const cfg::Listener& listener = config.listener();
   lines.push_back(absl::StrCat(
       "listener: ", listener.address(),

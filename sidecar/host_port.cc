@@ -16,8 +16,8 @@
 namespace bulwark {
 namespace {
 
-constexpr size_t kMaxHostNameLength =
-    253;  // RFC 1035, without the trailing dot
+// RFC 1035 limits, the name counted without its trailing dot.
+constexpr size_t kMaxHostNameLength = 253;
 constexpr size_t kMaxLabelLength = 63;
 
 // The text is escaped so that a stray newline cannot split an error line.
@@ -40,9 +40,8 @@ bool IsDnsLabel(absl::string_view label) {
   if (label.empty() || label.size() > kMaxLabelLength) return false;
   if (label.front() == '-' || label.back() == '-') return false;
   for (char c : label) {
-    // '_' is not valid in host names proper, but service records and some
-    // internal names (Kubernetes headless services behind SRV) use it;
-    // resolvers accept it.
+    // '_' is not valid in host names proper (RFC 952), but resolvers accept it
+    // and internal names do use it; refusing it would only get in the way.
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' &&
         c != '_') {
       return false;
@@ -52,8 +51,8 @@ bool IsDnsLabel(absl::string_view label) {
 }
 
 bool IsDnsName(absl::string_view name) {
-  if (!name.empty() && name.back() == '.')
-    name.remove_suffix(1);  // fully qualified
+  // A trailing dot marks a fully qualified name: "orders.example.".
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
   if (name.empty() || name.size() > kMaxHostNameLength) return false;
   for (absl::string_view label : absl::StrSplit(name, '.')) {
     if (!IsDnsLabel(label)) return false;
@@ -65,8 +64,9 @@ bool IsDnsName(absl::string_view name) {
 // must not slip through as a (numeric) DNS name.
 bool LooksLikeIpv4(absl::string_view host) {
   for (char c : host) {
-    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '.')
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '.') {
       return false;
+    }
   }
   return true;
 }
@@ -107,8 +107,9 @@ absl::StatusOr<uint16_t> ParsePort(absl::string_view port,
 }  // namespace
 
 std::string HostPort::ToString() const {
-  if (host.find(':') != std::string::npos)
+  if (host.find(':') != std::string::npos) {
     return absl::StrCat("[", host, "]:", port);
+  }
   return absl::StrCat(host, ":", port);
 }
 
@@ -127,8 +128,9 @@ absl::StatusOr<HostPort> ParseHostPort(std::string_view input,
     }
     host = std::string(text.substr(1, close - 1));
     absl::string_view rest = text.substr(close + 1);
-    if (rest.empty() || rest.front() != ':')
+    if (rest.empty() || rest.front() != ':') {
       return Invalid("expected host:port", text);
+    }
     port = rest.substr(1);
     if (!IsIpv6Literal(host)) {
       return Invalid(absl::StrCat("invalid IPv6 address \"",
@@ -137,8 +139,9 @@ absl::StatusOr<HostPort> ParseHostPort(std::string_view input,
     }
   } else {
     const size_t colon = text.rfind(':');
-    if (colon == absl::string_view::npos)
+    if (colon == absl::string_view::npos) {
       return Invalid("expected host:port", text);
+    }
     host = std::string(text.substr(0, colon));
     port = text.substr(colon + 1);
     if (host.find(':') != std::string::npos) {

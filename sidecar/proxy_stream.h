@@ -1,5 +1,6 @@
 // The call chain (SPEC section 3): for each downstream call, in this order,
-//   route -> rate_limit -> circuit_breaker -> concurrency -> pick healthy endpoint -> upstream
+//   route -> rate_limit -> circuit_breaker -> singleflight -> concurrency -> pick healthy
+//   endpoint -> upstream
 // and, when the call ends, the settlement: breaker outcome, permit release, endpoint load,
 // metrics. ProxyHandler is the transport's CallHandler for one worker; ProxyCall is the
 // per-call state it attaches to the transport's Call as its observer, so it lives exactly as
@@ -7,6 +8,13 @@
 //
 // A call waiting for a concurrency slot is a stored continuation: the limiter's callback
 // posts to the call's own worker, which looks the call up by id (the client may have left).
+//
+// Singleflight: a coalescable unary call is held until the client half-closes; its key is
+// method + request bytes + key header values. The leader's upstream call is a FlightCall
+// (an UpstreamCall owned by the leader's worker, not by any caller), so it survives its own
+// caller leaving while followers wait; it holds the flight's breaker ticket, semaphore
+// permit and endpoint load, and fans its captured response out to every caller, each on
+// its own worker. When the last caller leaves, the flight call is cancelled.
 //
 // Thread-safety: worker thread only, except the limiter callback (any thread, posts).
 // Cost per call: one route lookup, one shared_ptr copy of the snapshot, the policy
@@ -36,10 +44,12 @@ struct Snapshot {
   std::string config_json;
 };
 
+class FlightCall;
+
 class ProxyHandler final : public net::CallHandler {
  public:
-  ProxyHandler(net::Worker& worker, std::shared_ptr<const Snapshot> snapshot)
-      : worker_(worker), snapshot_(std::move(snapshot)) {}
+  ProxyHandler(net::Worker& worker, std::shared_ptr<const Snapshot> snapshot);
+  ~ProxyHandler() override;
 
   void OnCall(net::Call& call) override;
   // Worker thread only (post it): new calls use `snapshot`, calls in flight keep theirs.
@@ -47,9 +57,17 @@ class ProxyHandler final : public net::CallHandler {
     snapshot_ = std::move(snapshot);
   }
 
+  // Flight calls of this worker, by id (worker thread only).
+  uint64_t NextFlightId() { return ++last_flight_id_; }
+  void AddFlight(uint64_t id, std::unique_ptr<FlightCall> flight);
+  void EndFlight(uint64_t id);
+  net::Worker& worker() { return worker_; }
+
  private:
   net::Worker& worker_;
   std::shared_ptr<const Snapshot> snapshot_;
+  uint64_t last_flight_id_ = 0;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<FlightCall>> flights_;
 };
 
 }  // namespace bulwark

@@ -84,6 +84,9 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config, RouteMetri
                                     .queue_timeout = ToAbslDuration(c.queue_timeout())},
         clock);
   }
+  if (config.has_singleflight() && config.singleflight().enabled()) {
+    state->flights = std::make_unique<Flights>();
+  }
   return state;
 }
 
@@ -92,7 +95,8 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config, RouteMetri
 absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     const config::v1::Config& config,
     const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
-    Metrics& metrics, const RouteTable* previous) {
+    Metrics& metrics, const RouteTable* previous,
+    const absl::flat_hash_set<std::string>* unary_methods) {
   std::unique_ptr<RouteTable> table(new RouteTable());
   for (const config::v1::Route& rc : config.routes()) {
     auto route = std::make_unique<Route>();
@@ -128,6 +132,13 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
       route->rate_limit_shadow = rc.rate_limit().shadow();
     }
     if (rc.has_concurrency()) route->concurrency_shadow = rc.concurrency().shadow();
+    if (rc.has_singleflight() && rc.singleflight().enabled()) {
+      route->singleflight_shadow = rc.singleflight().shadow();
+      route->key_headers.assign(rc.singleflight().key_headers().begin(),
+                                rc.singleflight().key_headers().end());
+      route->exact_method = !rc.match().service().empty() && !rc.match().method().empty();
+      route->unary_methods = unary_methods;
+    }
 
     const size_t index = table->routes_.size();
     const auto& match = rc.match();

@@ -19,16 +19,21 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/circuit_breaker.h"
 #include "policies/concurrency_limiter.h"
 #include "policies/keyed_rate_limiter.h"
+#include "policies/singleflight.h"
 #include "policies/token_bucket.h"
 #include "sidecar/cluster.h"
 #include "sidecar/metrics.h"
+#include "sidecar/net/stream_handler.h"
 
 namespace bulwark {
+
+using Flights = Singleflight<net::CapturedResponse>;
 
 // Policy state of one route that outlives a snapshot.
 struct RouteState {
@@ -37,6 +42,7 @@ struct RouteState {
   std::unique_ptr<KeyedRateLimiter> keyed;      // rate_limit with key_header
   std::unique_ptr<CircuitBreaker> breaker;
   std::unique_ptr<ConcurrencyLimiter> limiter;
+  std::unique_ptr<Flights> flights;             // singleflight enabled
 };
 
 struct Route {
@@ -51,6 +57,20 @@ struct Route {
   bool rate_limit_shadow = false;
   bool breaker_shadow = false;
   bool concurrency_shadow = false;
+  bool singleflight_shadow = false;
+  std::vector<std::string> key_headers;  // singleflight.key_headers
+  // Singleflight on a route that matches one exact method coalesces every call of it;
+  // otherwise only methods known unary from descriptor_sets (the snapshot's set).
+  bool exact_method = false;
+  const absl::flat_hash_set<std::string>* unary_methods = nullptr;
+
+  // Whether a call to `path` on this route may be coalesced.
+  bool Coalescable(std::string_view path) const {
+    if (state->flights == nullptr) return false;
+    if (exact_method) return true;
+    return unary_methods != nullptr &&
+           unary_methods->contains(absl::string_view(path.data(), path.size()));
+  }
 };
 
 class RouteTable {
@@ -59,7 +79,8 @@ class RouteTable {
   static absl::StatusOr<std::unique_ptr<RouteTable>> Build(
       const config::v1::Config& config,
       const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
-      Metrics& metrics, const RouteTable* previous);
+      Metrics& metrics, const RouteTable* previous,
+      const absl::flat_hash_set<std::string>* unary_methods = nullptr);
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
   const Route* Match(std::string_view path) const;

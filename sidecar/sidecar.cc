@@ -86,12 +86,14 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
     snapshot->clusters[cc.name()] = *cluster;
     snapshot->cluster_list.push_back(*cluster);
   }
-  auto routes = RouteTable::Build(config.proto, snapshot->clusters, metrics_,
-                                  previous != nullptr ? previous->routes.get() : nullptr);
+  // The routes point into the snapshot's own copy of the method sets.
+  snapshot->config = std::move(config);
+  auto routes = RouteTable::Build(snapshot->config.proto, snapshot->clusters, metrics_,
+                                  previous != nullptr ? previous->routes.get() : nullptr,
+                                  &snapshot->config.unary_methods);
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
-  snapshot->config_json = ConfigToJson(config.proto);
-  snapshot->config = std::move(config);
+  snapshot->config_json = ConfigToJson(snapshot->config.proto);
   return snapshot;
 }
 

@@ -235,7 +235,7 @@ void DownstreamStream::OnDeadline() {
 void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
   decided_ = true;
   // The request body will never be forwarded: give its window back to the client.
-  if (!request_body_.empty()) {
+  if (!request_body_.empty() && !request_held_) {
     nghttp2_session_consume(down(), stream_id_, request_body_.size());
     request_body_.Clear();
   }
@@ -320,6 +320,22 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
     return;
   }
   request_body_.Append(data, len);
+  if (collecting_) {
+    // Held whole for the key: consume now (bounded by the size check above and below).
+    nghttp2_session_consume(down(), stream_id_, len);
+    session_.MarkDirty();
+    if (request_body_.size() > worker().options().max_message_bytes + 5) {
+      collecting_ = false;
+      collect_done_ = nullptr;
+      request_body_.Clear();
+      request_held_ = false;
+      RespondLocal({.grpc_code = kResourceExhausted,
+                    .message = "unary request larger than max_message_bytes",
+                    .reason = "message_too_large"});
+      result_.reason = "message_too_large";
+    }
+    return;
+  }
   if (upstream_ != nullptr && request_deferred_) {
     request_deferred_ = false;
     upstream_->ResumeRequest(upstream_stream_id_);
@@ -328,6 +344,13 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
 
 void DownstreamStream::OnRequestEnd() {
   request_ended_ = true;
+  if (collecting_) {
+    collecting_ = false;
+    auto done = std::move(collect_done_);
+    collect_done_ = nullptr;
+    done(request_body_.Take());
+    return;
+  }
   if (upstream_ != nullptr && request_deferred_) {
     request_deferred_ = false;
     upstream_->ResumeRequest(upstream_stream_id_);
@@ -419,6 +442,17 @@ void DownstreamStream::OnResponseEnd() {
 }
 
 ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags) {
+  if (shared_response_ != nullptr) {
+    const std::string& body = shared_response_->body;
+    const size_t n = std::min(length, body.size() - shared_offset_);
+    std::memcpy(buf, body.data() + shared_offset_, n);
+    shared_offset_ += n;
+    if (shared_offset_ == body.size()) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      SubmitTrailers(shared_response_->trailers);
+    }
+    return static_cast<ssize_t>(n);
+  }
   const size_t n = std::min(length, response_body_.size());
   if (n > 0) {
     std::memcpy(buf, response_body_.data(), n);
@@ -431,17 +465,53 @@ ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t
   if (response_body_.empty()) {
     if (response_ended_) {
       *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      std::vector<nghttp2_nv> nv;
-      nv.reserve(response_trailers_.size());
-      for (const auto& [name, value] : response_trailers_) nv.push_back(MakeNv(name, value));
-      nghttp2_submit_trailer(down(), stream_id_, nv.data(), nv.size());
-      response_state_ = ResponseState::kFinished;
+      SubmitTrailers(response_trailers_);
     } else if (n == 0) {
       response_deferred_ = true;
       return NGHTTP2_ERR_DEFERRED;
     }
   }
   return static_cast<ssize_t>(n);
+}
+
+void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(trailers.size());
+  for (const auto& [name, value] : trailers) nv.push_back(MakeNv(name, value));
+  nghttp2_submit_trailer(down(), stream_id_, nv.data(), nv.size());
+  response_state_ = ResponseState::kFinished;
+}
+
+void DownstreamStream::RespondWith(std::shared_ptr<const CapturedResponse> response) {
+  decided_ = true;
+  if (response_state_ != ResponseState::kNone) return;
+  result_.ending = CallResult::Ending::kCompleted;
+  result_.grpc_code = response->grpc_code;
+  response_ended_ = true;
+  if (response->trailers_only) {
+    SubmitResponseHeaders(response->headers, /*with_body=*/false);
+    response_state_ = ResponseState::kFinished;
+    return;
+  }
+  shared_response_ = std::move(response);
+  shared_offset_ = 0;
+  SubmitResponseHeaders(shared_response_->headers, /*with_body=*/true);
+  response_state_ = ResponseState::kHeadersSent;
+}
+
+void DownstreamStream::CollectRequest(absl::AnyInvocable<void(std::string body)> done) {
+  request_held_ = true;
+  if (!request_body_.empty()) {
+    // Bytes that arrived before: they are held too, so consume them now.
+    nghttp2_session_consume(down(), stream_id_, request_body_.size());
+    session_.MarkDirty();
+  }
+  if (request_ended_) {
+    done(request_body_.Take());
+    return;
+  }
+  collecting_ = true;
+  collect_done_ = std::move(done);
 }
 
 void DownstreamStream::ResumeResponse() {
@@ -547,7 +617,7 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
     deadline_timer_ = 0;
   }
   DetachUpstream(/*reset=*/true);
-  if (!request_body_.empty()) {
+  if (!request_body_.empty() && !request_held_) {
     nghttp2_session_consume_connection(down(), request_body_.size());
     request_body_.Clear();
   }

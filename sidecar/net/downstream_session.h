@@ -19,15 +19,14 @@
 #include "sidecar/net/grpc_framing.h"
 #include "sidecar/net/h2_connection.h"
 #include "sidecar/net/stream_handler.h"
+#include "sidecar/net/upstream_session.h"
 
 namespace bulwark::net {
 
 class DownstreamSession;
 class UpstreamConnection;
 
-using HeaderList = std::vector<std::pair<std::string, std::string>>;
-
-class DownstreamStream final : public Call {
+class DownstreamStream final : public Call, public UpstreamPeer {
  public:
   DownstreamStream(DownstreamSession& session, int32_t stream_id, uint64_t call_id,
                    uint64_t max_message_bytes);
@@ -59,20 +58,23 @@ class DownstreamStream final : public Call {
   ssize_t ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags);
 
   // --- upstream connection events ---
-  ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags);
-  void AddResponseHeader(std::string_view name, std::string_view value);
-  void OnResponseHeadersDone(bool end_stream);
-  void OnResponseData(const uint8_t* data, size_t len);
-  void OnResponseEnd();
-  void OnUpstreamClosed(uint32_t error_code);
-  void OnUpstreamFailed(std::string_view why);
-  const HeaderList& request_headers() const { return request_headers_; }
+  ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) override;
+  void AddResponseHeader(std::string_view name, std::string_view value) override;
+  void OnResponseHeadersDone(bool end_stream) override;
+  void OnResponseData(const uint8_t* data, size_t len) override;
+  void OnResponseEnd() override;
+  void OnUpstreamClosed(uint32_t error_code) override;
+  void OnUpstreamFailed(std::string_view why) override;
+  const HeaderList& request_headers() const override { return request_headers_; }
+  void RespondWith(std::shared_ptr<const CapturedResponse> response) override;
+  void CollectRequest(absl::AnyInvocable<void(std::string body)> done) override;
   int32_t stream_id() const { return stream_id_; }
 
  private:
   enum class ResponseState { kNone, kHeadersSent, kFinished };
   void SubmitResponseHeaders(const HeaderList& headers, bool with_body);
   void SubmitTrailersOnly(const LocalAnswer& answer);
+  void SubmitTrailers(const HeaderList& trailers);
   void FinishWithStatus(int grpc_code, std::string_view message, CallResult::Ending ending);
   void DetachUpstream(bool reset);
   void OnDeadline();
@@ -108,7 +110,14 @@ class DownstreamStream final : public Call {
   int32_t upstream_stream_id_ = -1;
   absl::Time upstream_start_;
 
+  // CollectRequest: the body is gathered (and consumed downstream) until END_STREAM.
+  absl::AnyInvocable<void(std::string body)> collect_done_;
+  bool collecting_ = false;
+  bool request_held_ = false;  // request bytes are consumed as they arrive
+
   // Response direction.
+  std::shared_ptr<const CapturedResponse> shared_response_;  // RespondWith's body source
+  size_t shared_offset_ = 0;
   ResponseState response_state_ = ResponseState::kNone;
   HeaderList response_headers_;
   HeaderList response_trailers_;

@@ -71,8 +71,11 @@ std::string EncodeGrpcTimeout(absl::Duration timeout) {
       {absl::Minutes(1), 'M'},      {absl::Hours(1), 'H'},
   };
   for (const Unit& unit : kUnits) {
-    const int64_t amount = absl::ToInt64Nanoseconds(absl::Ceil(timeout, unit.size)) /
-                           absl::ToInt64Nanoseconds(unit.size);
+    // Rounded down (never more time than granted); IDivDuration saturates
+    // instead of overflowing past 2^63 ns.
+    absl::Duration remainder;
+    const int64_t amount = absl::IDivDuration(timeout, unit.size, &remainder);
+    if (amount == 0) return "1n";  // under a nanosecond
     if (amount <= kMax) return std::to_string(amount) + unit.letter;
   }
   return std::to_string(kMax) + "H";

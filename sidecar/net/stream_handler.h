@@ -24,11 +24,25 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 
 namespace bulwark::net {
 
 class Worker;
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// A whole gRPC response kept in memory, to be given to several callers (singleflight):
+// the response headers, the body bytes as framed on the wire, and the trailers. A
+// trailers-only response has everything in `headers` and no body or trailers.
+struct CapturedResponse {
+  HeaderList headers;
+  std::string body;
+  HeaderList trailers;
+  bool trailers_only = false;
+  int grpc_code = 2;
+};
 
 // A resolved upstream endpoint. `key` identifies the per-worker connection (endpoints with
 // the same key share it, also across reloads).
@@ -97,6 +111,14 @@ class Call {
   virtual CallObserver* observer() const = 0;
   virtual void RespondLocal(const LocalAnswer& answer) = 0;
   virtual void Forward(const UpstreamAddress& upstream) = 0;
+  // Answers with a response captured from another call (singleflight).
+  virtual void RespondWith(std::shared_ptr<const CapturedResponse> response) = 0;
+  // Holds the request until the client half-closes, then calls `done` with its body (the
+  // framed bytes). The body is bounded by max_message_bytes plus one prefix; a larger one is
+  // refused with message_too_large. Used for unary calls only.
+  virtual void CollectRequest(absl::AnyInvocable<void(std::string body)> done) = 0;
+  // The request headers (regular ones and :authority), for building a shared upstream call.
+  virtual const HeaderList& request_headers() const = 0;
 };
 
 // Implemented by the core, one per worker; called on the worker's thread.

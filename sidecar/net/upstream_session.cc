@@ -10,14 +10,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "sidecar/net/downstream_session.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
 namespace {
 
-DownstreamStream* PeerOf(nghttp2_session* session, int32_t id) {
-  return static_cast<DownstreamStream*>(nghttp2_session_get_stream_user_data(session, id));
+UpstreamPeer* PeerOf(nghttp2_session* session, int32_t id) {
+  return static_cast<UpstreamPeer*>(nghttp2_session_get_stream_user_data(session, id));
 }
 
 }  // namespace
@@ -28,7 +27,7 @@ struct UpstreamCallbacks {
                       const uint8_t* name, size_t namelen, const uint8_t* value,
                       size_t valuelen, uint8_t, void*) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+    if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
       peer->AddResponseHeader(std::string_view(reinterpret_cast<const char*>(name), namelen),
                               std::string_view(reinterpret_cast<const char*>(value), valuelen));
     }
@@ -40,13 +39,13 @@ struct UpstreamCallbacks {
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS:
-        if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+        if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
           peer->OnResponseHeadersDone(end_stream);
         }
         break;
       case NGHTTP2_DATA:
         if (end_stream) {
-          if (DownstreamStream* peer = PeerOf(session, frame->hd.stream_id)) {
+          if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
             peer->OnResponseEnd();
           }
         }
@@ -63,7 +62,7 @@ struct UpstreamCallbacks {
 
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                          const uint8_t* data, size_t len, void* user_data) {
-    if (DownstreamStream* peer = PeerOf(session, stream_id)) {
+    if (UpstreamPeer* peer = PeerOf(session, stream_id)) {
       peer->OnResponseData(data, len);
     } else {
       // The client left; the stream is being reset. Keep the connection window open.
@@ -76,7 +75,7 @@ struct UpstreamCallbacks {
   static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
                            void* user_data) {
     auto* self = static_cast<UpstreamConnection*>(user_data);
-    if (DownstreamStream* peer = PeerOf(session, stream_id)) {
+    if (UpstreamPeer* peer = PeerOf(session, stream_id)) {
       nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
       self->streams_.erase(peer);
       peer->OnUpstreamClosed(error_code);
@@ -86,7 +85,7 @@ struct UpstreamCallbacks {
 
   static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
                              size_t length, uint32_t* flags, nghttp2_data_source*, void*) {
-    DownstreamStream* peer = PeerOf(session, stream_id);
+    UpstreamPeer* peer = PeerOf(session, stream_id);
     if (peer == nullptr) return NGHTTP2_ERR_DEFERRED;  // reset is on its way
     return peer->ReadRequestBody(buf, length, flags);
   }
@@ -159,7 +158,7 @@ void UpstreamConnection::OnWritableFirstTime() {
   connected_ = true;
 }
 
-int32_t UpstreamConnection::Submit(DownstreamStream* stream, const nghttp2_nv* headers,
+int32_t UpstreamConnection::Submit(UpstreamPeer* stream, const nghttp2_nv* headers,
                                    size_t count) {
   nghttp2_data_provider provider{};
   provider.read_callback = &UpstreamCallbacks::ReadRequest;
@@ -173,7 +172,7 @@ void UpstreamConnection::Reset(int32_t stream_id, uint32_t error_code) {
   MarkDirty();
 }
 
-void UpstreamConnection::Forget(DownstreamStream* stream, int32_t stream_id) {
+void UpstreamConnection::Forget(UpstreamPeer* stream, int32_t stream_id) {
   nghttp2_session_set_stream_user_data(session_, stream_id, nullptr);
   streams_.erase(stream);
 }
@@ -187,7 +186,7 @@ void UpstreamConnection::OnClosed(std::string_view why) {
   // Streams still open lose their upstream: each answers its client.
   auto streams = std::move(streams_);
   streams_.clear();
-  for (DownstreamStream* stream : streams) stream->OnUpstreamFailed(why);
+  for (UpstreamPeer* stream : streams) stream->OnUpstreamFailed(why);
   worker_.OnUpstreamClosed(this, !connected_);
 }
 

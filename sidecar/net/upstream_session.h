@@ -19,7 +19,21 @@
 
 namespace bulwark::net {
 
-class DownstreamStream;
+// What an upstream stream reports to, and reads its request body from: the downstream
+// stream it is paired with, or a detached UpstreamCall (singleflight flights, health probes).
+class UpstreamPeer {
+ public:
+  virtual ~UpstreamPeer() = default;
+  virtual ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) = 0;
+  virtual void AddResponseHeader(std::string_view name, std::string_view value) = 0;
+  virtual void OnResponseHeadersDone(bool end_stream) = 0;
+  virtual void OnResponseData(const uint8_t* data, size_t len) = 0;
+  virtual void OnResponseEnd() = 0;
+  // The upstream stream closed (after the response, or reset with `error_code`).
+  virtual void OnUpstreamClosed(uint32_t error_code) = 0;
+  // The connection failed or broke before the stream closed.
+  virtual void OnUpstreamFailed(std::string_view why) = 0;
+};
 
 class UpstreamConnection final : public H2Connection {
  public:
@@ -31,12 +45,12 @@ class UpstreamConnection final : public H2Connection {
   const std::string& key() const { return key_; }
   bool accepting_streams() const { return !goaway_received_; }
 
-  // Opens a stream for `stream`'s request; returns the stream id or a negative nghttp2
+  // Opens a stream for `peer`'s request; returns the stream id or a negative nghttp2
   // error.
-  int32_t Submit(DownstreamStream* stream, const nghttp2_nv* headers, size_t count);
+  int32_t Submit(UpstreamPeer* peer, const nghttp2_nv* headers, size_t count);
   // Resets an upstream stream (client cancelled, deadline) and forgets its downstream peer.
   void Reset(int32_t stream_id, uint32_t error_code);
-  void Forget(DownstreamStream* stream, int32_t stream_id);
+  void Forget(UpstreamPeer* peer, int32_t stream_id);
   void ResumeRequest(int32_t stream_id);
 
  private:
@@ -49,7 +63,7 @@ class UpstreamConnection final : public H2Connection {
   std::string key_;
   bool goaway_received_ = false;
   bool connected_ = false;
-  absl::flat_hash_set<DownstreamStream*> streams_;
+  absl::flat_hash_set<UpstreamPeer*> streams_;
 };
 
 }  // namespace bulwark::net

@@ -1,0 +1,227 @@
+#include "sidecar/net/upstream_call.h"
+
+#include <cstring>
+#include <vector>
+
+#include "sidecar/net/grpc_framing.h"
+#include "sidecar/net/worker.h"
+
+namespace bulwark::net {
+namespace {
+
+nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
+  return nghttp2_nv{
+      reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+      NGHTTP2_NV_FLAG_NONE};
+}
+
+std::string_view Find(const HeaderList& headers, std::string_view name) {
+  for (const auto& [n, v] : headers) {
+    if (n == name) return v;
+  }
+  return {};
+}
+
+}  // namespace
+
+UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
+                           UpstreamCallListener* listener, const Options& options)
+    : worker_(worker),
+      request_(std::move(request)),
+      listener_(listener),
+      options_(options),
+      start_(absl::Now()),
+      alive_(std::make_shared<bool>(true)) {}
+
+std::unique_ptr<UpstreamCall> UpstreamCall::Start(Worker& worker,
+                                                  const UpstreamAddress& address,
+                                                  UpstreamRequest request,
+                                                  UpstreamCallListener* listener,
+                                                  const Options& options) {
+  std::unique_ptr<UpstreamCall> call(
+      new UpstreamCall(worker, std::move(request), listener, options));
+  UpstreamCall* self = call.get();
+  auto fail_later = [self, &worker](std::string why) {
+    std::weak_ptr<bool> alive = self->alive_;
+    worker.Post([self, alive, why = std::move(why)]() mutable {
+      if (alive.lock() == nullptr) return;
+      self->Finish(14, std::move(why), /*transport_failure=*/true, false);
+    });
+  };
+  std::string error;
+  UpstreamConnection* conn = worker.UpstreamFor(address, &error);
+  if (conn == nullptr) {
+    fail_later(std::move(error));
+    return call;
+  }
+  std::vector<nghttp2_nv> nv;
+  nv.push_back(MakeNv(":method", "POST"));
+  nv.push_back(MakeNv(":scheme", "http"));
+  nv.push_back(MakeNv(":path", self->request_.path));
+  std::string_view authority = Find(self->request_.headers, ":authority");
+  nv.push_back(MakeNv(":authority", authority.empty() ? address.authority : authority));
+  bool have_te = false, have_content_type = false;
+  for (const auto& [name, value] : self->request_.headers) {
+    if (name[0] == ':' || name == "grpc-timeout") continue;
+    have_te |= name == "te";
+    have_content_type |= name == "content-type";
+    nv.push_back(MakeNv(name, value));
+  }
+  if (!have_content_type) nv.push_back(MakeNv("content-type", "application/grpc"));
+  if (!have_te) nv.push_back(MakeNv("te", "trailers"));
+  std::string timeout;
+  if (self->request_.deadline != absl::InfiniteFuture()) {
+    timeout = EncodeGrpcTimeout(self->request_.deadline - absl::Now());
+    nv.push_back(MakeNv("grpc-timeout", timeout));
+    self->deadline_timer_ =
+        worker.loop().AddTimer(self->request_.deadline - absl::Now(), [self] {
+          self->deadline_timer_ = 0;
+          self->Detach(/*reset=*/true);
+          self->Finish(4, "deadline exceeded in the sidecar", false, /*deadline=*/true);
+        });
+  }
+  const int32_t id = conn->Submit(self, nv.data(), nv.size());
+  if (id < 0) {
+    fail_later(std::string("cannot open upstream stream: ") + nghttp2_strerror(id));
+    return call;
+  }
+  self->conn_ = conn;
+  self->stream_id_ = id;
+  conn->MarkDirty();
+  return call;
+}
+
+UpstreamCall::~UpstreamCall() {
+  *alive_ = false;
+  if (deadline_timer_ != 0) worker_.loop().CancelTimer(deadline_timer_);
+  Detach(/*reset=*/true);
+}
+
+void UpstreamCall::Detach(bool reset) {
+  if (conn_ == nullptr) return;
+  if (reset) conn_->Reset(stream_id_, NGHTTP2_CANCEL);
+  conn_->Forget(this, stream_id_);
+  conn_ = nullptr;
+  stream_id_ = -1;
+}
+
+ssize_t UpstreamCall::ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) {
+  const size_t n = std::min(length, request_.body.size() - request_offset_);
+  std::memcpy(buf, request_.body.data() + request_offset_, n);
+  request_offset_ += n;
+  if (request_offset_ == request_.body.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(n);
+}
+
+void UpstreamCall::AddResponseHeader(std::string_view name, std::string_view value) {
+  (headers_done_ ? trailers_ : headers_).emplace_back(name, value);
+}
+
+void UpstreamCall::OnResponseHeadersDone(bool end_stream) {
+  if (headers_done_) {
+    OnResponseEnd();
+    return;
+  }
+  const std::string_view status = Find(headers_, ":status");
+  if (!status.empty() && status[0] == '1') {
+    headers_.clear();
+    return;
+  }
+  headers_done_ = true;
+  if (status != "200") {
+    Detach(/*reset=*/!end_stream);
+    Finish(GrpcCodeFromHttpStatus(std::atoi(std::string(status).c_str())),
+           "upstream answered HTTP status " + std::string(status), true, false);
+    return;
+  }
+  if (end_stream) OnResponseEnd();
+}
+
+void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
+  if (conn_ != nullptr) {
+    nghttp2_session_consume(conn_->session(), stream_id_, len);
+    conn_->MarkDirty();
+  }
+  received_ += len;
+  if (received_ > options_.max_response_bytes + 5) {
+    Detach(/*reset=*/true);
+    Finish(8, "upstream response larger than the sidecar keeps for sharing", false, false);
+    return;
+  }
+  if (options_.capture) body_.append(reinterpret_cast<const char*>(data), len);
+  pending_.append(reinterpret_cast<const char*>(data), len);
+  size_t offset = 0;
+  while (pending_.size() - offset >= 5) {
+    const auto* p = reinterpret_cast<const uint8_t*>(pending_.data() + offset);
+    const uint64_t length = (uint64_t{p[1]} << 24) | (uint64_t{p[2]} << 16) |
+                            (uint64_t{p[3]} << 8) | uint64_t{p[4]};
+    if (pending_.size() - offset - 5 < length) break;
+    listener_->OnMessage(std::string_view(pending_).substr(offset + 5, length));
+    if (finished_) return;
+    offset += 5 + length;
+  }
+  pending_.erase(0, offset);
+}
+
+void UpstreamCall::OnResponseEnd() {
+  if (finished_) return;
+  const HeaderList& status_source = trailers_.empty() ? headers_ : trailers_;
+  const int code = ParseGrpcStatus(Find(status_source, "grpc-status")).value_or(2);
+  std::string message(Find(status_source, "grpc-message"));
+  Finish(code, std::move(message), false, false);
+}
+
+void UpstreamCall::OnUpstreamClosed(uint32_t error_code) {
+  conn_ = nullptr;
+  stream_id_ = -1;
+  if (finished_) return;
+  Finish(GrpcCodeFromHttp2Error(error_code), "upstream reset the stream", true, false);
+}
+
+void UpstreamCall::OnUpstreamFailed(std::string_view why) {
+  conn_ = nullptr;
+  stream_id_ = -1;
+  if (finished_) return;
+  Finish(14, "upstream connection failed: " + std::string(why), true, false);
+}
+
+void UpstreamCall::Finish(int code, std::string message, bool transport_failure,
+                          bool deadline) {
+  if (finished_) return;
+  finished_ = true;
+  if (deadline_timer_ != 0) {
+    worker_.loop().CancelTimer(deadline_timer_);
+    deadline_timer_ = 0;
+  }
+  UpstreamCallResult result;
+  result.grpc_code = code;
+  result.grpc_message = message;
+  result.transport_failure = transport_failure;
+  result.deadline_exceeded = deadline;
+  result.duration = absl::Now() - start_;
+  if (options_.capture) {
+    auto response = std::make_shared<CapturedResponse>();
+    response->grpc_code = code;
+    const bool from_upstream = !transport_failure && !deadline && headers_done_ &&
+                               (!trailers_.empty() || !Find(headers_, "grpc-status").empty());
+    if (from_upstream && trailers_.empty()) {
+      response->headers = headers_;  // upstream trailers-only
+      response->trailers_only = true;
+    } else if (from_upstream) {
+      response->headers = headers_;
+      response->body = std::move(body_);
+      response->trailers = trailers_;
+    } else {
+      response->headers = {{":status", "200"},
+                           {"content-type", "application/grpc"},
+                           {"grpc-status", std::to_string(code)},
+                           {"grpc-message", PercentEncode(message)}};
+      response->trailers_only = true;
+    }
+    result.response = std::move(response);
+  }
+  listener_->OnFinish(result);  // may destroy this
+}
+
+}  // namespace bulwark::net
