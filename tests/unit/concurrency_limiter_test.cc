@@ -1,0 +1,429 @@
+#include "policies/concurrency_limiter.h"
+
+#include <atomic>
+#include <deque>
+#include <latch>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "policies/clock.h"
+
+namespace bulwark {
+namespace {
+
+using AcquireStatus = ConcurrencyLimiter::AcquireStatus;
+using CancelStatus = ConcurrencyLimiter::CancelStatus;
+using Permit = ConcurrencyLimiter::Permit;
+using WaitResult = ConcurrencyLimiter::WaitResult;
+using WaitStatus = ConcurrencyLimiter::WaitStatus;
+
+// Keeps whatever a parked waiter was given, so a test can look at it (and hold
+// the permit).
+struct Outcome {
+  int calls = 0;
+  std::optional<WaitStatus> status;
+  Permit permit;
+};
+
+class ConcurrencyLimiterTest : public ::testing::Test {
+ protected:
+  ConcurrencyLimiter::Waiter WaiterInto(
+      Outcome& outcome, absl::Time deadline = absl::InfiniteFuture()) {
+    return {.timers = timers_,
+            .call_deadline = deadline,
+            .on_done = [&outcome](WaitResult result) {
+              ++outcome.calls;
+              outcome.status = result.status;
+              outcome.permit = std::move(result.permit);
+            }};
+  }
+
+  ConcurrencyLimiter::Waiter UnusedWaiter() {
+    return {.timers = timers_, .on_done = [](WaitResult) { FAIL(); }};
+  }
+
+  FakeClock clock_;
+  FakeTimerQueue timers_{clock_};
+};
+
+TEST_F(ConcurrencyLimiterTest, GrantsUpToMaxInFlightAtOnce) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 2, .max_queued = 0, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  auto first = limiter.Acquire(UnusedWaiter());
+  auto second = limiter.Acquire(UnusedWaiter());
+  EXPECT_EQ(first.status, AcquireStatus::kGranted);
+  EXPECT_TRUE(first.permit.Held());
+  EXPECT_EQ(second.status, AcquireStatus::kGranted);
+  EXPECT_EQ(limiter.InFlightApprox(), 2u);
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest, RejectsAtOnceWhenMaxQueuedIsZero) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 0, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  auto rejected = limiter.Acquire(UnusedWaiter());
+  EXPECT_EQ(rejected.status, AcquireStatus::kConcurrencyLimit);
+  EXPECT_FALSE(rejected.permit.Held());
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest, RejectsWhenTheQueueIsFull) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 2, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  Outcome a, b;
+  auto held = limiter.Acquire(UnusedWaiter());
+  auto parked_a = limiter.Acquire(WaiterInto(a));
+  auto parked_b = limiter.Acquire(WaiterInto(b));
+  auto rejected = limiter.Acquire(UnusedWaiter());
+  EXPECT_EQ(parked_a.status, AcquireStatus::kParked);
+  EXPECT_EQ(parked_b.status, AcquireStatus::kParked);
+  EXPECT_EQ(rejected.status, AcquireStatus::kConcurrencyLimit);
+  EXPECT_EQ(limiter.QueuedApprox(), 2u);
+  held.permit.Release();
+  limiter.Cancel(parked_b.wait);
+}
+
+TEST_F(ConcurrencyLimiterTest, FifoOrderIsKept) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 3, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  Outcome first, second, third;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(first));
+  limiter.Acquire(WaiterInto(second));
+  limiter.Acquire(WaiterInto(third));
+
+  held.permit.Release();
+  EXPECT_EQ(first.status, WaitStatus::kGranted);
+  EXPECT_TRUE(first.permit.Held());
+  EXPECT_EQ(second.calls, 0);
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+
+  first.permit.Release();
+  EXPECT_EQ(second.status, WaitStatus::kGranted);
+  EXPECT_EQ(third.calls, 0);
+
+  second.permit.Release();
+  EXPECT_EQ(third.status, WaitStatus::kGranted);
+  third.permit.Release();
+
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+  // Each grant cancelled its waiter's timer.
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       ReleaseHandsTheSlotOverSoNewcomersCannotJumpTheQueue) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 1, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  Outcome waiting;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(waiting));
+  held.permit.Release();
+  ASSERT_EQ(waiting.status, WaitStatus::kGranted);
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  Outcome newcomer;
+  EXPECT_EQ(limiter.Acquire(WaiterInto(newcomer)).status,
+            AcquireStatus::kParked);
+  waiting.permit.Release();
+  EXPECT_EQ(newcomer.status, WaitStatus::kGranted);
+}
+
+TEST_F(ConcurrencyLimiterTest, QueueTimeoutRejectsWithQueueTimeout) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::Milliseconds(50)},
+                             clock_);
+  Outcome waiting;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(waiting, clock_.Now() + absl::Seconds(10)));
+  EXPECT_EQ(timers_.NextDeadline().second,
+            clock_.Now() + absl::Milliseconds(50));
+
+  timers_.AdvanceBy(absl::Milliseconds(49));
+  EXPECT_EQ(waiting.calls, 0);
+  timers_.AdvanceBy(absl::Milliseconds(1));
+  EXPECT_EQ(waiting.calls, 1);
+  EXPECT_EQ(waiting.status, WaitStatus::kQueueTimeout);
+  EXPECT_FALSE(waiting.permit.Held());
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+
+  // The slot is still the holder's; releasing it hands nothing to the departed
+  // waiter.
+  held.permit.Release();
+  EXPECT_EQ(waiting.calls, 1);
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       CallDeadlineBeforeQueueTimeoutGivesDeadlineExceeded) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::Milliseconds(50)},
+                             clock_);
+  Outcome waiting;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(waiting, clock_.Now() + absl::Milliseconds(20)));
+  EXPECT_EQ(timers_.NextDeadline().second,
+            clock_.Now() + absl::Milliseconds(20));
+
+  timers_.AdvanceBy(absl::Milliseconds(20));
+  EXPECT_EQ(waiting.calls, 1);
+  EXPECT_EQ(waiting.status, WaitStatus::kDeadlineExceeded);
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       DeadlineEqualToQueueTimeoutGivesDeadlineExceeded) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::Milliseconds(50)},
+                             clock_);
+  Outcome waiting;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(waiting, clock_.Now() + absl::Milliseconds(50)));
+  timers_.AdvanceBy(absl::Milliseconds(50));
+  EXPECT_EQ(waiting.status, WaitStatus::kDeadlineExceeded);
+}
+
+TEST_F(ConcurrencyLimiterTest, InfiniteQueueTimeoutAndNoDeadlineArmsNoTimer) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::InfiniteDuration()},
+                             clock_);
+  Outcome waiting;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire(WaiterInto(waiting));
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+  held.permit.Release();
+  EXPECT_EQ(waiting.status, WaitStatus::kGranted);
+}
+
+TEST_F(ConcurrencyLimiterTest, CancelWhileQueuedFreesTheSlotAndFiresNothing) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::Milliseconds(50)},
+                             clock_);
+  Outcome cancelled;
+  auto held = limiter.Acquire(UnusedWaiter());
+  auto parked = limiter.Acquire(WaiterInto(cancelled));
+  ASSERT_EQ(parked.status, AcquireStatus::kParked);
+  EXPECT_EQ(timers_.PendingCount(), 1u);
+
+  EXPECT_EQ(limiter.Cancel(parked.wait), CancelStatus::kCancelled);
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+  EXPECT_EQ(timers_.PendingCount(), 0u);
+
+  // The queue place is free again for someone else ...
+  Outcome next;
+  EXPECT_EQ(limiter.Acquire(WaiterInto(next)).status, AcquireStatus::kParked);
+  // ... and neither the grant nor the timeout reaches the cancelled waiter.
+  held.permit.Release();
+  timers_.AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(cancelled.calls, 0);
+  EXPECT_EQ(next.status, WaitStatus::kGranted);
+  EXPECT_EQ(limiter.Cancel(parked.wait), CancelStatus::kAlreadyResolved);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       CancelAfterGrantReportsResolvedAndThePermitStillReleases) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 1, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  // The sidecar's callback posts the result to the waiter's worker; model the
+  // post queue.
+  std::vector<WaitResult> posted;
+  auto held = limiter.Acquire(UnusedWaiter());
+  auto parked = limiter.Acquire(
+      {.timers = timers_, .on_done = [&posted](WaitResult result) {
+         posted.push_back(std::move(result));
+       }});
+  held.permit.Release();  // the grant happens on "another worker" ...
+  // ... before the client goes away.
+  EXPECT_EQ(limiter.Cancel(parked.wait), CancelStatus::kAlreadyResolved);
+  ASSERT_EQ(posted.size(), 1u);
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  posted.clear();  // the worker finds its call gone and drops the result
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest, PermitReleasedExactlyOnce) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 2, .max_queued = 0, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  auto other = limiter.Acquire(UnusedWaiter());
+  {
+    Permit permit = std::move(limiter.Acquire(UnusedWaiter()).permit);
+    EXPECT_EQ(limiter.InFlightApprox(), 2u);
+    Permit moved = std::move(permit);
+    EXPECT_FALSE(
+        permit.Held());  // NOLINT(bugprone-use-after-move): tested contract
+    moved.Release();
+    EXPECT_EQ(limiter.InFlightApprox(), 1u);
+    moved.Release();
+    permit.Release();
+    EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  }  // both destructors run here: still nothing more released
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+
+  Permit assigned = std::move(limiter.Acquire(UnusedWaiter()).permit);
+  EXPECT_EQ(limiter.InFlightApprox(), 2u);
+  assigned = std::move(other.permit);  // releases the slot `assigned` held
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  assigned = Permit();
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest, DroppingAGrantedPermitInTheCallbackPassesItOn) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 2, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  Outcome gone, next;
+  auto held = limiter.Acquire(UnusedWaiter());
+  limiter.Acquire({.timers = timers_, .on_done = [&gone](WaitResult result) {
+                     ++gone.calls;
+                     gone.status = result.status;
+                   }});  // the permit dies with `result`
+  limiter.Acquire(WaiterInto(next));
+  held.permit.Release();
+  EXPECT_EQ(gone.calls, 1);
+  EXPECT_EQ(gone.status, WaitStatus::kGranted);
+  EXPECT_EQ(next.status, WaitStatus::kGranted);
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  next.permit.Release();
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+}
+
+TEST_F(ConcurrencyLimiterTest, CallbackNeverRunsInsideAcquire) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 1,
+                              .queue_timeout = absl::Milliseconds(50)},
+                             clock_);
+  Outcome late;
+  auto held = limiter.Acquire(UnusedWaiter());
+  // Its deadline has already passed: the waiter still hears so from its timer,
+  // not inline.
+  auto parked =
+      limiter.Acquire(WaiterInto(late, clock_.Now() - absl::Seconds(1)));
+  EXPECT_EQ(parked.status, AcquireStatus::kParked);
+  EXPECT_EQ(late.calls, 0);
+  EXPECT_EQ(timers_.NextDeadline().second, clock_.Now());  // due at once
+  timers_.AdvanceBy(absl::ZeroDuration());
+  EXPECT_EQ(late.status, WaitStatus::kDeadlineExceeded);
+}
+
+// Real threads contend for 3 slots. Each thread keeps up to 3 permits at a
+// time, so even a thread running alone fills every slot and its next attempt
+// parks (or is rejected), whatever the scheduler does; with others running,
+// parked waiters are granted by other threads' releases, and some cancel,
+// racing those grants. Exact accounting: every attempt ends granted, rejected
+// or cancelled, every grant is released, and the permits held at once (counted
+// independently) never exceed the limit.
+TEST(ConcurrencyLimiterThreadsTest, InFlightNeverExceedsLimitUnderManyThreads) {
+  constexpr uint32_t kMaxInFlight = 3;
+  constexpr int kThreads = 8;
+  constexpr int kAttemptsPerThread = 20000;
+  FakeClock clock;
+  FakeTimerQueue timers(clock);  // never advanced: waits end by grant or cancel
+  ConcurrencyLimiter limiter({.max_in_flight = kMaxInFlight,
+                              .max_queued = 4,
+                              .queue_timeout = absl::Seconds(1)},
+                             clock);
+
+  std::atomic<int> holding{0};
+  std::atomic<int> most_held{0};
+  std::atomic<int> limiter_over_limit{0};
+  std::atomic<int> granted_at_once{0};
+  std::atomic<int> granted_after_wait{0};
+  std::atomic<int> rejected{0};
+  std::atomic<int> cancelled{0};
+  std::atomic<int> cancel_lost_race{0};
+  auto mark_held = [&] {
+    const int now_held = holding.fetch_add(1) + 1;
+    int seen = most_held.load();
+    while (now_held > seen &&
+           !most_held.compare_exchange_weak(seen, now_held)) {
+    }
+    if (limiter.InFlightApprox() > kMaxInFlight) {
+      limiter_over_limit.fetch_add(1);
+    }
+  };
+  auto release = [&](Permit& permit) {
+    holding.fetch_sub(1);
+    permit.Release();
+  };
+
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      start.arrive_and_wait();
+      std::deque<Permit> kept;
+      for (int i = 0; i < kAttemptsPerThread; ++i) {
+        auto result =
+            limiter.Acquire({.timers = timers, .on_done = [&](WaitResult wait) {
+                               ASSERT_EQ(wait.status, WaitStatus::kGranted);
+                               granted_after_wait.fetch_add(1);
+                               mark_held();
+                               release(wait.permit);
+                             }});
+        switch (result.status) {
+          case AcquireStatus::kGranted:
+            granted_at_once.fetch_add(1);
+            mark_held();
+            kept.push_back(std::move(result.permit));
+            break;
+          case AcquireStatus::kParked:
+            if (i % 3 == 0) {
+              if (limiter.Cancel(result.wait) == CancelStatus::kCancelled) {
+                cancelled.fetch_add(1);
+              } else {
+                cancel_lost_race.fetch_add(1);  // its callback counts it
+              }
+            }
+            break;
+          case AcquireStatus::kConcurrencyLimit:
+            rejected.fetch_add(1);
+            break;
+        }
+        // Keep permits for a while, so attempts find the slots taken, but give
+        // one back whenever this attempt got none, so supply never runs dry.
+        if (!kept.empty() && (kept.size() > kMaxInFlight ||
+                              result.status != AcquireStatus::kGranted)) {
+          release(kept.front());
+          kept.pop_front();
+        }
+      }
+      for (Permit& permit : kept) release(permit);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  EXPECT_EQ(granted_at_once + granted_after_wait + rejected + cancelled,
+            kThreads * kAttemptsPerThread);
+  EXPECT_LE(most_held.load(), static_cast<int>(kMaxInFlight));
+  EXPECT_EQ(limiter_over_limit.load(), 0);
+  EXPECT_EQ(holding.load(), 0);
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+  // Every grant and every cancel disarmed its waiter's timer.
+  EXPECT_EQ(timers.PendingCount(), 0u);
+  EXPECT_GT(granted_after_wait.load(), 0);
+  RecordProperty("granted_after_wait", granted_after_wait.load());
+  RecordProperty("cancelled", cancelled.load());
+  RecordProperty("cancel_lost_race", cancel_lost_race.load());
+}
+
+}  // namespace
+}  // namespace bulwark
