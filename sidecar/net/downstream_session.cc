@@ -256,6 +256,8 @@ void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
 
 void DownstreamStream::Forward(const UpstreamAddress& upstream) {
   decided_ = true;
+  // Already answered (a deadline that fired while the call waited for a slot).
+  if (response_state_ != ResponseState::kNone) return;
   std::string error;
   UpstreamConnection* conn = worker().UpstreamFor(upstream, &error);
   if (conn == nullptr) {

@@ -44,9 +44,9 @@ class MessageScanner {
 // Parses a grpc-timeout value: 1 to 8 ASCII digits and a unit (H M S m u n).
 std::optional<absl::Duration> ParseGrpcTimeout(std::string_view value);
 
-// Encodes a positive duration as grpc-timeout, rounding up to the finest unit that fits in
-// 8 digits (so the upstream never sees more time than the sidecar grants). Zero or negative
-// becomes "1n".
+// Encodes a positive duration as grpc-timeout in the finest unit that fits in 8 digits,
+// rounding down (so the upstream never sees more time than the sidecar grants). Zero or
+// negative becomes "1n".
 std::string EncodeGrpcTimeout(absl::Duration timeout);
 
 // grpc-message encoding: bytes outside 0x20..0x7E and '%' become %XX.
