@@ -1,0 +1,815 @@
+// bulwark-demo-upstream: the gRPC server behind the sidecar in the demo and in
+// the integration tests. It serves bulwark.demo.v1.Demo (all four RPC kinds,
+// with the latency, hang and status faults carried in each request),
+// bulwark.demo.v1.Control (call statistics and health switching) and
+// grpc.health.v1.Health (Check and Watch).
+//
+// Every Demo call is a callback-API reactor that never blocks a gRPC thread:
+// delays are timers on one timer thread, so a slow or hanging call costs no
+// thread and cannot starve the others. Request metadata named "x-*" is echoed
+// back in the response headers and, as "t-x-*", in the trailers, so tests can
+// check that a proxy passes both unchanged.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "bulwark/demo/v1/demo.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "policies/clock.h"
+
+ABSL_FLAG(int32_t, port, 0, "TCP port to listen on; 0 picks a free one");
+ABSL_FLAG(std::string, address, "127.0.0.1", "IP address to listen on");
+ABSL_FLAG(std::string, name, "",
+          "served_by value in every response (default: address:port)");
+ABSL_FLAG(std::string, port_file, "",
+          "once listening, write the bound port to this file (atomically, via "
+          "rename)");
+
+namespace bulwark::demo {
+namespace {
+
+using ::bulwark::demo::v1::Control;
+using ::bulwark::demo::v1::Demo;
+using ::bulwark::demo::v1::EchoRequest;
+using ::bulwark::demo::v1::EchoResponse;
+using ::bulwark::demo::v1::Empty;
+using ::bulwark::demo::v1::Fault;
+using ::bulwark::demo::v1::SetServingRequest;
+using ::bulwark::demo::v1::StatsRequest;
+using ::bulwark::demo::v1::StatsResponse;
+using ::bulwark::demo::v1::StreamRequest;
+
+// Larger than any sidecar max_message_bytes a test configures, so that a size
+// rejection is always the sidecar's own and never this server's.
+constexpr int kMaxMessageBytes = 64 << 20;
+// ClientStream answers with the concatenated payloads; beyond this they are cut
+// so the answer stays under the client's default 4 MiB receive limit
+// (total_bytes still counts all).
+constexpr size_t kMaxConcatenatedBytes = 1 << 20;
+// In-flight calls get this long to finish on SIGTERM before they are cancelled.
+constexpr absl::Duration kShutdownGrace = absl::Seconds(2);
+
+// A TimerQueue with its own thread. Callbacks run on that thread, outside the
+// queue's lock, so a callback may schedule or cancel timers. Pending callbacks
+// are dropped at destruction.
+class ThreadTimerQueue final : public TimerQueue {
+ public:
+  ThreadTimerQueue() : thread_([this] { Run(); }) {}
+  ~ThreadTimerQueue() override {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    wake_.Signal();
+    thread_.join();
+  }
+
+  TimerId Schedule(absl::Time when,
+                   absl::AnyInvocable<void()> callback) override
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    const TimerId id = ++next_id_;
+    due_.emplace(std::make_pair(when, id), std::move(callback));
+    deadline_of_.emplace(id, when);
+    // Only a new earliest deadline changes how long the thread must sleep.
+    if (due_.begin()->first.second == id) wake_.Signal();
+    return id;
+  }
+
+  bool Cancel(TimerId id) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto it = deadline_of_.find(id);
+    if (it == deadline_of_.end()) return false;
+    due_.erase(std::make_pair(it->second, id));
+    deadline_of_.erase(it);
+    return true;
+  }
+
+ private:
+  void Run() ABSL_LOCKS_EXCLUDED(mu_) {
+    mu_.Lock();
+    while (!stopping_) {
+      if (due_.empty()) {
+        wake_.Wait(&mu_);
+        continue;
+      }
+      auto first = due_.begin();
+      if (first->first.first > absl::Now()) {
+        wake_.WaitWithDeadline(&mu_, first->first.first);
+        continue;
+      }
+      absl::AnyInvocable<void()> callback = std::move(first->second);
+      deadline_of_.erase(first->first.second);
+      due_.erase(first);
+      mu_.Unlock();
+      callback();
+      mu_.Lock();
+    }
+    mu_.Unlock();
+  }
+
+  absl::Mutex mu_;
+  absl::CondVar wake_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  TimerId next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::pair<absl::Time, TimerId>, absl::AnyInvocable<void()>> due_
+      ABSL_GUARDED_BY(mu_);
+  std::map<TimerId, absl::Time> deadline_of_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;  // Last: starts once the members above exist.
+};
+
+// What Control.GetStats reports about Demo calls. One mutex keeps the four
+// numbers consistent with each other, which tests compare exactly.
+class CallStats {
+ public:
+  void OnStart() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    ++calls_total_;
+    ++in_flight_;
+    max_in_flight_ = std::max(max_in_flight_, in_flight_);
+  }
+  // Called just before a call's status is sent, so a client that has its answer
+  // never sees its own call still in flight.
+  void OnFinish() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+  // Called when gRPC is done with the call: only then is cancellation known for
+  // sure.
+  void OnDone(bool cancelled) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (!cancelled) return;
+    absl::MutexLock lock(&mu_);
+    ++cancelled_total_;
+  }
+  StatsResponse Snapshot() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return SnapshotLocked();
+  }
+  // Returns the numbers before the reset. in_flight is live and stays;
+  // max_in_flight restarts from it.
+  StatsResponse SnapshotAndReset() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    StatsResponse before = SnapshotLocked();
+    calls_total_ = 0;
+    cancelled_total_ = 0;
+    max_in_flight_ = in_flight_;
+    return before;
+  }
+
+ private:
+  StatsResponse SnapshotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    StatsResponse stats;
+    stats.set_calls_total(calls_total_);
+    stats.set_in_flight(in_flight_);
+    stats.set_max_in_flight(max_in_flight_);
+    stats.set_cancelled_total(cancelled_total_);
+    return stats;
+  }
+
+  absl::Mutex mu_;
+  uint64_t calls_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t max_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t cancelled_total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// State shared by every call of one server.
+class Upstream {
+ public:
+  CallStats& stats() { return stats_; }
+  TimerQueue& timers() { return timers_; }
+
+  // The name is known only once the port is bound, which may be after the first
+  // call arrives (a client can guess a fixed port), hence the lock.
+  void set_name(std::string name) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    name_ = std::move(name);
+  }
+  std::string name() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return name_;
+  }
+
+ private:
+  CallStats stats_;
+  absl::Mutex mu_;
+  std::string name_ ABSL_GUARDED_BY(mu_);
+  // Last, so destroyed first: its thread is joined before anything a late timer
+  // callback could reach goes away.
+  ThreadTimerQueue timers_;
+};
+
+grpc::Status FaultStatus(const Fault& fault) {
+  const int code = fault.status_code() != 0
+                       ? fault.status_code()
+                       : static_cast<int>(grpc::StatusCode::INTERNAL);
+  return grpc::Status(static_cast<grpc::StatusCode>(code),
+                      fault.status_message(), fault.status_details());
+}
+
+// A recognisable pattern, so a test can tell a truncated or shuffled payload
+// from a good one.
+std::string PatternPayload(size_t bytes) {
+  std::string payload(bytes, '\0');
+  for (size_t i = 0; i < bytes; ++i)
+    payload[i] = static_cast<char>('a' + i % 26);
+  return payload;
+}
+
+std::string ToString(grpc::string_ref s) {
+  return std::string(s.data(), s.size());
+}
+
+// Plumbing shared by the four Demo reactors: statistics, metadata echo,
+// finishing exactly once, and one cancellable delay at a time.
+//
+// Lifetime: the reactor deletes itself when its last reference goes. gRPC holds
+// one until OnDone; a pending delay holds one until its callback ran or was
+// cancelled, because the timer may fire after OnDone.
+//
+// Thread-safety: gRPC reactions and the timer thread may run concurrently; all
+// call state is under mu_. Reactor operations (StartWrite, Finish, ...) are
+// started under mu_, which gRPC allows: it never runs a reaction inline inside
+// them.
+template <typename Reactor>
+class DemoCall : public Reactor {
+ public:
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+
+  void OnDone() override {
+    upstream_.stats().OnDone(ctx_->IsCancelled());
+    Unref();
+  }
+
+ protected:
+  DemoCall(Upstream& upstream, grpc::CallbackServerContext* ctx)
+      : upstream_(upstream), ctx_(ctx) {
+    upstream_.stats().OnStart();
+    EchoMetadata();
+    InitResponse();
+  }
+  ~DemoCall() override = default;
+
+  // Runs OnDelayElapsedLocked after `delay`, unless the call finishes first.
+  void StartDelayLocked(absl::Duration delay)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    delay_pending_ = true;
+    delay_id_ = upstream_.timers().Schedule(absl::Now() + delay,
+                                            [this] { DelayElapsed(); });
+  }
+  virtual void OnDelayElapsedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
+
+  // Sends `status` unless the call already finished; later attempts are no-ops,
+  // so racing paths (a timer against OnCancel) need no other coordination.
+  void FinishLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    if (delay_pending_ && upstream_.timers().Cancel(delay_id_)) {
+      // The callback will never run: drop its reference. gRPC's own is still
+      // held (OnDone cannot come before Finish), so this is never the last one.
+      delay_pending_ = false;
+      refs_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    upstream_.stats().OnFinish();
+    this->Finish(status);
+  }
+
+  // The response fields that describe the call rather than a message.
+  const EchoResponse& response_template() const { return response_template_; }
+
+  Upstream& upstream_;
+  grpc::CallbackServerContext* const ctx_;
+  absl::Mutex mu_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+
+ private:
+  void EchoMetadata() {
+    for (const auto& [key_ref, value_ref] : ctx_->client_metadata()) {
+      const std::string key = ToString(key_ref);
+      if (!absl::StartsWith(key, "x-")) continue;
+      const std::string value = ToString(value_ref);
+      ctx_->AddInitialMetadata(key, value);
+      ctx_->AddTrailingMetadata(absl::StrCat("t-", key), value);
+    }
+  }
+
+  void InitResponse() {
+    response_template_.set_served_by(upstream_.name());
+    const auto& metadata = ctx_->client_metadata();
+    if (auto it = metadata.find("user-agent"); it != metadata.end()) {
+      response_template_.set_user_agent(ToString(it->second));
+    }
+    // The deadline as it arrived, before any injected delay eats into it.
+    const auto deadline = ctx_->deadline();
+    int64_t deadline_ms = -1;
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      deadline_ms = std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                 deadline - std::chrono::system_clock::now())
+                 .count());
+    }
+    response_template_.set_deadline_ms(deadline_ms);
+  }
+
+  void DelayElapsed() ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      delay_pending_ = false;
+      if (!finished_) OnDelayElapsedLocked();
+    }
+    Unref();
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  EchoResponse response_template_;
+  std::atomic<int> refs_{1};  // gRPC's, released in OnDone.
+  bool delay_pending_ ABSL_GUARDED_BY(mu_) = false;
+  TimerQueue::TimerId delay_id_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Demo.Echo: one answer after the fault's delay, or the fault's status, or none
+// (hang).
+class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
+ public:
+  EchoCall(Upstream& upstream, grpc::CallbackServerContext* ctx,
+           const EchoRequest* request, EchoResponse* response)
+      : DemoCall(upstream, ctx), request_(request), response_(response) {
+    absl::MutexLock lock(&mu_);
+    const Fault& fault = request_->fault();
+    if (fault.hang()) return;  // Only OnCancel ends it.
+    if (fault.delay_ms() > 0) {
+      StartDelayLocked(absl::Milliseconds(fault.delay_ms()));
+    } else {
+      AnswerLocked();
+    }
+  }
+
+ private:
+  void OnDelayElapsedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    AnswerLocked();
+  }
+
+  void AnswerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (request_->fault().status_code() != 0) {
+      FinishLocked(FaultStatus(request_->fault()));
+      return;
+    }
+    *response_ = response_template();
+    if (request_->response_bytes() > 0) {
+      response_->set_payload(PatternPayload(request_->response_bytes()));
+    } else {
+      response_->set_payload(request_->payload());
+    }
+    FinishLocked(grpc::Status::OK);
+  }
+
+  const EchoRequest* const request_;
+  EchoResponse* const response_;
+};
+
+// Demo.ServerStream: `count` messages, `interval_ms` apart, each after the
+// fault's delay; an injected status ends the stream after fail_after_messages
+// messages (at once if 0).
+class ServerStreamCall final
+    : public DemoCall<grpc::ServerWriteReactor<EchoResponse>> {
+ public:
+  ServerStreamCall(Upstream& upstream, grpc::CallbackServerContext* ctx,
+                   const StreamRequest* request)
+      : DemoCall(upstream, ctx), request_(request) {
+    const Fault& fault = request_->fault();
+    if (fault.fail_after_messages() > 0) {
+      fail_at_ = fault.fail_after_messages();
+    } else if (fault.status_code() != 0) {
+      fail_at_ = 0;
+    }
+    absl::MutexLock lock(&mu_);
+    if (fault.hang()) return;  // Only OnCancel ends it.
+    NextLocked();
+  }
+
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (!ok) {  // The stream is gone (cancelled or reset).
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    ++sent_;
+    waited_ = false;
+    NextLocked();
+  }
+
+ private:
+  void OnDelayElapsedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    NextLocked();
+  }
+
+  // One step: wait if this step needs it, then send a message, fail, or end the
+  // stream.
+  void NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    const bool fail_now = sent_ == fail_at_;
+    const bool complete = !fail_now && sent_ >= request_->count();
+    if (complete) {
+      FinishLocked(grpc::Status::OK);
+      return;
+    }
+    if (!waited_) {
+      absl::Duration wait = absl::Milliseconds(request_->fault().delay_ms());
+      if (sent_ > 0 && !fail_now)
+        wait += absl::Milliseconds(request_->interval_ms());
+      if (wait > absl::ZeroDuration()) {
+        waited_ = true;
+        StartDelayLocked(wait);
+        return;
+      }
+    }
+    if (fail_now) {
+      FinishLocked(FaultStatus(request_->fault()));
+      return;
+    }
+    message_ = response_template();
+    message_.set_payload(request_->payload());
+    message_.set_sequence(sent_);
+    this->StartWrite(&message_);
+  }
+
+  const StreamRequest* const request_;
+  uint64_t fail_at_ =
+      std::numeric_limits<uint64_t>::max();  // Set before mu_ is shared.
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
+  bool waited_ ABSL_GUARDED_BY(mu_) =
+      false;  // This step's delay already elapsed.
+  EchoResponse message_
+      ABSL_GUARDED_BY(mu_);  // Read by gRPC until OnWriteDone.
+};
+
+// Demo.ClientStream: reads everything, then answers with the concatenated
+// payloads, the message count (sequence) and the byte count (total_bytes). The
+// first message's fault applies to the call.
+class ClientStreamCall final
+    : public DemoCall<grpc::ServerReadReactor<EchoRequest>> {
+ public:
+  ClientStreamCall(Upstream& upstream, grpc::CallbackServerContext* ctx,
+                   EchoResponse* response)
+      : DemoCall(upstream, ctx), response_(response) {
+    absl::MutexLock lock(&mu_);
+    *response_ = response_template();
+    this->StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    if (!ok) {  // Half-close (or cancellation, which OnCancel finishes).
+      if (fault_.hang()) return;
+      if (fault_.delay_ms() > 0) {
+        StartDelayLocked(absl::Milliseconds(fault_.delay_ms()));
+      } else {
+        AnswerLocked();
+      }
+      return;
+    }
+    if (received_ == 0) fault_ = request_.fault();
+    ++received_;
+    total_bytes_ += request_.payload().size();
+    const size_t room = kMaxConcatenatedBytes - response_->payload().size();
+    response_->mutable_payload()->append(request_.payload(), 0, room);
+    if (fault_.fail_after_messages() > 0 &&
+        received_ >= fault_.fail_after_messages()) {
+      FinishLocked(FaultStatus(fault_));
+      return;
+    }
+    this->StartRead(&request_);
+  }
+
+ private:
+  void OnDelayElapsedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    AnswerLocked();
+  }
+
+  void AnswerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // With fail_after_messages set, fewer messages than that is a normal
+    // answer.
+    if (fault_.status_code() != 0 && fault_.fail_after_messages() == 0) {
+      FinishLocked(FaultStatus(fault_));
+      return;
+    }
+    response_->set_sequence(received_);
+    response_->set_total_bytes(total_bytes_);
+    FinishLocked(grpc::Status::OK);
+  }
+
+  EchoResponse* const response_;
+  EchoRequest request_
+      ABSL_GUARDED_BY(mu_);  // Written by gRPC until OnReadDone.
+  Fault fault_ ABSL_GUARDED_BY(mu_);
+  uint64_t received_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Demo.Bidi: ping-pong, one answer per message in order. Each message's fault
+// applies to its own answer (delay, hang, immediate status); the first
+// message's fail_after_messages ends the call after that many answers.
+class BidiCall final
+    : public DemoCall<grpc::ServerBidiReactor<EchoRequest, EchoResponse>> {
+ public:
+  BidiCall(Upstream& upstream, grpc::CallbackServerContext* ctx)
+      : DemoCall(upstream, ctx) {
+    absl::MutexLock lock(&mu_);
+    this->StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    if (!ok) {  // Half-close: every message has been answered (one at a time).
+      FinishLocked(grpc::Status::OK);
+      return;
+    }
+    if (received_ == 0) call_fault_ = request_.fault();
+    ++received_;
+    const Fault& fault = request_.fault();
+    if (fault.hang()) return;  // Only OnCancel ends it.
+    if (fault.status_code() != 0 && call_fault_.fail_after_messages() == 0) {
+      FinishLocked(FaultStatus(fault));
+      return;
+    }
+    if (fault.delay_ms() > 0) {
+      StartDelayLocked(absl::Milliseconds(fault.delay_ms()));
+    } else {
+      AnswerLocked();
+    }
+  }
+
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      return;
+    }
+    ++sent_;
+    if (call_fault_.fail_after_messages() > 0 &&
+        sent_ >= call_fault_.fail_after_messages()) {
+      FinishLocked(FaultStatus(call_fault_));
+      return;
+    }
+    if (!finished_) this->StartRead(&request_);
+  }
+
+ private:
+  void OnDelayElapsedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    AnswerLocked();
+  }
+
+  void AnswerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    message_ = response_template();
+    if (request_.response_bytes() > 0) {
+      message_.set_payload(PatternPayload(request_.response_bytes()));
+    } else {
+      message_.set_payload(request_.payload());
+    }
+    message_.set_sequence(sent_);
+    this->StartWrite(&message_);
+  }
+
+  EchoRequest request_ ABSL_GUARDED_BY(mu_);
+  EchoResponse message_ ABSL_GUARDED_BY(mu_);
+  Fault call_fault_ ABSL_GUARDED_BY(mu_);
+  uint64_t received_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class DemoService final : public Demo::CallbackService {
+ public:
+  explicit DemoService(Upstream& upstream) : upstream_(upstream) {}
+
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* ctx,
+                                 const EchoRequest* request,
+                                 EchoResponse* response) override {
+    return new EchoCall(upstream_, ctx, request, response);
+  }
+  grpc::ServerWriteReactor<EchoResponse>* ServerStream(
+      grpc::CallbackServerContext* ctx, const StreamRequest* request) override {
+    return new ServerStreamCall(upstream_, ctx, request);
+  }
+  grpc::ServerReadReactor<EchoRequest>* ClientStream(
+      grpc::CallbackServerContext* ctx, EchoResponse* response) override {
+    return new ClientStreamCall(upstream_, ctx, response);
+  }
+  grpc::ServerBidiReactor<EchoRequest, EchoResponse>* Bidi(
+      grpc::CallbackServerContext* ctx) override {
+    return new BidiCall(upstream_, ctx);
+  }
+
+ private:
+  Upstream& upstream_;
+};
+
+class ControlService final : public Control::CallbackService {
+ public:
+  explicit ControlService(Upstream& upstream) : upstream_(upstream) {}
+
+  // Set once the server is built: the health service exists only then.
+  void set_health(grpc::HealthCheckServiceInterface* health) {
+    health_ = health;
+  }
+
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* ctx,
+                                     const StatsRequest*,
+                                     StatsResponse* response) override {
+    *response = upstream_.stats().Snapshot();
+    return Done(ctx, grpc::Status::OK);
+  }
+  grpc::ServerUnaryReactor* ResetStats(grpc::CallbackServerContext* ctx,
+                                       const StatsRequest*,
+                                       StatsResponse* response) override {
+    *response = upstream_.stats().SnapshotAndReset();
+    return Done(ctx, grpc::Status::OK);
+  }
+  grpc::ServerUnaryReactor* SetServing(grpc::CallbackServerContext* ctx,
+                                       const SetServingRequest* request,
+                                       Empty*) override {
+    grpc::HealthCheckServiceInterface* health = health_.load();
+    if (health == nullptr) {
+      return Done(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                    "health service not ready"));
+    }
+    // Per service name, "" included: the overload without a name would flip
+    // every service.
+    health->SetServingStatus(request->service(), request->serving());
+    return Done(ctx, grpc::Status::OK);
+  }
+
+ private:
+  static grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx,
+                                        const grpc::Status& status) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(status);
+    return reactor;
+  }
+
+  Upstream& upstream_;
+  std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
+};
+
+// The signal handler only writes to this pipe; main() reads it and shuts down,
+// since nothing in gRPC is async-signal-safe.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void OnTerminationSignal(int) {
+  const int saved_errno = errno;
+  const char byte = 1;
+  if (write(g_signal_pipe[1], &byte, 1) < 0) {
+    // Nothing to do: the pipe is full, so a shutdown is already pending.
+  }
+  errno = saved_errno;
+}
+
+bool InstallSignalHandlers() {
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
+  struct sigaction action = {};
+  action.sa_handler = OnTerminationSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  if (sigaction(SIGTERM, &action, nullptr) != 0) return false;
+  if (sigaction(SIGINT, &action, nullptr) != 0) return false;
+  signal(SIGPIPE, SIG_IGN);
+  return true;
+}
+
+void WaitForTerminationSignal() {
+  char byte;
+  while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+  }
+}
+
+std::string JoinHostPort(const std::string& host, int port) {
+  if (host.find(':') != std::string::npos && !absl::StartsWith(host, "[")) {
+    return absl::StrCat("[", host, "]:", port);  // IPv6 literal
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+// Written to a temporary name and renamed, so a reader never sees a partial
+// number.
+bool WritePortFile(const std::string& path, int port) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    out.close();
+    if (!out) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+int Main() {
+  if (!InstallSignalHandlers()) {
+    std::cerr << "cannot install signal handlers: " << std::strerror(errno)
+              << std::endl;
+    return 1;
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+
+  Upstream upstream;
+  DemoService demo(upstream);
+  ControlService control(upstream);
+  const std::string address = absl::GetFlag(FLAGS_address);
+  int bound_port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(JoinHostPort(address, absl::GetFlag(FLAGS_port)),
+                           grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&demo);
+  builder.RegisterService(&control);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    std::cerr << "cannot listen on "
+              << JoinHostPort(address, absl::GetFlag(FLAGS_port)) << std::endl;
+    return 1;
+  }
+  const std::string listening = JoinHostPort(address, bound_port);
+  const std::string name = absl::GetFlag(FLAGS_name);
+  upstream.set_name(name.empty() ? listening : name);
+
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(Demo::service_full_name(), true);
+  health->SetServingStatus(Control::service_full_name(), true);
+  control.set_health(health);
+
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file);
+      !port_file.empty() && !WritePortFile(port_file, bound_port)) {
+    std::cerr << "cannot write port file " << port_file << ": "
+              << std::strerror(errno) << std::endl;
+    server->Shutdown();
+    return 1;
+  }
+  std::cout << "listening on " << listening << std::endl;
+
+  WaitForTerminationSignal();
+  std::cout << "shutting down" << std::endl;
+  server->Shutdown(std::chrono::system_clock::now() +
+                   absl::ToChronoMilliseconds(kShutdownGrace));
+  server->Wait();
+  std::cout << "stopped" << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace bulwark::demo
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "gRPC demo/test upstream: bulwark.demo.v1.Demo, bulwark.demo.v1.Control "
+      "and "
+      "grpc.health.v1.Health.\nUsage: bulwark-demo-upstream [--port N] "
+      "[--address IP] "
+      "[--name NAME] [--port_file PATH]");
+  // --help lists the flags of files named like the binary, which this one is
+  // not (bulwark-demo-upstream vs demo_upstream.cc).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "demo_upstream");
+  };
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+  return bulwark::demo::Main();
+}
