@@ -124,9 +124,12 @@ class ProxyCall final : public net::CallObserver {
  public:
   ProxyCall(ProxyHandler& handler, std::shared_ptr<const Snapshot> snapshot,
             const Route& route, net::Call& call)
-      : handler_(handler), snapshot_(std::move(snapshot)), route_(route), call_(call) {}
+      : handler_(handler), snapshot_(std::move(snapshot)), route_(route), call_(call) {
+    route_.state->active_calls.fetch_add(1, std::memory_order_relaxed);
+  }
 
   ~ProxyCall() override {
+    route_.state->active_calls.fetch_sub(1, std::memory_order_relaxed);
     if (parked_) route_.state->limiter->Cancel(wait_);  // shutdown with a waiter queued
   }
 

@@ -12,6 +12,7 @@
 #ifndef BULWARK_SIDECAR_ROUTE_TABLE_H_
 #define BULWARK_SIDECAR_ROUTE_TABLE_H_
 
+#include <atomic>
 #include <bitset>
 #include <memory>
 #include <string>
@@ -43,6 +44,8 @@ struct RouteState {
   std::unique_ptr<CircuitBreaker> breaker;
   std::unique_ptr<ConcurrencyLimiter> limiter;
   std::unique_ptr<Flights> flights;             // singleflight enabled
+  // Downstream calls on this route right now (any stage), for /routes. Relaxed: a count.
+  std::atomic<int64_t> active_calls{0};
 };
 
 struct Route {

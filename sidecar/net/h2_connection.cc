@@ -2,8 +2,12 @@
 
 #include <errno.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <string>
+
+#include "sidecar/net/tls.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
@@ -26,7 +30,50 @@ H2Connection::~H2Connection() {
   if (read_event_ != nullptr) event_free(read_event_);
   if (write_event_ != nullptr) event_free(write_event_);
   if (session_ != nullptr) nghttp2_session_del(session_);
+  if (ssl_ != nullptr) SSL_free(ssl_);
   if (fd_ >= 0) close(fd_);
+}
+
+void H2Connection::ArmWrite() {
+  if (!write_armed_) {
+    event_add(write_event_, nullptr);
+    write_armed_ = true;
+  }
+}
+
+bool H2Connection::Handshake() {
+  if (handshake_done_) return true;
+  const int rc = SSL_do_handshake(ssl_);
+  if (rc == 1) {
+    handshake_done_ = true;
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+    // A client that sent no ALPN speaks h2 by prior knowledge; anything else is refused.
+    if (alpn_len != 0 && std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != "h2") {
+      Close("TLS peer did not negotiate h2");
+      return false;
+    }
+    if (alpn_len == 0 && SSL_is_server(ssl_) == 0) {
+      Close("TLS upstream did not negotiate h2 (ALPN)");
+      return false;
+    }
+    return true;
+  }
+  switch (SSL_get_error(ssl_, rc)) {
+    case SSL_ERROR_WANT_READ:
+      if (write_armed_) {  // nothing to write until the peer answers
+        event_del(write_event_);
+        write_armed_ = false;
+      }
+      return false;
+    case SSL_ERROR_WANT_WRITE:
+      ArmWrite();
+      return false;
+    default:
+      Close("TLS handshake failed: " + TlsErrorString());
+      return false;
+  }
 }
 
 void H2Connection::StartReading() { event_add(read_event_, nullptr); }
@@ -50,8 +97,27 @@ void H2Connection::OnReadEvent(int, short, void* arg) {
 void H2Connection::HandleReadable() {
   uint8_t* buf = worker_.scratch();
   const size_t cap = worker_.scratch_size();
-  for (int i = 0; i < kMaxReadsPerEvent && !closed_; ++i) {
-    const ssize_t n = read(fd_, buf, cap);
+  if (ssl_ != nullptr && !Handshake()) return;
+  for (int i = 0; (ssl_ != nullptr || i < kMaxReadsPerEvent) && !closed_; ++i) {
+    ssize_t n;
+    if (ssl_ != nullptr) {
+      // Loop until OpenSSL wants more from the socket: bytes it already decrypted and
+      // buffered would not wake the read event again.
+      const int rc = SSL_read(ssl_, buf, static_cast<int>(cap));
+      if (rc <= 0) {
+        const int err = SSL_get_error(ssl_, rc);
+        if (err == SSL_ERROR_WANT_READ) break;
+        if (err == SSL_ERROR_WANT_WRITE) {
+          ArmWrite();
+          break;
+        }
+        Close(err == SSL_ERROR_ZERO_RETURN ? "peer closed TLS" : "TLS read failed");
+        return;
+      }
+      n = rc;
+    } else {
+      n = read(fd_, buf, cap);
+    }
     if (n == 0) {
       Close("peer closed the connection");
       return;
@@ -69,7 +135,7 @@ void H2Connection::HandleReadable() {
       Close(nghttp2_strerror(static_cast<int>(used)));
       return;
     }
-    if (static_cast<size_t>(n) < cap) break;
+    if (ssl_ == nullptr && static_cast<size_t>(n) < cap) break;
   }
   MarkDirty();
 }
@@ -78,18 +144,29 @@ void H2Connection::Flush() {
   dirty_ = false;
   if (closed_) return;
   if (connecting_) return;  // frames stay queued in nghttp2 until connected
-  while (out_.size() - out_offset_ < kMaxPendingOut) {
-    const uint8_t* data = nullptr;
-    const ssize_t n = nghttp2_session_mem_send(session_, &data);
-    if (n < 0) {
-      Close(nghttp2_strerror(static_cast<int>(n)));
-      return;
+  if (ssl_ != nullptr && !handshake_done_) return;  // ... and until TLS is up
+  while (true) {
+    bool capped = false;
+    while (true) {
+      if (out_.size() - out_offset_ >= kMaxPendingOut) {
+        capped = true;
+        break;
+      }
+      const uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(session_, &data);
+      if (n < 0) {
+        Close(nghttp2_strerror(static_cast<int>(n)));
+        return;
+      }
+      if (n == 0) break;
+      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
-    if (n == 0) break;
-    out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    WriteOut();
+    if (closed_) return;
+    // Stopped at the cap and the socket took everything: nghttp2 may hold more frames.
+    // (If the socket is full, the write event resumes the flush.)
+    if (!capped || out_offset_ < out_.size()) break;
   }
-  WriteOut();
-  if (closed_) return;
   if (out_offset_ == out_.size() && nghttp2_session_want_read(session_) == 0 &&
       nghttp2_session_want_write(session_) == 0) {
     Close("session finished");
@@ -98,6 +175,18 @@ void H2Connection::Flush() {
 
 void H2Connection::WriteOut() {
   while (out_offset_ < out_.size()) {
+    if (ssl_ != nullptr) {
+      const int rc = SSL_write(ssl_, out_.data() + out_offset_,
+                               static_cast<int>(out_.size() - out_offset_));
+      if (rc <= 0) {
+        const int err = SSL_get_error(ssl_, rc);
+        if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
+        Close("TLS write failed");
+        return;
+      }
+      out_offset_ += static_cast<size_t>(rc);
+      continue;
+    }
     const ssize_t n = write(fd_, out_.data() + out_offset_, out_.size() - out_offset_);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -129,8 +218,17 @@ void H2Connection::OnWriteEvent(int, short, void* arg) {
     self->OnWritableFirstTime();
     if (self->closed_) return;
     self->StartReading();
+    if (self->ssl_ != nullptr) {
+      self->ArmWrite();  // the client hello goes out on the next writable event
+      return;
+    }
     self->Flush();
     return;
+  }
+  if (self->ssl_ != nullptr && !self->handshake_done_) {
+    if (!self->Handshake()) return;
+    self->HandleReadable();  // application bytes that came with the last handshake flight
+    if (self->closed_) return;
   }
   self->WriteOut();
   if (!self->closed_) self->Flush();

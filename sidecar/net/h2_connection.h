@@ -3,6 +3,9 @@
 // filled with mem_send and written once per loop iteration (Worker's flush), so every frame
 // a loop iteration produced for this connection leaves in one write.
 //
+// With TLS (SetTls), the same path reads and writes through OpenSSL on the socket; frames
+// wait in nghttp2 until the handshake is done.
+//
 // Thread-safety: owned by one Worker, used only on its thread. Cost per read: one read()
 // into the worker's scratch buffer, one mem_recv; per flush: one write() in the common case.
 #ifndef BULWARK_SIDECAR_NET_H2_CONNECTION_H_
@@ -16,6 +19,7 @@
 #include <string_view>
 
 struct event;
+typedef struct ssl_st SSL;
 
 namespace bulwark::net {
 
@@ -77,6 +81,8 @@ class H2Connection {
   void Flush();
   // Closes the socket and the session now; the object is deleted by the worker later.
   void Close(std::string_view why);
+  // Speaks TLS on the socket from now on (takes ownership); set before any I/O.
+  void SetTls(SSL* ssl) { ssl_ = ssl; }
 
  protected:
   // Starts watching the socket for reads.
@@ -98,12 +104,17 @@ class H2Connection {
   static void OnWriteEvent(int fd, short what, void* arg);
   void HandleReadable();
   void WriteOut();
+  void ArmWrite();
+  // Drives the TLS handshake; true once it is done (false: waiting, or closed).
+  bool Handshake();
 
   event* read_event_ = nullptr;
   event* write_event_ = nullptr;
   bool write_armed_ = false;
   bool dirty_ = false;
   bool closed_ = false;
+  SSL* ssl_ = nullptr;
+  bool handshake_done_ = false;
   std::string out_;
   size_t out_offset_ = 0;
 };

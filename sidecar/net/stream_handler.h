@@ -44,13 +44,17 @@ struct CapturedResponse {
   int grpc_code = 2;
 };
 
+class TlsContext;
+
 // A resolved upstream endpoint. `key` identifies the per-worker connection (endpoints with
 // the same key share it, also across reloads).
 struct UpstreamAddress {
-  std::string key;        // "host:port" as configured
+  std::string key;        // "host:port" as configured (+ the TLS context, if any)
   std::string authority;  // sent as :authority when the client's is not kept
+  std::string host;       // as configured: the TLS name checked unless server_name is set
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
+  std::shared_ptr<const TlsContext> tls;  // null: plaintext h2c
 };
 
 // A gRPC answer produced by the sidecar itself (SPEC section 3): trailers-only.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/net/tls.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
@@ -125,6 +126,15 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker, const UpstreamAd
     return nullptr;
   }
   auto* conn = new UpstreamConnection(worker, fd, address);
+  if (address.tls != nullptr) {
+    SSL* ssl = address.tls->NewConnection(fd, address.host);
+    if (ssl == nullptr) {
+      *error = "upstream " + address.key + ": " + TlsErrorString();
+      delete conn;
+      return nullptr;
+    }
+    conn->SetTls(ssl);
+  }
   nghttp2_option* option;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);

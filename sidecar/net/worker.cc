@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "sidecar/net/downstream_session.h"
 #include "sidecar/net/h2_connection.h"
+#include "sidecar/net/tls.h"
 #include "sidecar/net/upstream_session.h"
 
 namespace bulwark::net {
@@ -98,7 +99,7 @@ void Worker::Join() {
 
 void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<Worker*>(arg);
-  if (self->draining_) {
+  if (self->draining_ || self->downstream_.size() >= self->options_.max_connections) {
     close(fd);
     return;
   }
@@ -106,8 +107,20 @@ void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   evutil_make_socket_nonblocking(fd);
   auto* session = new DownstreamSession(*self, fd);
+  if (self->options_.tls != nullptr) {
+    SSL* ssl = self->options_.tls->NewConnection(fd, "");
+    if (ssl == nullptr) {
+      delete session;  // closes fd
+      return;
+    }
+    session->SetTls(ssl);
+  }
   self->downstream_.insert(session);
   session->Start();
+}
+
+void Worker::SetListenerTls(std::shared_ptr<const TlsContext> tls) {
+  Post([this, tls = std::move(tls)]() mutable { options_.tls = std::move(tls); });
 }
 
 void Worker::BeginDrain() {

@@ -30,6 +30,7 @@ class H2Connection;
 class DownstreamSession;
 class DownstreamStream;
 class UpstreamConnection;
+class TlsContext;
 
 struct WorkerOptions {
   int index = 0;
@@ -38,10 +39,14 @@ struct WorkerOptions {
   uint64_t max_message_bytes = 4 * 1024 * 1024;
   uint32_t max_concurrent_streams = 1000;
   uint32_t max_header_list_bytes = 64 * 1024;
+  // Client connections this worker keeps at once; past it new ones are closed at accept.
+  uint32_t max_connections = 10000;
   // HTTP/2 windows the sidecar advertises: they bound what it buffers per stream and per
   // connection, since bytes are consumed only when the other side took them.
   uint32_t stream_window_bytes = 1 << 20;
   uint32_t connection_window_bytes = 8 << 20;
+  // Listener TLS (null: h2c). Replaced on reload through SetListenerTls.
+  std::shared_ptr<const TlsContext> tls;
 };
 
 class Worker {
@@ -56,6 +61,8 @@ class Worker {
   void Join();
 
   void Post(absl::AnyInvocable<void()> task) { loop_.Post(std::move(task)); }
+  // New client connections use `tls` (re-read certificates after a reload). Thread-safe.
+  void SetListenerTls(std::shared_ptr<const TlsContext> tls);
   // Stops accepting and sends GOAWAY on every downstream connection; open streams go on.
   void BeginDrain();
   // Resets every stream and closes every connection, then stops the loop.
