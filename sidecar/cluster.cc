@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/net/tls.h"
 
 namespace bulwark {
 namespace {
@@ -41,28 +42,50 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Clust
                                                           const Cluster* previous) {
   std::shared_ptr<Cluster> cluster(new Cluster(config, metrics.ForCluster(config.name())));
   const bool checked = config.has_health_check();
+  std::shared_ptr<const net::TlsContext> tls;
+  if (config.has_tls()) {
+    auto ctx = net::TlsContext::Client({.ca_file = config.tls().ca_file(),
+                                        .cert_file = config.tls().cert_file(),
+                                        .key_file = config.tls().key_file(),
+                                        .server_name = config.tls().server_name()});
+    if (!ctx.ok()) return ctx.status();
+    tls = *std::move(ctx);
+  }
   for (const std::string& text : config.endpoints()) {
     auto address = ParseHostPort(text);
     if (!address.ok()) return address.status();
     std::shared_ptr<Endpoint> endpoint;
+    std::shared_ptr<Endpoint> predecessor;
     if (previous != nullptr) {
       for (const auto& old : previous->endpoints_) {
         // Same address and same health-check presence: keep its state.
-        if (old->address == *address && (old->health != nullptr) == checked) endpoint = old;
+        if (old->address == *address && (old->health != nullptr) == checked) predecessor = old;
       }
+    }
+    if (predecessor != nullptr && tls == nullptr && predecessor->upstream.tls == nullptr) {
+      endpoint = predecessor;
     }
     if (endpoint == nullptr) {
       endpoint = std::make_shared<Endpoint>();
       endpoint->address = *address;
       if (absl::Status st = Resolve(*address, &endpoint->upstream); !st.ok()) return st;
+      endpoint->upstream.host = address->host;
+      if (tls != nullptr) {
+        endpoint->upstream.tls = tls;
+        // A connection per TLS context: new certificates mean new connections.
+        endpoint->upstream.key = absl::StrCat(endpoint->upstream.key, "|tls#", tls->id());
+      }
       endpoint->metrics = cluster->metrics_->ForEndpoint(address->ToString());
-      if (checked) {
+      if (predecessor != nullptr) {
+        endpoint->health = predecessor->health;
+        endpoint->load.healthy.store(predecessor->load.healthy.load());
+      } else if (checked) {
         const auto& hc = config.health_check();
-        endpoint->health = std::make_unique<HealthState>(HealthState::Options{
+        endpoint->health = std::make_shared<HealthState>(HealthState::Options{
             .unhealthy_threshold = hc.unhealthy_threshold(),
             .healthy_threshold = hc.healthy_threshold()});
       }
-      endpoint->metrics->SetHealthy(true);
+      endpoint->metrics->SetHealthy(endpoint->load.healthy.load());
     }
     cluster->loads_.push_back(&endpoint->load);
     cluster->endpoints_.push_back(std::move(endpoint));

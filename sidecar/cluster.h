@@ -29,14 +29,17 @@ struct Endpoint {
   net::UpstreamAddress upstream;  // resolved socket address, connection key
   EndpointLoad load;              // healthy flag and calls in flight (atomics)
   EndpointMetrics* metrics = nullptr;
-  // Threshold state of the heartbeat (present when the cluster has a health_check).
-  std::unique_ptr<HealthState> health;
+  // Threshold state of the heartbeat (present when the cluster has a health_check). Shared
+  // with the endpoint's successor when a reload must rebuild the endpoint (new TLS files).
+  std::shared_ptr<HealthState> health;
 };
 
 class Cluster {
  public:
-  // Resolves each endpoint (the first address getaddrinfo returns). Endpoints of
-  // `previous` with the same address are reused with their state.
+  // Resolves each endpoint (the first address getaddrinfo returns) and, with `tls`, reads
+  // the TLS files. Endpoints of `previous` with the same address are reused with their
+  // state; with TLS they are rebuilt (so rotated certificates are used) but keep their
+  // health.
   static absl::StatusOr<std::shared_ptr<Cluster>> Create(const config::v1::Cluster& config,
                                                          Metrics& metrics,
                                                          const Cluster* previous);

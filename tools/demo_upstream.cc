@@ -49,6 +49,11 @@ ABSL_FLAG(int32_t, port, 0, "TCP port to listen on; 0 picks a free one");
 ABSL_FLAG(std::string, address, "127.0.0.1", "IP address to listen on");
 ABSL_FLAG(std::string, name, "",
           "served_by value in every response (default: address:port)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve TLS (with --tls_key) instead of plaintext");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mTLS)");
 ABSL_FLAG(std::string, port_file, "",
           "once listening, write the bound port to this file (atomically, via "
           "rename)");
@@ -753,8 +758,27 @@ int Main() {
   const std::string address = absl::GetFlag(FLAGS_address);
   int bound_port = 0;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(JoinHostPort(address, absl::GetFlag(FLAGS_port)),
-                           grpc::InsecureServerCredentials(), &bound_port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (const std::string cert_file = absl::GetFlag(FLAGS_tls_cert); !cert_file.empty()) {
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      std::stringstream text;
+      text << in.rdbuf();
+      return text.str();
+    };
+    grpc::SslServerCredentialsOptions options(
+        absl::GetFlag(FLAGS_tls_client_ca).empty()
+            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    options.pem_key_cert_pairs.push_back(
+        {read(absl::GetFlag(FLAGS_tls_key)), read(cert_file)});
+    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+      options.pem_root_certs = read(absl::GetFlag(FLAGS_tls_client_ca));
+    }
+    credentials = grpc::SslServerCredentials(options);
+  }
+  builder.AddListeningPort(JoinHostPort(address, absl::GetFlag(FLAGS_port)), credentials,
+                           &bound_port);
   builder.RegisterService(&demo);
   builder.RegisterService(&control);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
