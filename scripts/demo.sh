@@ -41,14 +41,17 @@ wait_port 15001
 bench() { "$BIN/tools/bulwark-bench" --target 127.0.0.1:15000 --progress=false "$@"; }
 
 echo
-echo "== 1. normal traffic: 8 callers for 3 s, unique payloads (rate limit 200/s, burst 50)"
-bench --rpc echo --concurrency 8 --duration 3s --unique_payloads
-echo
-echo "== 2. the same 64 callers sending identical requests to a 50 ms upstream:"
-echo "      singleflight shares one upstream call among concurrent identical calls"
+echo "== 1. singleflight: 64 callers send identical requests to a 50 ms upstream;"
+echo "      concurrent identical calls share one upstream call"
 bench --rpc echo --concurrency 64 --calls 640 --fault_delay_ms 50 --payload_bytes 100
 echo
-echo "== 3. the upstream fails with UNAVAILABLE: the circuit breaker opens"
+echo "== 2. a flood of unique calls (8 callers, closed loop, 2 s) against the route's rate"
+echo "      limit of 2000/s with bursts of 500: the excess is answered rate_limited"
+bench --rpc echo --concurrency 8 --duration 2s --unique_payloads
+echo
+echo "== 3. the upstream fails with UNAVAILABLE: after 5 failures in a row the circuit"
+echo "      breaker opens and the sidecar answers circuit_open without calling upstream"
+sleep 1   # the bucket refills after the flood
 bench --rpc echo --concurrency 4 --calls 200 --fault_code 14 --unique_payloads
 echo
 echo "== metrics (curl http://127.0.0.1:15001/metrics)"
