@@ -1,14 +1,17 @@
 #include "sidecar/sidecar.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/log.h"
+#include "sidecar/net/tls.h"
 
 namespace bulwark {
 namespace {
@@ -56,7 +59,35 @@ RouteMetrics::BreakerState MetricState(CircuitBreaker::State state) {
   }
 }
 
+std::string HealthResultJson(const std::optional<ProbeResult>& result) {
+  if (!result.has_value()) return "null";
+  switch (*result) {
+    case ProbeResult::kSuccess:
+      return "\"success\"";
+    case ProbeResult::kFailure:
+      return "\"failure\"";
+    case ProbeResult::kTimeout:
+      return "\"timeout\"";
+  }
+  return "null";
+}
+
 }  // namespace
+
+// The listener's TLS context (certificates read now), or null for plaintext h2c.
+absl::StatusOr<std::shared_ptr<const net::TlsContext>> Sidecar::ListenerTls(
+    const config::v1::Config& config) {
+  if (!config.listener().has_tls()) return std::shared_ptr<const net::TlsContext>();
+  const auto& t = config.listener().tls();
+  auto ctx = net::TlsContext::Server({.cert_file = t.cert_file(),
+                                      .key_file = t.key_file(),
+                                      .client_ca_file = t.client_ca_file()});
+  if (!ctx.ok()) {
+    return absl::Status(ctx.status().code(),
+                        absl::StrCat("listener.tls: ", ctx.status().message()));
+  }
+  return *std::move(ctx);
+}
 
 void Sidecar::BlockSignals() {
   sigset_t set;
@@ -111,11 +142,18 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   uint32_t workers = proto.workers();
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
 
+  std::shared_ptr<const net::TlsContext> tls;
+  if (auto built = ListenerTls(proto); !built.ok()) {
+    return built.status();
+  } else {
+    tls = *std::move(built);
+  }
   net::WorkerOptions options{
       .listen_host = listen->host,
       .listen_port = listen->port,
       .max_message_bytes = proto.listener().max_message_bytes(),
       .max_concurrent_streams = proto.listener().max_concurrent_streams(),
+      .tls = tls,
   };
   for (uint32_t i = 0; i < workers; ++i) {
     options.index = static_cast<int>(i);
@@ -140,7 +178,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   if (!admin.ok()) return admin.status();
   sidecar->admin_ = std::move(*admin);
 
+  sidecar->health_transport_ =
+      std::make_unique<UpstreamHealthProbeTransport>(*sidecar->workers_[0]);
   for (auto& worker : sidecar->workers_) worker->Start();
+  sidecar->StartHealthChecks(*snapshot);
   Log(LogLevel::kInfo, "listening on %s:%d with %d workers; admin on port %d", listen->host,
       sidecar->workers_[0]->listen_port(), static_cast<int>(workers), sidecar->admin_->port());
   return sidecar;
@@ -148,6 +189,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
 
 Sidecar::~Sidecar() {
   if (admin_ != nullptr) admin_->Stop();
+  StopHealthChecks();
   for (auto& worker : workers_) worker->ForceCloseAndStop();
   for (auto& worker : workers_) worker->Join();
 }
@@ -207,11 +249,18 @@ void Sidecar::Reload(std::string_view why) {
     fail("listener, admin and workers settings need a restart");
     return;
   }
+  // Certificates are read again on every reload (rotation without a restart).
+  auto tls = ListenerTls(now_cfg);
+  if (!tls.ok()) {
+    fail(std::string(tls.status().message()));
+    return;
+  }
   auto snapshot = BuildSnapshot(std::move(*loaded), old.get());
   if (!snapshot.ok()) {
     fail(std::string(snapshot.status().message()));
     return;
   }
+  for (auto& worker : workers_) worker->SetListenerTls(*tls);
   {
     absl::MutexLock lock(&mu_);
     snapshot_ = *snapshot;
@@ -220,6 +269,7 @@ void Sidecar::Reload(std::string_view why) {
     ProxyHandler* handler = handlers_[i].get();
     workers_[i]->Post([handler, s = *snapshot] { handler->SetSnapshot(s); });
   }
+  StartHealthChecks(*snapshot);
   metrics_.Reloads(Metrics::ReloadResult::kSuccess).Increment();
   Log(LogLevel::kInfo, "configuration reloaded (%s)", std::string(why));
 }
@@ -239,10 +289,37 @@ void Sidecar::Drain() {
   int64_t left = 0;
   for (auto& worker : workers_) left += worker->OpenStreamsApprox();
   if (left > 0) Log(LogLevel::kWarning, "drain timeout: cancelling %d calls", left);
+  StopHealthChecks();
   for (auto& worker : workers_) worker->ForceCloseAndStop();
   for (auto& worker : workers_) worker->Join();
   admin_->Stop();
   Log(LogLevel::kInfo, "stopped");
+}
+
+void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
+  if (workers_.empty() || health_transport_ == nullptr) return;
+  net::Worker* worker = workers_[0].get();
+  // Jitter exists to spread the probes of many sidecars: seed it per process and start.
+  const uint64_t seed = (uint64_t{std::random_device{}()} << 32) ^
+                        static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) ^
+                        static_cast<uint64_t>(getpid());
+  worker->Post([this, worker, seed, snapshot = std::move(snapshot)] {
+    health_checkers_.clear();  // each destructor stops its checker
+    uint64_t n = 0;
+    for (const auto& cluster : snapshot->cluster_list) {
+      if (!cluster->config().has_health_check()) continue;
+      auto checker = std::make_unique<HealthChecker>(
+          cluster->name(), cluster->config().health_check(), cluster->endpoints(),
+          worker->timers(), RealClock::Get(), *health_transport_, seed + n++);
+      checker->Start();
+      health_checkers_.push_back(std::move(checker));
+    }
+  });
+}
+
+void Sidecar::StopHealthChecks() {
+  if (workers_.empty()) return;
+  workers_[0]->Post([this] { health_checkers_.clear(); });
 }
 
 AdminServer::Readiness Sidecar::Readiness() {
@@ -322,7 +399,18 @@ std::string Sidecar::RoutesJson() {
       absl::StrAppend(&out, first_ep ? "" : ", ", "{\"address\": ",
                       JsonString(endpoint->address.ToString()), ", \"healthy\": ",
                       endpoint->load.healthy.load() ? "true" : "false",
-                      ", \"in_flight\": ", endpoint->load.in_flight.load(), "}");
+                      ", \"in_flight\": ", endpoint->load.in_flight.load());
+      if (endpoint->health != nullptr) {
+        // The heartbeat as the checker last saw it; null before the first probe.
+        const HealthState::Snapshot h = endpoint->health->GetSnapshot();
+        absl::StrAppend(&out, ", \"last_probe_result\": ", HealthResultJson(h.last_result),
+                        ", \"seconds_since_last_probe\": ",
+                        h.last_result.has_value()
+                            ? absl::StrCat(absl::ToDoubleSeconds(absl::Now() -
+                                                                 h.last_probe_time))
+                            : "null");
+      }
+      out += "}";
       first_ep = false;
     }
     out += "]}";

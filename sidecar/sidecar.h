@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "sidecar/admin_server.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/health_checker.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/worker.h"
 #include "sidecar/proxy_stream.h"
@@ -39,6 +40,8 @@ class Sidecar {
 
  private:
   Sidecar() = default;
+  static absl::StatusOr<std::shared_ptr<const net::TlsContext>> ListenerTls(
+      const config::v1::Config& config);
   absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(LoadedConfig config,
                                                                 const Snapshot* previous);
   void Reload(std::string_view why);
@@ -47,6 +50,12 @@ class Sidecar {
   AdminServer::Readiness Readiness();
   std::string RoutesJson();
   void RefreshGauges();
+  // Posts to worker 0: stops the running health checkers and starts ones for the clusters
+  // of `snapshot` that have a health_check (endpoints kept by a reload keep their health).
+  void StartHealthChecks(std::shared_ptr<const Snapshot> snapshot);
+  // Posts to worker 0: stops and destroys the health checkers. Called right before the
+  // workers' ForceCloseAndStop, whose task then runs after it (posts run in order).
+  void StopHealthChecks();
 
   Metrics metrics_{BULWARK_VERSION};
   absl::Mutex mu_;
@@ -54,6 +63,10 @@ class Sidecar {
   std::vector<std::unique_ptr<net::Worker>> workers_;
   std::vector<std::unique_ptr<ProxyHandler>> handlers_;
   std::unique_ptr<AdminServer> admin_;
+  // Health checks run on worker 0 over its upstream connections. The checkers are touched
+  // only on worker 0's thread (created, replaced and stopped by tasks posted to it).
+  std::unique_ptr<HealthProbeTransport> health_transport_;
+  std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   std::atomic<bool> draining_{false};
   std::string config_path_;
   std::string config_text_;  // content last loaded, to notice changes
