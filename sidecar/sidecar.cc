@@ -134,7 +134,10 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   sidecar->config_text_ = ReadFileOrEmpty(config.source_path);
   auto snapshot = sidecar->BuildSnapshot(std::move(config), nullptr);
   if (!snapshot.ok()) return snapshot.status();
-  sidecar->snapshot_ = *snapshot;
+  {
+    absl::MutexLock lock(&sidecar->mu_);
+    sidecar->snapshot_ = *snapshot;
+  }
   const config::v1::Config& proto = (*snapshot)->config.proto;
 
   auto listen = ParseHostPort(proto.listener().address(), PortZero::kAllow);
@@ -386,6 +389,12 @@ std::string Sidecar::RoutesJson() {
       absl::StrAppend(&out, ", \"in_flight\": ", state.limiter->InFlightApprox(),
                       ", \"queued\": ", state.limiter->QueuedApprox());
     }
+    if (state.flights != nullptr) {
+      absl::StrAppend(&out, ", \"flights_open\": ", state.flights->FlightsOpenApprox(),
+                      ", \"followers_waiting\": ", state.flights->FollowersWaitingApprox());
+    }
+    absl::StrAppend(&out, ", \"active_calls\": ",
+                    state.active_calls.load(std::memory_order_relaxed));
     out += "}";
   }
   out += "\n  ],\n  \"clusters\": [";
