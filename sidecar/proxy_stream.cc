@@ -79,6 +79,7 @@ class FlightCall final : public net::UpstreamCallListener {
     call_ = net::UpstreamCall::Start(
         handler_.worker(), endpoint_->upstream, std::move(request), this,
         {.capture = true,
+         .deliver_messages = false,
          .max_response_bytes = snapshot_->config.proto.listener().max_message_bytes()});
   }
 
@@ -204,7 +205,6 @@ class ProxyCall final : public net::CallObserver {
   // Continuation of a parked call, on its own worker.
   void OnSlot(ConcurrencyLimiter::WaitResult result) {
     parked_ = false;
-    route_.metrics->Queued().Set(route_.state->limiter->QueuedApprox());
     switch (result.status) {
       case ConcurrencyLimiter::WaitStatus::kGranted:
         permit_ = std::move(result.permit);
@@ -297,7 +297,6 @@ class ProxyCall final : public net::CallObserver {
     switch (acquired.status) {
       case ConcurrencyLimiter::AcquireStatus::kGranted:
         permit_ = std::move(acquired.permit);
-        route_.metrics->InFlight().Set(limiter->InFlightApprox());
         PickAndForward();
         return;
       case ConcurrencyLimiter::AcquireStatus::kParked:
@@ -309,7 +308,6 @@ class ProxyCall final : public net::CallObserver {
         }
         parked_ = true;
         wait_ = acquired.wait;
-        route_.metrics->Queued().Set(limiter->QueuedApprox());
         return;
       case ConcurrencyLimiter::AcquireStatus::kConcurrencyLimit:
         if (route_.concurrency_shadow) {

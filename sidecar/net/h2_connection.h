@@ -53,7 +53,7 @@ class ByteQueue {
   }
   // Moves everything out (for whole-message capture).
   std::string Take() {
-    std::string out = data_.substr(offset_);
+    std::string out = offset_ == 0 ? std::move(data_) : data_.substr(offset_);
     Clear();
     return out;
   }

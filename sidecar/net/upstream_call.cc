@@ -150,6 +150,7 @@ void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
     return;
   }
   if (options_.capture) body_.append(reinterpret_cast<const char*>(data), len);
+  if (!options_.deliver_messages) return;
   pending_.append(reinterpret_cast<const char*>(data), len);
   size_t offset = 0;
   while (pending_.size() - offset >= 5) {

@@ -53,6 +53,9 @@ class UpstreamCall final : public UpstreamPeer {
  public:
   struct Options {
     bool capture = false;
+    // Report each whole message through OnMessage (health probes); off for a capture-only
+    // call, which then never splits the body into messages.
+    bool deliver_messages = true;
     uint64_t max_response_bytes = 4 * 1024 * 1024;
   };
 
