@@ -62,7 +62,15 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Clust
         if (old->address == *address && (old->health != nullptr) == checked) predecessor = old;
       }
     }
-    if (predecessor != nullptr && tls == nullptr && predecessor->upstream.tls == nullptr) {
+    // New thresholds need a new HealthState (it keeps them from construction).
+    const bool same_thresholds =
+        previous != nullptr &&
+        previous->config_.health_check().unhealthy_threshold() ==
+            config.health_check().unhealthy_threshold() &&
+        previous->config_.health_check().healthy_threshold() ==
+            config.health_check().healthy_threshold();
+    if (predecessor != nullptr && tls == nullptr && predecessor->upstream.tls == nullptr &&
+        same_thresholds) {
       endpoint = predecessor;
     }
     if (endpoint == nullptr) {
@@ -76,10 +84,12 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Clust
         endpoint->upstream.key = absl::StrCat(endpoint->upstream.key, "|tls#", tls->id());
       }
       endpoint->metrics = cluster->metrics_->ForEndpoint(address->ToString());
-      if (predecessor != nullptr) {
+      if (predecessor != nullptr && same_thresholds) {
         endpoint->health = predecessor->health;
         endpoint->load.healthy.store(predecessor->load.healthy.load());
       } else if (checked) {
+        // Fresh thresholds start a fresh verdict (healthy until probes say otherwise, as for
+        // a new endpoint): the next probes decide within a threshold's worth of intervals.
         const auto& hc = config.health_check();
         endpoint->health = std::make_shared<HealthState>(HealthState::Options{
             .unhealthy_threshold = hc.unhealthy_threshold(),
