@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -35,6 +36,8 @@
 #include "sidecar/host_port.h"
 #include "sidecar/status_macros.h"
 #include "sidecar/validation_errors.h"
+#include "yaml-cpp/eventhandler.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace bulwark {
@@ -210,7 +213,8 @@ class YamlToProto {
         continue;
       }
       const std::string& key = entry.first.Scalar();
-      ValidationErrors::ScopedField scope(errors_, absl::StrCat(".", key));
+      // Escaped: a key holding a line break or NUL must not split or forge error lines.
+      ValidationErrors::ScopedField scope(errors_, absl::StrCat(".", absl::CHexEscape(key)));
       // yaml-cpp keeps both entries of a repeated key; the second would
       // silently win.
       if (!seen.insert(key).second) {
@@ -1233,6 +1237,23 @@ std::string DescribeCluster(const cfg::Cluster& cluster) {
 
 }  // namespace
 
+// A yaml-cpp event handler that keeps nothing: used to count documents cheaply.
+class DiscardingYamlHandler final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 absl::Duration ToAbslDuration(const google::protobuf::Duration& duration) {
   return absl::Seconds(duration.seconds()) +
          absl::Nanoseconds(duration.nanos());
@@ -1244,7 +1265,22 @@ absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
   const absl::string_view display_name(file_name.data(), file_name.size());
   std::vector<YAML::Node> documents;
   try {
-    documents = YAML::LoadAll(std::string(yaml));
+    // Count documents with a parser that builds nothing, stopping at two: yaml-cpp's
+    // LoadAll can loop forever (and exhaust memory) on some malformed inputs such as ",".
+    const std::string text(yaml);
+    std::stringstream stream(text);
+    YAML::Parser parser(stream);
+    DiscardingYamlHandler discard;
+    int count = 0;
+    while (count < 2 && parser.HandleNextDocument(discard)) ++count;
+    if (count > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(display_name, ": expected one YAML document (got more than one)"));
+    }
+    if (count == 1) documents.push_back(YAML::Load(text));
+  } catch (const std::bad_alloc&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_name, ": invalid YAML: too large to parse"));
   } catch (const YAML::Exception& e) {
     if (e.mark.is_null()) {
       return absl::InvalidArgumentError(

@@ -1175,7 +1175,7 @@ TEST(ConfigLoaderTest, TopLevelMustBeAMap) {
 
 TEST(ConfigLoaderTest, MoreThanOneYamlDocumentIsAnError) {
   EXPECT_EQ(ErrorOf(absl::StrCat(kMinimal, "---\n", kMinimal)),
-            "test.yaml: expected one YAML document (got 2)");
+            "test.yaml: expected one YAML document (got more than one)");
 }
 
 // -----------------------------------------------------------------------------
