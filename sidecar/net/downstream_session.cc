@@ -97,11 +97,14 @@ struct DownstreamCallbacks {
   }
 
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
-                         const uint8_t* data, size_t len, void*) {
+                         const uint8_t* data, size_t len, void* user_data) {
+    // The connection window is given back at once; only the stream's window waits for the
+    // upstream to take the bytes. So one stuck stream never stalls the client's others,
+    // and what the sidecar holds is bounded by the stream windows.
+    nghttp2_session_consume_connection(session, len);
+    static_cast<DownstreamSession*>(user_data)->MarkDirty();
     if (DownstreamStream* stream = StreamOf(session, stream_id)) {
       stream->OnRequestData(data, len);
-    } else {
-      nghttp2_session_consume(session, stream_id, len);
     }
     return 0;
   }
@@ -112,6 +115,19 @@ struct DownstreamCallbacks {
     if (DownstreamStream* stream = StreamOf(session, stream_id)) {
       stream->OnDownstreamClosed(error_code);
       self->EraseStream(stream_id);
+    }
+    return 0;
+  }
+
+  // After the last frame of an answer, if the client is still sending (a rejected or
+  // finished streaming call), end its side too with RST_STREAM(NO_ERROR) (RFC 9113 8.1).
+  // Otherwise the client resets the stream itself, and a burst of such resets (a rejection
+  // storm) trips nghttp2's rapid-reset protection, which closes the whole connection.
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+    if (frame->hd.type == NGHTTP2_HEADERS && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 &&
+        nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0) {
+      nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                NGHTTP2_NO_ERROR);
     }
     return 0;
   }
@@ -132,6 +148,7 @@ struct DownstreamCallbacks {
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
+      nghttp2_session_callbacks_set_on_frame_send_callback(cb, &OnFrameSend);
       return cb;
     }();
     return callbacks;
@@ -240,7 +257,7 @@ void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
   decided_ = true;
   // The request body will never be forwarded: give its window back to the client.
   if (!request_body_.empty() && !request_held_) {
-    nghttp2_session_consume(down(), stream_id_, request_body_.size());
+    nghttp2_session_consume_stream(down(), stream_id_, request_body_.size());
     request_body_.Clear();
   }
   result_.ending = CallResult::Ending::kLocalAnswer;
@@ -308,12 +325,12 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
 void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
   if (decided_ && upstream_ == nullptr) {
     // Answered locally already: drop, and keep the connection window open.
-    nghttp2_session_consume(down(), stream_id_, len);
+    nghttp2_session_consume_stream(down(), stream_id_, len);
     session_.MarkDirty();
     return;
   }
   if (request_scanner_.Feed(data, len) == MessageScanner::Verdict::kTooLarge) {
-    nghttp2_session_consume(down(), stream_id_, len);
+    nghttp2_session_consume_stream(down(), stream_id_, len);
     DetachUpstream(/*reset=*/true);
     RespondLocal({.grpc_code = kResourceExhausted,
                   .message = absl::StrCat("request message of ",
@@ -328,7 +345,7 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
   request_body_.Append(data, len);
   if (collecting_) {
     // Held whole for the key: consume now (bounded by the size check above and below).
-    nghttp2_session_consume(down(), stream_id_, len);
+    nghttp2_session_consume_stream(down(), stream_id_, len);
     session_.MarkDirty();
     if (request_body_.size() > worker().options().max_message_bytes + 5) {
       collecting_ = false;
@@ -369,7 +386,7 @@ ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length, uint32_t*
     std::memcpy(buf, request_body_.data(), n);
     request_body_.Consume(n);
     // Only now the client may send more: end-to-end flow control.
-    nghttp2_session_consume(down(), stream_id_, n);
+    nghttp2_session_consume_stream(down(), stream_id_, n);
     session_.MarkDirty();
   }
   if (request_body_.empty()) {
@@ -464,7 +481,7 @@ ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t
     std::memcpy(buf, response_body_.data(), n);
     response_body_.Consume(n);
     if (upstream_ != nullptr) {
-      nghttp2_session_consume(upstream_->session(), upstream_stream_id_, n);
+      nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_, n);
       upstream_->MarkDirty();
     }
   }
@@ -509,7 +526,7 @@ void DownstreamStream::CollectRequest(absl::AnyInvocable<void(std::string body)>
   request_held_ = true;
   if (!request_body_.empty()) {
     // Bytes that arrived before: they are held too, so consume them now.
-    nghttp2_session_consume(down(), stream_id_, request_body_.size());
+    nghttp2_session_consume_stream(down(), stream_id_, request_body_.size());
     session_.MarkDirty();
   }
   if (request_ended_) {
@@ -577,10 +594,6 @@ void DownstreamStream::FinishWithStatus(int grpc_code, std::string_view message,
 void DownstreamStream::DetachUpstream(bool reset) {
   if (upstream_ == nullptr) return;
   result_.upstream_duration = absl::Now() - upstream_start_;
-  // Buffered response bytes were never consumed upstream; give the connection window back.
-  if (!response_body_.empty()) {
-    nghttp2_session_consume_connection(upstream_->session(), response_body_.size());
-  }
   if (reset) upstream_->Reset(upstream_stream_id_, NGHTTP2_CANCEL);
   upstream_->Forget(this, upstream_stream_id_);
   upstream_ = nullptr;
@@ -590,9 +603,6 @@ void DownstreamStream::DetachUpstream(bool reset) {
 void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
   // The upstream connection already forgot us; what's buffered is ours to deliver.
   result_.upstream_duration = absl::Now() - upstream_start_;
-  if (!response_body_.empty()) {
-    nghttp2_session_consume_connection(upstream_->session(), response_body_.size());
-  }
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_ || response_state_ == ResponseState::kFinished) return;
@@ -623,10 +633,7 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
     deadline_timer_ = 0;
   }
   DetachUpstream(/*reset=*/true);
-  if (!request_body_.empty() && !request_held_) {
-    nghttp2_session_consume_connection(down(), request_body_.size());
-    request_body_.Clear();
-  }
+  request_body_.Clear();  // its connection window went back on receipt
   const bool completed = response_state_ == ResponseState::kFinished && response_ended_;
   if (!completed && result_.ending == CallResult::Ending::kCompleted) {
     (void)error_code;  // any reset or disconnect before the response ended

@@ -140,7 +140,7 @@ void UpstreamCall::OnResponseHeadersDone(bool end_stream) {
 
 void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
   if (conn_ != nullptr) {
-    nghttp2_session_consume(conn_->session(), stream_id_, len);
+    nghttp2_session_consume_stream(conn_->session(), stream_id_, len);
     conn_->MarkDirty();
   }
   received_ += len;

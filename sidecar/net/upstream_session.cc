@@ -63,13 +63,12 @@ struct UpstreamCallbacks {
 
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                          const uint8_t* data, size_t len, void* user_data) {
-    if (UpstreamPeer* peer = PeerOf(session, stream_id)) {
-      peer->OnResponseData(data, len);
-    } else {
-      // The client left; the stream is being reset. Keep the connection window open.
-      nghttp2_session_consume(session, stream_id, len);
-      static_cast<UpstreamConnection*>(user_data)->MarkDirty();
-    }
+    // As downstream: the connection window is given back at once, the stream's only when
+    // its client took the bytes, so a client that stops reading stalls its own stream and
+    // not every call sharing this upstream connection.
+    nghttp2_session_consume_connection(session, len);
+    static_cast<UpstreamConnection*>(user_data)->MarkDirty();
+    if (UpstreamPeer* peer = PeerOf(session, stream_id)) peer->OnResponseData(data, len);
     return 0;
   }
 

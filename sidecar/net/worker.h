@@ -43,7 +43,9 @@ struct WorkerOptions {
   uint32_t max_connections = 10000;
   // HTTP/2 windows the sidecar advertises: they bound what it buffers per stream and per
   // connection, since bytes are consumed only when the other side took them.
-  uint32_t stream_window_bytes = 1 << 20;
+  // Per stream and direction; the connection window is given back as bytes arrive, so the
+  // stream windows alone bound what the sidecar holds (streams x window).
+  uint32_t stream_window_bytes = 256 << 10;
   uint32_t connection_window_bytes = 8 << 20;
   // Listener TLS (null: h2c). Replaced on reload through SetListenerTls.
   std::shared_ptr<const TlsContext> tls;
