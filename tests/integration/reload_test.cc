@@ -3,6 +3,8 @@
 // reloaded every 100 ms under load.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <map>
@@ -181,6 +183,54 @@ TEST_F(ReloadTest, NoCallIsDroppedWhileReloadingEveryHundredMilliseconds) {
   EXPECT_GT(ok.load(), 100);
   EXPECT_GE(Metric("bulwark_config_reloads_total{result=\"success\"}"), reloads / 2);
   EXPECT_EQ(Metric("bulwark_config_reloads_total{result=\"failure\"}"), 0);
+}
+
+TEST_F(ReloadTest, ConfigMapSymlinkSwapIsNoticedWithoutASignal) {
+  // The layout the kubelet gives a mounted ConfigMap: the file is a symlink through "..data",
+  // itself a symlink to a timestamped directory, and an update swaps "..data" atomically.
+  const std::string dir = TempDir();
+  ASSERT_EQ(mkdir((dir + "/v1").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir((dir + "/v2").c_str(), 0755), 0);
+  ASSERT_TRUE(WriteFile(dir + "/v1/bulwark.yaml", Config(2, "5s")).ok());
+  ASSERT_TRUE(WriteFile(dir + "/v2/bulwark.yaml", Config(100, "5s")).ok());
+  ASSERT_EQ(symlink("v1", (dir + "/..data").c_str()), 0);
+  ASSERT_EQ(symlink("..data/bulwark.yaml", (dir + "/bulwark.yaml").c_str()), 0);
+  path_ = dir + "/bulwark.yaml";
+  auto child = ChildProcess::Start(BinaryPath("bulwark"), {"--config", path_});
+  ASSERT_TRUE(child.ok()) << child.status();
+  sidecar_ = std::move(*child);
+  ASSERT_TRUE(WaitForTcpPort(port_, absl::Seconds(20), sidecar_.get()).ok());
+  ASSERT_TRUE(WaitForTcpPort(admin_port_, absl::Seconds(20), sidecar_.get()).ok());
+  channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
+                                 grpc::InsecureChannelCredentials());
+  stub_ = Demo::NewStub(channel_);
+  ASSERT_EQ(Echo(), grpc::StatusCode::OK);
+  ASSERT_EQ(Echo(), grpc::StatusCode::OK);
+  ASSERT_EQ(Echo(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  ASSERT_EQ(symlink("v2", (dir + "/..data_tmp").c_str()), 0);
+  ASSERT_EQ(rename((dir + "/..data_tmp").c_str(), (dir + "/..data").c_str()), 0);
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        return Metric("bulwark_config_reloads_total{result=\"success\"}") >= 1;
+      },
+      absl::Seconds(10)))
+      << sidecar_->Log();
+  EXPECT_EQ(Echo(), grpc::StatusCode::OK);  // the new, larger bucket
+}
+
+TEST_F(ReloadTest, ListenerOrWorkerChangesAreRefusedAndNeedARestart) {
+  StartSidecar(Config(2, "5s"));
+  std::string changed = Config(2, "5s");
+  changed.replace(changed.find("workers: 2"), 10, "workers: 3");
+  Reload(changed);
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        return Metric("bulwark_config_reloads_total{result=\"failure\"}") >= 1;
+      },
+      absl::Seconds(10)));
+  EXPECT_THAT(sidecar_->Log(), ::testing::HasSubstr("need a restart"));
+  EXPECT_EQ(Echo(), grpc::StatusCode::OK);
 }
 
 }  // namespace
