@@ -1,8 +1,9 @@
-// Time for every time-dependent class: a Clock to read "now" and a TimerQueue to be woken.
-// Production code passes RealClock and a per-worker TimerQueue backed by the event loop;
-// tests pass FakeClock and FakeTimerQueue, which fires due callbacks as the clock advances,
-// so no test sleeps. Thread-safety: all classes here are thread-safe. Cost: RealClock::Now is
-// one clock_gettime; FakeClock::Now takes a mutex.
+// Time for every time-dependent class: a Clock to read "now" and a TimerQueue
+// to be woken. Production code passes RealClock and a per-worker TimerQueue
+// backed by the event loop; tests pass FakeClock and FakeTimerQueue, which
+// fires due callbacks as the clock advances, so no test sleeps. Thread-safety:
+// all classes here are thread-safe. Cost: RealClock::Now is one clock_gettime;
+// FakeClock::Now takes a mutex.
 #ifndef BULWARK_POLICIES_CLOCK_H_
 #define BULWARK_POLICIES_CLOCK_H_
 
@@ -57,24 +58,28 @@ class FakeClock final : public Clock {
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 
-// Schedules callbacks at a point in time. Callbacks run on the queue's own thread (a worker's
-// event loop in production, the caller of FakeTimerQueue::AdvanceBy in tests). Cancel returns
-// true if the callback had not run and now never will.
+// Schedules callbacks at a point in time. Callbacks run on the queue's own
+// thread (a worker's event loop in production, the caller of
+// FakeTimerQueue::AdvanceBy in tests). Cancel returns true if the callback had
+// not run and now never will.
 class TimerQueue {
  public:
   using TimerId = uint64_t;
   virtual ~TimerQueue() = default;
-  virtual TimerId Schedule(absl::Time when, absl::AnyInvocable<void()> callback) = 0;
+  virtual TimerId Schedule(absl::Time when,
+                           absl::AnyInvocable<void()> callback) = 0;
   virtual bool Cancel(TimerId id) = 0;
 };
 
-// Test timer queue driven by a FakeClock: AdvanceBy moves the clock and runs, in deadline
-// order, every callback that became due (including ones scheduled by callbacks it runs).
+// Test timer queue driven by a FakeClock: AdvanceBy moves the clock and runs,
+// in deadline order, every callback that became due (including ones scheduled
+// by callbacks it runs).
 class FakeTimerQueue final : public TimerQueue {
  public:
   explicit FakeTimerQueue(FakeClock& clock) : clock_(clock) {}
 
-  TimerId Schedule(absl::Time when, absl::AnyInvocable<void()> callback) override
+  TimerId Schedule(absl::Time when,
+                   absl::AnyInvocable<void()> callback) override
       ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     TimerId id = ++next_id_;
@@ -93,7 +98,8 @@ class FakeTimerQueue final : public TimerQueue {
     return false;
   }
 
-  // Advances the clock by `d`, firing due timers at their own instants along the way.
+  // Advances the clock by `d`, firing due timers at their own instants along
+  // the way.
   void AdvanceBy(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_) {
     const absl::Time end = clock_.Now() + d;
     while (true) {

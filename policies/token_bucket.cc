@@ -63,8 +63,9 @@ TakeResult TokenBucketLevel::TryTake(const TokenBucketLimits& limits,
   // Less than one token is missing, so this fits in 64 bits.
   const int64_t missing_units =
       static_cast<int64_t>(TokenBucketLimits::kUnitsPerToken - units_);
-  // Rounded up without forming missing + units_per_ns, which overflows for rates near the
-  // 64-bit limit of units_per_ns (found by tests/fuzz/policies_fuzz.cc).
+  // Rounded up without forming missing + units_per_ns, which overflows for
+  // rates near the 64-bit limit of units_per_ns (found by
+  // tests/fuzz/policies_fuzz.cc).
   const int64_t wait_ns = missing_units / limits.units_per_ns +
                           (missing_units % limits.units_per_ns != 0 ? 1 : 0);
   // Measured from the last refill, which is later than `now` when `now` is

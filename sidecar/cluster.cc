@@ -20,9 +20,10 @@ absl::Status Resolve(const HostPort& address, net::UpstreamAddress* out) {
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* res = nullptr;
   const std::string port = std::to_string(address.port);
-  if (int rc = getaddrinfo(address.host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot resolve ", address.ToString(), ": ", gai_strerror(rc)));
+  if (int rc = getaddrinfo(address.host.c_str(), port.c_str(), &hints, &res);
+      rc != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot resolve ", address.ToString(), ": ", gai_strerror(rc)));
   }
   std::memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
   out->addr_len = res->ai_addrlen;
@@ -37,17 +38,19 @@ absl::Status Resolve(const HostPort& address, net::UpstreamAddress* out) {
 Cluster::Cluster(const config::v1::Cluster& config, ClusterMetrics* metrics)
     : config_(config), metrics_(metrics) {}
 
-absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Cluster& config,
-                                                          Metrics& metrics,
-                                                          const Cluster* previous) {
-  std::shared_ptr<Cluster> cluster(new Cluster(config, metrics.ForCluster(config.name())));
+absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
+    const config::v1::Cluster& config, Metrics& metrics,
+    const Cluster* previous) {
+  std::shared_ptr<Cluster> cluster(
+      new Cluster(config, metrics.ForCluster(config.name())));
   const bool checked = config.has_health_check();
   std::shared_ptr<const net::TlsContext> tls;
   if (config.has_tls()) {
-    auto ctx = net::TlsContext::Client({.ca_file = config.tls().ca_file(),
-                                        .cert_file = config.tls().cert_file(),
-                                        .key_file = config.tls().key_file(),
-                                        .server_name = config.tls().server_name()});
+    auto ctx =
+        net::TlsContext::Client({.ca_file = config.tls().ca_file(),
+                                 .cert_file = config.tls().cert_file(),
+                                 .key_file = config.tls().key_file(),
+                                 .server_name = config.tls().server_name()});
     if (!ctx.ok()) return ctx.status();
     tls = *std::move(ctx);
   }
@@ -59,7 +62,8 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Clust
     if (previous != nullptr) {
       for (const auto& old : previous->endpoints_) {
         // Same address and same health-check presence: keep its state.
-        if (old->address == *address && (old->health != nullptr) == checked) predecessor = old;
+        if (old->address == *address && (old->health != nullptr) == checked)
+          predecessor = old;
       }
     }
     // New thresholds need a new HealthState (it keeps them from construction).
@@ -69,27 +73,30 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(const config::v1::Clust
             config.health_check().unhealthy_threshold() &&
         previous->config_.health_check().healthy_threshold() ==
             config.health_check().healthy_threshold();
-    if (predecessor != nullptr && tls == nullptr && predecessor->upstream.tls == nullptr &&
-        same_thresholds) {
+    if (predecessor != nullptr && tls == nullptr &&
+        predecessor->upstream.tls == nullptr && same_thresholds) {
       endpoint = predecessor;
     }
     if (endpoint == nullptr) {
       endpoint = std::make_shared<Endpoint>();
       endpoint->address = *address;
-      if (absl::Status st = Resolve(*address, &endpoint->upstream); !st.ok()) return st;
+      if (absl::Status st = Resolve(*address, &endpoint->upstream); !st.ok())
+        return st;
       endpoint->upstream.host = address->host;
       if (tls != nullptr) {
         endpoint->upstream.tls = tls;
         // A connection per TLS context: new certificates mean new connections.
-        endpoint->upstream.key = absl::StrCat(endpoint->upstream.key, "|tls#", tls->id());
+        endpoint->upstream.key =
+            absl::StrCat(endpoint->upstream.key, "|tls#", tls->id());
       }
       endpoint->metrics = cluster->metrics_->ForEndpoint(address->ToString());
       if (predecessor != nullptr && same_thresholds) {
         endpoint->health = predecessor->health;
         endpoint->load.healthy.store(predecessor->load.healthy.load());
       } else if (checked) {
-        // Fresh thresholds start a fresh verdict (healthy until probes say otherwise, as for
-        // a new endpoint): the next probes decide within a threshold's worth of intervals.
+        // Fresh thresholds start a fresh verdict (healthy until probes say
+        // otherwise, as for a new endpoint): the next probes decide within a
+        // threshold's worth of intervals.
         const auto& hc = config.health_check();
         endpoint->health = std::make_shared<HealthState>(HealthState::Options{
             .unhealthy_threshold = hc.unhealthy_threshold(),

@@ -1,12 +1,14 @@
-// Cluster: one upstream service's endpoints, their health and load, and the balancer that
-// picks among the healthy ones. Endpoint objects are shared between configuration snapshots
-// (an endpoint whose address is unchanged keeps its health and in-flight count across a
-// reload), and so is a cluster's live state.
+// Cluster: one upstream service's endpoints, their health and load, and the
+// balancer that picks among the healthy ones. Endpoint objects are shared
+// between configuration snapshots (an endpoint whose address is unchanged keeps
+// its health and in-flight count across a reload), and so is a cluster's live
+// state.
 //
-// Thread-safety: Pick and the accessors are called from every worker at once: health and
-// load are atomics (EndpointLoad), the balancer is lock-free. Building a cluster resolves
-// DNS names (blocking): done at start-up and reload, never on a worker. Cost of Pick: one
-// atomic increment plus a scan of the endpoints (round robin skips unhealthy ones).
+// Thread-safety: Pick and the accessors are called from every worker at once:
+// health and load are atomics (EndpointLoad), the balancer is lock-free.
+// Building a cluster resolves DNS names (blocking): done at start-up and
+// reload, never on a worker. Cost of Pick: one atomic increment plus a scan of
+// the endpoints (round robin skips unhealthy ones).
 #ifndef BULWARK_SIDECAR_CLUSTER_H_
 #define BULWARK_SIDECAR_CLUSTER_H_
 
@@ -29,27 +31,31 @@ struct Endpoint {
   net::UpstreamAddress upstream;  // resolved socket address, connection key
   EndpointLoad load;              // healthy flag and calls in flight (atomics)
   EndpointMetrics* metrics = nullptr;
-  // Threshold state of the heartbeat (present when the cluster has a health_check). Shared
-  // with the endpoint's successor when a reload must rebuild the endpoint (new TLS files).
+  // Threshold state of the heartbeat (present when the cluster has a
+  // health_check). Shared with the endpoint's successor when a reload must
+  // rebuild the endpoint (new TLS files).
   std::shared_ptr<HealthState> health;
 };
 
 class Cluster {
  public:
-  // Resolves each endpoint (the first address getaddrinfo returns) and, with `tls`, reads
-  // the TLS files. Endpoints of `previous` with the same address are reused with their
-  // state; with TLS they are rebuilt (so rotated certificates are used) but keep their
-  // health.
-  static absl::StatusOr<std::shared_ptr<Cluster>> Create(const config::v1::Cluster& config,
-                                                         Metrics& metrics,
-                                                         const Cluster* previous);
+  // Resolves each endpoint (the first address getaddrinfo returns) and, with
+  // `tls`, reads the TLS files. Endpoints of `previous` with the same address
+  // are reused with their state; with TLS they are rebuilt (so rotated
+  // certificates are used) but keep their health.
+  static absl::StatusOr<std::shared_ptr<Cluster>> Create(
+      const config::v1::Cluster& config, Metrics& metrics,
+      const Cluster* previous);
 
   const std::string& name() const { return config_.name(); }
   const config::v1::Cluster& config() const { return config_; }
-  const std::vector<std::shared_ptr<Endpoint>>& endpoints() const { return endpoints_; }
+  const std::vector<std::shared_ptr<Endpoint>>& endpoints() const {
+    return endpoints_;
+  }
   ClusterMetrics* metrics() const { return metrics_; }
 
-  // A healthy endpoint by the configured balancing, or nullptr if none is healthy.
+  // A healthy endpoint by the configured balancing, or nullptr if none is
+  // healthy.
   Endpoint* Pick();
   bool AnyHealthy() const;
 

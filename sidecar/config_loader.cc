@@ -37,7 +37,6 @@
 #include "sidecar/status_macros.h"
 #include "sidecar/validation_errors.h"
 #include "yaml-cpp/eventhandler.h"
-#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace bulwark {
@@ -213,8 +212,10 @@ class YamlToProto {
         continue;
       }
       const std::string& key = entry.first.Scalar();
-      // Escaped: a key holding a line break or NUL must not split or forge error lines.
-      ValidationErrors::ScopedField scope(errors_, absl::StrCat(".", absl::CHexEscape(key)));
+      // Escaped: a key holding a line break or NUL must not split or forge
+      // error lines.
+      ValidationErrors::ScopedField scope(
+          errors_, absl::StrCat(".", absl::CHexEscape(key)));
       // yaml-cpp keeps both entries of a repeated key; the second would
       // silently win.
       if (!seen.insert(key).second) {
@@ -1265,8 +1266,9 @@ absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
   const absl::string_view display_name(file_name.data(), file_name.size());
   std::vector<YAML::Node> documents;
   try {
-    // Count documents with a parser that builds nothing, stopping at two: yaml-cpp's
-    // LoadAll can loop forever (and exhaust memory) on some malformed inputs such as ",".
+    // Count documents with a parser that builds nothing, stopping at two:
+    // yaml-cpp's LoadAll can loop forever (and exhaust memory) on some
+    // malformed inputs such as ",".
     const std::string text(yaml);
     std::stringstream stream(text);
     YAML::Parser parser(stream);
@@ -1274,8 +1276,8 @@ absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
     int count = 0;
     while (count < 2 && parser.HandleNextDocument(discard)) ++count;
     if (count > 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(display_name, ": expected one YAML document (got more than one)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          display_name, ": expected one YAML document (got more than one)"));
     }
     if (count == 1) documents.push_back(YAML::Load(text));
   } catch (const std::bad_alloc&) {

@@ -29,7 +29,8 @@ bool LogEnabled(LogLevel level) { return level >= kThreshold; }
 
 void LogLine(LogLevel level, std::string_view message) {
   static constexpr const char* kNames[] = {"debug", "info", "warning", "error"};
-  std::string line = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
+  std::string line = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(),
+                                      absl::UTCTimeZone());
   line += " bulwark ";
   line += kNames[static_cast<int>(level)];
   line += ": ";

@@ -1,7 +1,7 @@
 // bulwark: the gRPC resilience sidecar's command line (SPEC section 1).
 //   bulwark --config PATH              run
-//   bulwark --config PATH --validate   check the file, print a summary, exit 0 or 1
-//   bulwark --version | --help
+//   bulwark --config PATH --validate   check the file, print a summary, exit 0
+//   or 1 bulwark --version | --help
 // Exit codes: 0 clean exit, 1 configuration or usage error, 2 runtime failure.
 #include <cstdio>
 #include <cstring>
@@ -18,16 +18,21 @@ constexpr char kUsage[] =
     "usage: bulwark --config PATH [--validate]\n"
     "       bulwark --version | --help\n"
     "\n"
-    "Bulwark is a gRPC resilience sidecar: per route rate limiting, circuit breaking,\n"
-    "request coalescing and a concurrency limit in front of health-checked upstreams.\n"
+    "Bulwark is a gRPC resilience sidecar: per route rate limiting, circuit "
+    "breaking,\n"
+    "request coalescing and a concurrency limit in front of health-checked "
+    "upstreams.\n"
     "\n"
     "  --config PATH   the YAML configuration (see the README and SPEC)\n"
-    "  --validate      check the configuration, print a summary and exit 0 (valid) or 1\n"
+    "  --validate      check the configuration, print a summary and exit 0 "
+    "(valid) or 1\n"
     "  --version       print the version\n"
     "  --help          print this help\n"
     "\n"
-    "Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the configuration (so does a\n"
-    "change of the file's content). Log level: BULWARK_LOG_LEVEL=debug|info|warning|error.\n";
+    "Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads the configuration "
+    "(so does a\n"
+    "change of the file's content). Log level: "
+    "BULWARK_LOG_LEVEL=debug|info|warning|error.\n";
 
 }  // namespace
 
@@ -62,7 +67,8 @@ int main(int argc, char** argv) {
 
   auto config = bulwark::LoadConfigFile(config_path);
   if (!config.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    std::fprintf(stderr, "%s\n",
+                 std::string(config.status().message()).c_str());
     return 1;
   }
   if (validate) {
@@ -71,8 +77,8 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  // Debian's Abseil checks every Mutex for lock-order cycles by default: measurable CPU on
-  // the data path and nothing a release build needs.
+  // Debian's Abseil checks every Mutex for lock-order cycles by default:
+  // measurable CPU on the data path and nothing a release build needs.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   bulwark::Sidecar::BlockSignals();
   auto sidecar = bulwark::Sidecar::Create(*std::move(config));

@@ -28,7 +28,8 @@ CircuitBreaker::Outcome OutcomeOfCode(const Route& route, int code) {
              : CircuitBreaker::Outcome::kSuccess;
 }
 
-std::shared_ptr<net::CapturedResponse> TrailersOnly(int code, std::string_view message,
+std::shared_ptr<net::CapturedResponse> TrailersOnly(int code,
+                                                    std::string_view message,
                                                     std::string_view reason,
                                                     int64_t pushback_ms) {
   auto response = std::make_shared<net::CapturedResponse>();
@@ -38,25 +39,28 @@ std::shared_ptr<net::CapturedResponse> TrailersOnly(int code, std::string_view m
                        {"content-type", "application/grpc"},
                        {"grpc-status", std::to_string(code)},
                        {"grpc-message", std::string(message)}};
-  if (!reason.empty()) response->headers.emplace_back("x-bulwark-reason", std::string(reason));
+  if (!reason.empty())
+    response->headers.emplace_back("x-bulwark-reason", std::string(reason));
   if (pushback_ms >= 0) {
-    response->headers.emplace_back("grpc-retry-pushback-ms", std::to_string(pushback_ms));
+    response->headers.emplace_back("grpc-retry-pushback-ms",
+                                   std::to_string(pushback_ms));
   }
   return response;
 }
 
 }  // namespace
 
-// The upstream call of a singleflight flight (or of one shadow-mode call): owned by the
-// worker's ProxyHandler, not by a caller. It settles what an upstream call holds (breaker
-// ticket, permit, endpoint load) and hands its captured response to the flight, or to its
-// one caller in shadow mode.
+// The upstream call of a singleflight flight (or of one shadow-mode call):
+// owned by the worker's ProxyHandler, not by a caller. It settles what an
+// upstream call holds (breaker ticket, permit, endpoint load) and hands its
+// captured response to the flight, or to its one caller in shadow mode.
 class FlightCall final : public net::UpstreamCallListener {
  public:
-  FlightCall(ProxyHandler& handler, uint64_t id, std::shared_ptr<const Snapshot> snapshot,
-             const Route& route, Flights::Leadership leadership, uint64_t solo_call_id,
-             std::optional<CircuitBreaker::Ticket> ticket, ConcurrencyLimiter::Permit permit,
-             Endpoint* endpoint)
+  FlightCall(ProxyHandler& handler, uint64_t id,
+             std::shared_ptr<const Snapshot> snapshot, const Route& route,
+             Flights::Leadership leadership, uint64_t solo_call_id,
+             std::optional<CircuitBreaker::Ticket> ticket,
+             ConcurrencyLimiter::Permit permit, Endpoint* endpoint)
       : handler_(handler),
         id_(id),
         snapshot_(std::move(snapshot)),
@@ -70,7 +74,8 @@ class FlightCall final : public net::UpstreamCallListener {
   ~FlightCall() override {
     // Cancelled (nobody wants it) or shutting down: nothing to deliver.
     if (ticket_.has_value()) {
-      route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+      route_.state->breaker->Record(*ticket_,
+                                    CircuitBreaker::Outcome::kIgnored);
     }
     endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -80,7 +85,8 @@ class FlightCall final : public net::UpstreamCallListener {
         handler_.worker(), endpoint_->upstream, std::move(request), this,
         {.capture = true,
          .deliver_messages = false,
-         .max_response_bytes = snapshot_->config.proto.listener().max_message_bytes()});
+         .max_response_bytes =
+             snapshot_->config.proto.listener().max_message_bytes()});
   }
 
   void OnFinish(const net::UpstreamCallResult& result) override {
@@ -119,19 +125,23 @@ class FlightCall final : public net::UpstreamCallListener {
 
 namespace {
 
-// The per-call state of the chain; the transport owns it (Call::SetObserver) and calls
-// OnClose once when the downstream stream ends.
+// The per-call state of the chain; the transport owns it (Call::SetObserver)
+// and calls OnClose once when the downstream stream ends.
 class ProxyCall final : public net::CallObserver {
  public:
   ProxyCall(ProxyHandler& handler, std::shared_ptr<const Snapshot> snapshot,
             const Route& route, net::Call& call)
-      : handler_(handler), snapshot_(std::move(snapshot)), route_(route), call_(call) {
+      : handler_(handler),
+        snapshot_(std::move(snapshot)),
+        route_(route),
+        call_(call) {
     route_.state->active_calls.fetch_add(1, std::memory_order_relaxed);
   }
 
   ~ProxyCall() override {
     route_.state->active_calls.fetch_sub(1, std::memory_order_relaxed);
-    if (parked_) route_.state->limiter->Cancel(wait_);  // shutdown with a waiter queued
+    if (parked_)
+      route_.state->limiter->Cancel(wait_);  // shutdown with a waiter queued
   }
 
   // Runs the chain from the rate limiter on.
@@ -156,8 +166,8 @@ class ProxyCall final : public net::CallObserver {
       call_.RespondWith(std::move(outcome.result));
       return;
     }
-    // The leader gave up before going upstream (its caller left): try again, which makes
-    // one of the waiting callers the new leader.
+    // The leader gave up before going upstream (its caller left): try again,
+    // which makes one of the waiting callers the new leader.
     JoinFlight();
   }
 
@@ -177,8 +187,9 @@ class ProxyCall final : public net::CallObserver {
     if (endpoint_ != nullptr) {
       endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
       if (result.forwarded) {
-        const int upstream_code =
-            result.upstream_grpc_code >= 0 ? result.upstream_grpc_code : result.grpc_code;
+        const int upstream_code = result.upstream_grpc_code >= 0
+                                      ? result.upstream_grpc_code
+                                      : result.grpc_code;
         endpoint_->metrics->UpstreamRequests(upstream_code).Increment();
         route_.cluster->metrics()->UpstreamDuration().Observe(
             absl::ToDoubleSeconds(result.upstream_duration));
@@ -189,11 +200,14 @@ class ProxyCall final : public net::CallObserver {
     permit_.Release();
   }
 
-  void Reject(int code, RejectReason reason, std::string message, int64_t pushback_ms = -1) {
+  void Reject(int code, RejectReason reason, std::string message,
+              int64_t pushback_ms = -1) {
     route_.metrics->Rejections(reason).Increment();
     if (leadership_.Held()) {
-      // The flight's callers share the leader's fate, as they would share its answer.
-      leadership_.Complete(TrailersOnly(code, message, RejectReasonName(reason), pushback_ms));
+      // The flight's callers share the leader's fate, as they would share its
+      // answer.
+      leadership_.Complete(
+          TrailersOnly(code, message, RejectReasonName(reason), pushback_ms));
       return;  // this call answers through its own membership, like the others
     }
     call_.RespondLocal({.grpc_code = code,
@@ -212,20 +226,26 @@ class ProxyCall final : public net::CallObserver {
         return;
       case ConcurrencyLimiter::WaitStatus::kQueueTimeout:
         if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+          route_.state->breaker->Record(*ticket_,
+                                        CircuitBreaker::Outcome::kIgnored);
           ticket_.reset();
         }
         Reject(kResourceExhausted, RejectReason::kQueueTimeout,
-               absl::StrCat("no concurrency slot on route ", route_.name, " within ",
-                            absl::FormatDuration(route_.state->limiter->options().queue_timeout)));
+               absl::StrCat(
+                   "no concurrency slot on route ", route_.name, " within ",
+                   absl::FormatDuration(
+                       route_.state->limiter->options().queue_timeout)));
         return;
       case ConcurrencyLimiter::WaitStatus::kDeadlineExceeded:
         if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+          route_.state->breaker->Record(*ticket_,
+                                        CircuitBreaker::Outcome::kIgnored);
           ticket_.reset();
         }
-        call_.RespondLocal({.grpc_code = kDeadlineExceeded,
-                            .message = "deadline exceeded while waiting for a concurrency slot"});
+        call_.RespondLocal(
+            {.grpc_code = kDeadlineExceeded,
+             .message =
+                 "deadline exceeded while waiting for a concurrency slot"});
         return;
     }
   }
@@ -237,7 +257,8 @@ class ProxyCall final : public net::CallObserver {
     TakeResult taken;
     if (state.bucket != nullptr) {
       taken = state.bucket->TryTake(now);
-    } else if (std::string_view key = call_.header(route_.key_header); !key.empty()) {
+    } else if (std::string_view key = call_.header(route_.key_header);
+               !key.empty()) {
       taken = state.keyed->TryTake(key, now);
     } else {
       taken = state.keyed->TryTakeShared(now);
@@ -284,15 +305,16 @@ class ProxyCall final : public net::CallObserver {
          .call_deadline = route_.concurrency_shadow ? absl::InfiniteFuture()
                                                     : call_.deadline(),
          .on_done = [worker, call_id](ConcurrencyLimiter::WaitResult result) {
-           // Any thread: hop to the call's worker; if the call is gone the permit in
-           // `result` is released by its destructor there.
-           worker->Post([worker, call_id, result = std::move(result)]() mutable {
-             if (net::Call* call = worker->FindCall(call_id)) {
-               if (auto* self = static_cast<ProxyCall*>(call->observer())) {
-                 self->OnSlot(std::move(result));
-               }
-             }
-           });
+           // Any thread: hop to the call's worker; if the call is gone the
+           // permit in `result` is released by its destructor there.
+           worker->Post(
+               [worker, call_id, result = std::move(result)]() mutable {
+                 if (net::Call* call = worker->FindCall(call_id)) {
+                   if (auto* self = static_cast<ProxyCall*>(call->observer())) {
+                     self->OnSlot(std::move(result));
+                   }
+                 }
+               });
          }});
     switch (acquired.status) {
       case ConcurrencyLimiter::AcquireStatus::kGranted:
@@ -311,16 +333,19 @@ class ProxyCall final : public net::CallObserver {
         return;
       case ConcurrencyLimiter::AcquireStatus::kConcurrencyLimit:
         if (route_.concurrency_shadow) {
-          route_.metrics->ShadowRejections(RejectReason::kConcurrencyLimit).Increment();
+          route_.metrics->ShadowRejections(RejectReason::kConcurrencyLimit)
+              .Increment();
           PickAndForward();
           return;
         }
         if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+          route_.state->breaker->Record(*ticket_,
+                                        CircuitBreaker::Outcome::kIgnored);
           ticket_.reset();
         }
         Reject(kResourceExhausted, RejectReason::kConcurrencyLimit,
-               absl::StrCat("concurrency limit of route ", route_.name, " reached"));
+               absl::StrCat("concurrency limit of route ", route_.name,
+                            " reached"));
         return;
     }
   }
@@ -329,12 +354,14 @@ class ProxyCall final : public net::CallObserver {
     endpoint_ = route_.cluster->Pick();
     if (endpoint_ == nullptr) {
       if (ticket_.has_value()) {
-        route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+        route_.state->breaker->Record(*ticket_,
+                                      CircuitBreaker::Outcome::kIgnored);
         ticket_.reset();
       }
       permit_.Release();
       Reject(kUnavailable, RejectReason::kNoHealthyEndpoint,
-             absl::StrCat("cluster ", route_.cluster->name(), " has no healthy endpoint"));
+             absl::StrCat("cluster ", route_.cluster->name(),
+                          " has no healthy endpoint"));
       return;
     }
     endpoint_->load.in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -342,14 +369,13 @@ class ProxyCall final : public net::CallObserver {
       call_.Forward(endpoint_->upstream);
       return;
     }
-    // A held unary call: its upstream call belongs to the flight (or, in shadow mode, is
-    // this call's own), not to this stream.
+    // A held unary call: its upstream call belongs to the flight (or, in shadow
+    // mode, is this call's own), not to this stream.
     const uint64_t id = flight_id_ != 0 ? flight_id_ : handler_.NextFlightId();
     const uint64_t solo_call_id = leadership_.Held() ? 0 : call_.id();
-    auto flight = std::make_unique<FlightCall>(handler_, id, snapshot_, route_,
-                                               std::move(leadership_), solo_call_id, ticket_,
-                                               std::move(permit_),
-                                               std::exchange(endpoint_, nullptr));
+    auto flight = std::make_unique<FlightCall>(
+        handler_, id, snapshot_, route_, std::move(leadership_), solo_call_id,
+        ticket_, std::move(permit_), std::exchange(endpoint_, nullptr));
     ticket_.reset();
     FlightCall* raw = flight.get();
     handler_.AddFlight(id, std::move(flight));
@@ -364,15 +390,16 @@ class ProxyCall final : public net::CallObserver {
     headers.reserve(route_.key_headers.size());
     for (const std::string& name : route_.key_headers) {
       std::string_view value = call_.header(name);
-      headers.push_back({.name = name,
-                         .value = value.empty() ? std::nullopt
-                                                : std::optional<absl::string_view>(
-                                                      absl::string_view(value.data(),
-                                                                        value.size()))});
+      headers.push_back(
+          {.name = name,
+           .value = value.empty()
+                        ? std::nullopt
+                        : std::optional<absl::string_view>(
+                              absl::string_view(value.data(), value.size()))});
     }
     const std::string_view path = call_.path();
-    std::string key = EncodeSingleflightKey(absl::string_view(path.data(), path.size()),
-                                            *request_body_, headers);
+    std::string key = EncodeSingleflightKey(
+        absl::string_view(path.data(), path.size()), *request_body_, headers);
     net::Worker* worker = &call_.worker();
     const uint64_t call_id = call_.id();
     const uint64_t flight_id = handler_.NextFlightId();
@@ -380,20 +407,22 @@ class ProxyCall final : public net::CallObserver {
     auto joined = route_.state->flights->Join(
         std::move(key),
         [worker, call_id](Flights::Outcome outcome) {
-          worker->Post([worker, call_id, outcome = std::move(outcome)]() mutable {
-            if (net::Call* call = worker->FindCall(call_id)) {
-              if (auto* self = static_cast<ProxyCall*>(call->observer())) {
-                self->OnFlightOutcome(std::move(outcome));
-              }
-            }
-          });
+          worker->Post(
+              [worker, call_id, outcome = std::move(outcome)]() mutable {
+                if (net::Call* call = worker->FindCall(call_id)) {
+                  if (auto* self = static_cast<ProxyCall*>(call->observer())) {
+                    self->OnFlightOutcome(std::move(outcome));
+                  }
+                }
+              });
         },
         [worker, handler, flight_id] {
           worker->Post([handler, flight_id] { handler->EndFlight(flight_id); });
         });
     const bool leader = joined.role == Flights::Role::kLeader;
     if (route_.singleflight_shadow) {
-      // Shadow: count what would have been coalesced, but every call goes upstream itself.
+      // Shadow: count what would have been coalesced, but every call goes
+      // upstream itself.
       if (!leader) {
         route_.metrics->ShadowRejections(RejectReason::kCoalesced).Increment();
         joined.membership.Leave();
@@ -401,15 +430,18 @@ class ProxyCall final : public net::CallObserver {
         return;
       }
     } else {
-      route_.metrics->Singleflight(leader ? RouteMetrics::SingleflightRole::kLeader
-                                          : RouteMetrics::SingleflightRole::kFollower)
+      route_.metrics
+          ->Singleflight(leader ? RouteMetrics::SingleflightRole::kLeader
+                                : RouteMetrics::SingleflightRole::kFollower)
           .Increment();
     }
     membership_ = std::move(joined.membership);
     if (!leader) {
-      // A follower takes no slot and is not counted by the breaker: the flight is.
+      // A follower takes no slot and is not counted by the breaker: the flight
+      // is.
       if (ticket_.has_value()) {
-        route_.state->breaker->Record(*ticket_, CircuitBreaker::Outcome::kIgnored);
+        route_.state->breaker->Record(*ticket_,
+                                      CircuitBreaker::Outcome::kIgnored);
         ticket_.reset();
       }
       return;
@@ -433,15 +465,17 @@ class ProxyCall final : public net::CallObserver {
       case Ending::kCompleted:
         break;
     }
-    return OutcomeOfCode(route_, result.upstream_grpc_code >= 0 ? result.upstream_grpc_code
-                                                                 : result.grpc_code);
+    return OutcomeOfCode(route_, result.upstream_grpc_code >= 0
+                                     ? result.upstream_grpc_code
+                                     : result.grpc_code);
   }
 
   ProxyHandler& handler_;
   std::shared_ptr<const Snapshot> snapshot_;  // keeps route_ alive
   const Route& route_;
   net::Call& call_;
-  std::optional<std::string> request_body_;  // held unary request (singleflight)
+  std::optional<std::string>
+      request_body_;  // held unary request (singleflight)
   Flights::Membership membership_;
   Flights::Leadership leadership_;
   uint64_t flight_id_ = 0;
@@ -454,7 +488,8 @@ class ProxyCall final : public net::CallObserver {
 
 }  // namespace
 
-ProxyHandler::ProxyHandler(net::Worker& worker, std::shared_ptr<const Snapshot> snapshot)
+ProxyHandler::ProxyHandler(net::Worker& worker,
+                           std::shared_ptr<const Snapshot> snapshot)
     : worker_(worker), snapshot_(std::move(snapshot)) {}
 
 ProxyHandler::~ProxyHandler() = default;
@@ -474,10 +509,11 @@ void ProxyHandler::EndFlight(uint64_t id) {
 void ProxyHandler::OnCall(net::Call& call) {
   const Route* route = snapshot_->routes->Match(call.path());
   if (route == nullptr) {
-    call.RespondLocal({.grpc_code = kUnimplemented,
-                       .message = absl::StrCat("no route for method ",
-                                               absl::string_view(call.path().data(),
-                                                                 call.path().size()))});
+    call.RespondLocal(
+        {.grpc_code = kUnimplemented,
+         .message = absl::StrCat(
+             "no route for method ",
+             absl::string_view(call.path().data(), call.path().size()))});
     return;
   }
   absl::Time deadline = call.client_deadline();

@@ -1,24 +1,27 @@
 // The call chain (SPEC section 3): for each downstream call, in this order,
-//   route -> rate_limit -> circuit_breaker -> singleflight -> concurrency -> pick healthy
-//   endpoint -> upstream
-// and, when the call ends, the settlement: breaker outcome, permit release, endpoint load,
-// metrics. ProxyHandler is the transport's CallHandler for one worker; ProxyCall is the
-// per-call state it attaches to the transport's Call as its observer, so it lives exactly as
-// long as the downstream stream and releases what it holds on every path.
+//   route -> rate_limit -> circuit_breaker -> singleflight -> concurrency ->
+//   pick healthy endpoint -> upstream
+// and, when the call ends, the settlement: breaker outcome, permit release,
+// endpoint load, metrics. ProxyHandler is the transport's CallHandler for one
+// worker; ProxyCall is the per-call state it attaches to the transport's Call
+// as its observer, so it lives exactly as long as the downstream stream and
+// releases what it holds on every path.
 //
-// A call waiting for a concurrency slot is a stored continuation: the limiter's callback
-// posts to the call's own worker, which looks the call up by id (the client may have left).
+// A call waiting for a concurrency slot is a stored continuation: the limiter's
+// callback posts to the call's own worker, which looks the call up by id (the
+// client may have left).
 //
-// Singleflight: a coalescable unary call is held until the client half-closes; its key is
-// method + request bytes + key header values. The leader's upstream call is a FlightCall
-// (an UpstreamCall owned by the leader's worker, not by any caller), so it survives its own
-// caller leaving while followers wait; it holds the flight's breaker ticket, semaphore
-// permit and endpoint load, and fans its captured response out to every caller, each on
-// its own worker. When the last caller leaves, the flight call is cancelled.
+// Singleflight: a coalescable unary call is held until the client half-closes;
+// its key is method + request bytes + key header values. The leader's upstream
+// call is a FlightCall (an UpstreamCall owned by the leader's worker, not by
+// any caller), so it survives its own caller leaving while followers wait; it
+// holds the flight's breaker ticket, semaphore permit and endpoint load, and
+// fans its captured response out to every caller, each on its own worker. When
+// the last caller leaves, the flight call is cancelled.
 //
-// Thread-safety: worker thread only, except the limiter callback (any thread, posts).
-// Cost per call: one route lookup, one shared_ptr copy of the snapshot, the policy
-// decisions, two metric updates.
+// Thread-safety: worker thread only, except the limiter callback (any thread,
+// posts). Cost per call: one route lookup, one shared_ptr copy of the snapshot,
+// the policy decisions, two metric updates.
 #ifndef BULWARK_SIDECAR_PROXY_STREAM_H_
 #define BULWARK_SIDECAR_PROXY_STREAM_H_
 
@@ -52,7 +55,8 @@ class ProxyHandler final : public net::CallHandler {
   ~ProxyHandler() override;
 
   void OnCall(net::Call& call) override;
-  // Worker thread only (post it): new calls use `snapshot`, calls in flight keep theirs.
+  // Worker thread only (post it): new calls use `snapshot`, calls in flight
+  // keep theirs.
   void SetSnapshot(std::shared_ptr<const Snapshot> snapshot) {
     snapshot_ = std::move(snapshot);
   }

@@ -18,7 +18,8 @@ std::string Fingerprint(const config::v1::Route& route) {
   std::string out;
   policies.SerializeToString(&out);
   return absl::StrCat(route.has_rate_limit(), route.has_circuit_breaker(),
-                      route.has_concurrency(), route.has_singleflight(), ":", out);
+                      route.has_concurrency(), route.has_singleflight(), ":",
+                      out);
 }
 
 RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
@@ -32,7 +33,8 @@ RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
   }
 }
 
-std::shared_ptr<RouteState> NewState(const config::v1::Route& config, RouteMetrics* metrics,
+std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
+                                     RouteMetrics* metrics,
                                      std::string fingerprint) {
   auto state = std::make_shared<RouteState>();
   state->fingerprint = std::move(fingerprint);
@@ -79,9 +81,10 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config, RouteMetri
   if (config.has_concurrency()) {
     const auto& c = config.concurrency();
     state->limiter = std::make_unique<ConcurrencyLimiter>(
-        ConcurrencyLimiter::Options{.max_in_flight = c.max_in_flight(),
-                                    .max_queued = c.max_queued(),
-                                    .queue_timeout = ToAbslDuration(c.queue_timeout())},
+        ConcurrencyLimiter::Options{
+            .max_in_flight = c.max_in_flight(),
+            .max_queued = c.max_queued(),
+            .queue_timeout = ToAbslDuration(c.queue_timeout())},
         clock);
   }
   if (config.has_singleflight() && config.singleflight().enabled()) {
@@ -104,8 +107,8 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     route->config = rc;
     auto cluster = clusters.find(rc.cluster());
     if (cluster == clusters.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("route ", rc.name(), ": unknown cluster ", rc.cluster()));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "route ", rc.name(), ": unknown cluster ", rc.cluster()));
     }
     route->cluster = cluster->second;
     if (rc.has_timeout()) route->timeout = ToAbslDuration(rc.timeout());
@@ -131,19 +134,22 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
       route->key_header = rc.rate_limit().key_header();
       route->rate_limit_shadow = rc.rate_limit().shadow();
     }
-    if (rc.has_concurrency()) route->concurrency_shadow = rc.concurrency().shadow();
+    if (rc.has_concurrency())
+      route->concurrency_shadow = rc.concurrency().shadow();
     if (rc.has_singleflight() && rc.singleflight().enabled()) {
       route->singleflight_shadow = rc.singleflight().shadow();
       route->key_headers.assign(rc.singleflight().key_headers().begin(),
                                 rc.singleflight().key_headers().end());
-      route->exact_method = !rc.match().service().empty() && !rc.match().method().empty();
+      route->exact_method =
+          !rc.match().service().empty() && !rc.match().method().empty();
       route->unary_methods = unary_methods;
     }
 
     const size_t index = table->routes_.size();
     const auto& match = rc.match();
     if (!match.service().empty() && !match.method().empty()) {
-      table->exact_.try_emplace(absl::StrCat("/", match.service(), "/", match.method()), index);
+      table->exact_.try_emplace(
+          absl::StrCat("/", match.service(), "/", match.method()), index);
     } else {
       table->others_.push_back(index);
     }

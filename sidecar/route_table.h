@@ -1,14 +1,17 @@
-// RouteTable: the routes of one configuration snapshot, with everything a call needs resolved
-// when the configuration loads (SPEC section 2): the matcher, the cluster, the parsed
-// failure-code set, the metric handles and the live policy state. Matching is first match
-// in file order: exact service+method routes come from a hash map, then the other routes
-// (service, prefix, catch-all) that precede the exact hit are scanned in order.
+// RouteTable: the routes of one configuration snapshot, with everything a call
+// needs resolved when the configuration loads (SPEC section 2): the matcher,
+// the cluster, the parsed failure-code set, the metric handles and the live
+// policy state. Matching is first match in file order: exact service+method
+// routes come from a hash map, then the other routes (service, prefix,
+// catch-all) that precede the exact hit are scanned in order.
 //
-// Live state (RouteState: token buckets, breaker, semaphore, flights) is shared with the
-// previous snapshot when a route's name and policy settings are unchanged (SPEC section 6).
+// Live state (RouteState: token buckets, breaker, semaphore, flights) is shared
+// with the previous snapshot when a route's name and policy settings are
+// unchanged (SPEC section 6).
 //
-// Thread-safety: immutable after Build; the policy objects it points to are thread-safe.
-// Cost of Match: one hash lookup plus a scan of the non-exact routes before the hit.
+// Thread-safety: immutable after Build; the policy objects it points to are
+// thread-safe. Cost of Match: one hash lookup plus a scan of the non-exact
+// routes before the hit.
 #ifndef BULWARK_SIDECAR_ROUTE_TABLE_H_
 #define BULWARK_SIDECAR_ROUTE_TABLE_H_
 
@@ -38,13 +41,14 @@ using Flights = Singleflight<net::CapturedResponse>;
 
 // Policy state of one route that outlives a snapshot.
 struct RouteState {
-  std::string fingerprint;  // the policy settings it was built from
-  std::unique_ptr<TokenBucket> bucket;          // rate_limit without key_header
-  std::unique_ptr<KeyedRateLimiter> keyed;      // rate_limit with key_header
+  std::string fingerprint;              // the policy settings it was built from
+  std::unique_ptr<TokenBucket> bucket;  // rate_limit without key_header
+  std::unique_ptr<KeyedRateLimiter> keyed;  // rate_limit with key_header
   std::unique_ptr<CircuitBreaker> breaker;
   std::unique_ptr<ConcurrencyLimiter> limiter;
-  std::unique_ptr<Flights> flights;             // singleflight enabled
-  // Downstream calls on this route right now (any stage), for /routes. Relaxed: a count.
+  std::unique_ptr<Flights> flights;  // singleflight enabled
+  // Downstream calls on this route right now (any stage), for /routes. Relaxed:
+  // a count.
   std::atomic<int64_t> active_calls{0};
 };
 
@@ -62,8 +66,9 @@ struct Route {
   bool concurrency_shadow = false;
   bool singleflight_shadow = false;
   std::vector<std::string> key_headers;  // singleflight.key_headers
-  // Singleflight on a route that matches one exact method coalesces every call of it;
-  // otherwise only methods known unary from descriptor_sets (the snapshot's set).
+  // Singleflight on a route that matches one exact method coalesces every call
+  // of it; otherwise only methods known unary from descriptor_sets (the
+  // snapshot's set).
   bool exact_method = false;
   const absl::flat_hash_set<std::string>* unary_methods = nullptr;
 
@@ -81,7 +86,8 @@ class RouteTable {
   // `clusters` by name must hold every cluster the routes name.
   static absl::StatusOr<std::unique_ptr<RouteTable>> Build(
       const config::v1::Config& config,
-      const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
+      const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>&
+          clusters,
       Metrics& metrics, const RouteTable* previous,
       const absl::flat_hash_set<std::string>* unary_methods = nullptr);
 
@@ -94,8 +100,9 @@ class RouteTable {
   bool Matches(const Route& route, std::string_view path) const;
 
   std::vector<std::unique_ptr<Route>> routes_;
-  absl::flat_hash_map<std::string, size_t> exact_;  // "/svc/method" -> first exact route
-  std::vector<size_t> others_;                      // non-exact routes, in file order
+  absl::flat_hash_map<std::string, size_t>
+      exact_;                   // "/svc/method" -> first exact route
+  std::vector<size_t> others_;  // non-exact routes, in file order
 };
 
 }  // namespace bulwark

@@ -74,10 +74,12 @@ std::string HealthResultJson(const std::optional<ProbeResult>& result) {
 
 }  // namespace
 
-// The listener's TLS context (certificates read now), or null for plaintext h2c.
+// The listener's TLS context (certificates read now), or null for plaintext
+// h2c.
 absl::StatusOr<std::shared_ptr<const net::TlsContext>> Sidecar::ListenerTls(
     const config::v1::Config& config) {
-  if (!config.listener().has_tls()) return std::shared_ptr<const net::TlsContext>();
+  if (!config.listener().has_tls())
+    return std::shared_ptr<const net::TlsContext>();
   const auto& t = config.listener().tls();
   auto ctx = net::TlsContext::Server({.cert_file = t.cert_file(),
                                       .key_file = t.key_file(),
@@ -105,23 +107,26 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
   for (const auto& cc : config.proto.clusters()) {
     const Cluster* old = nullptr;
     if (previous != nullptr) {
-      if (auto it = previous->clusters.find(cc.name()); it != previous->clusters.end()) {
+      if (auto it = previous->clusters.find(cc.name());
+          it != previous->clusters.end()) {
         old = it->second.get();
       }
     }
     auto cluster = Cluster::Create(cc, metrics_, old);
     if (!cluster.ok()) {
       return absl::Status(cluster.status().code(),
-                          absl::StrCat("clusters ", cc.name(), ": ", cluster.status().message()));
+                          absl::StrCat("clusters ", cc.name(), ": ",
+                                       cluster.status().message()));
     }
     snapshot->clusters[cc.name()] = *cluster;
     snapshot->cluster_list.push_back(*cluster);
   }
   // The routes point into the snapshot's own copy of the method sets.
   snapshot->config = std::move(config);
-  auto routes = RouteTable::Build(snapshot->config.proto, snapshot->clusters, metrics_,
-                                  previous != nullptr ? previous->routes.get() : nullptr,
-                                  &snapshot->config.unary_methods);
+  auto routes =
+      RouteTable::Build(snapshot->config.proto, snapshot->clusters, metrics_,
+                        previous != nullptr ? previous->routes.get() : nullptr,
+                        &snapshot->config.unary_methods);
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
   snapshot->config_json = ConfigToJson(snapshot->config.proto);
@@ -162,7 +167,8 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
     options.index = static_cast<int>(i);
     auto worker = net::Worker::Create(options);
     if (!worker.ok()) return worker.status();
-    // Port 0: the first worker's ephemeral port is shared by the others (SO_REUSEPORT).
+    // Port 0: the first worker's ephemeral port is shared by the others
+    // (SO_REUSEPORT).
     options.listen_port = (*worker)->listen_port();
     auto handler = std::make_unique<ProxyHandler>(**worker, *snapshot);
     (*worker)->SetHandler(handler.get());
@@ -185,8 +191,9 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
       std::make_unique<UpstreamHealthProbeTransport>(*sidecar->workers_[0]);
   for (auto& worker : sidecar->workers_) worker->Start();
   sidecar->StartHealthChecks(*snapshot);
-  Log(LogLevel::kInfo, "listening on %s:%d with %d workers; admin on port %d", listen->host,
-      sidecar->workers_[0]->listen_port(), static_cast<int>(workers), sidecar->admin_->port());
+  Log(LogLevel::kInfo, "listening on %s:%d with %d workers; admin on port %d",
+      listen->host, sidecar->workers_[0]->listen_port(),
+      static_cast<int>(workers), sidecar->admin_->port());
   return sidecar;
 }
 
@@ -212,7 +219,8 @@ int Sidecar::Run() {
     timespec timeout{1, 0};
     const int sig = sigtimedwait(&set, nullptr, &timeout);
     if (sig == SIGTERM || sig == SIGINT) {
-      Log(LogLevel::kInfo, "%s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      Log(LogLevel::kInfo, "%s: draining",
+          sig == SIGTERM ? "SIGTERM" : "SIGINT");
       Drain();
       return 0;
     }
@@ -220,7 +228,8 @@ int Sidecar::Run() {
       Reload("SIGHUP");
       continue;
     }
-    // Timeout: has the file's content changed (ConfigMap updates swap a symlink)?
+    // Timeout: has the file's content changed (ConfigMap updates swap a
+    // symlink)?
     if (!config_path_.empty()) {
       std::string text = ReadFileOrEmpty(config_path_);
       if (!text.empty() && text != config_text_) Reload("config file changed");
@@ -233,7 +242,8 @@ void Sidecar::Reload(std::string_view why) {
   auto loaded = LoadConfigFile(config_path_);
   auto fail = [&](std::string_view message) {
     metrics_.Reloads(Metrics::ReloadResult::kFailure).Increment();
-    Log(LogLevel::kError, "reload (%s) rejected, previous configuration stays: %s",
+    Log(LogLevel::kError,
+        "reload (%s) rejected, previous configuration stays: %s",
         std::string(why), std::string(message));
   };
   if (!loaded.ok()) {
@@ -246,7 +256,8 @@ void Sidecar::Reload(std::string_view why) {
   if (now_cfg.listener().address() != old_cfg.listener().address() ||
       now_cfg.admin().address() != old_cfg.admin().address() ||
       now_cfg.workers() != old_cfg.workers() ||
-      now_cfg.listener().max_message_bytes() != old_cfg.listener().max_message_bytes() ||
+      now_cfg.listener().max_message_bytes() !=
+          old_cfg.listener().max_message_bytes() ||
       now_cfg.listener().max_concurrent_streams() !=
           old_cfg.listener().max_concurrent_streams()) {
     fail("listener, admin and workers settings need a restart");
@@ -291,7 +302,8 @@ void Sidecar::Drain() {
   }
   int64_t left = 0;
   for (auto& worker : workers_) left += worker->OpenStreamsApprox();
-  if (left > 0) Log(LogLevel::kWarning, "drain timeout: cancelling %d calls", left);
+  if (left > 0)
+    Log(LogLevel::kWarning, "drain timeout: cancelling %d calls", left);
   StopHealthChecks();
   for (auto& worker : workers_) worker->ForceCloseAndStop();
   for (auto& worker : workers_) worker->Join();
@@ -302,7 +314,8 @@ void Sidecar::Drain() {
 void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
   if (workers_.empty() || health_transport_ == nullptr) return;
   net::Worker* worker = workers_[0].get();
-  // Jitter exists to spread the probes of many sidecars: seed it per process and start.
+  // Jitter exists to spread the probes of many sidecars: seed it per process
+  // and start.
   const uint64_t seed = (uint64_t{std::random_device{}()} << 32) ^
                         static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) ^
                         static_cast<uint64_t>(getpid());
@@ -312,8 +325,9 @@ void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
     for (const auto& cluster : snapshot->cluster_list) {
       if (!cluster->config().has_health_check()) continue;
       auto checker = std::make_unique<HealthChecker>(
-          cluster->name(), cluster->config().health_check(), cluster->endpoints(),
-          worker->timers(), RealClock::Get(), *health_transport_, seed + n++);
+          cluster->name(), cluster->config().health_check(),
+          cluster->endpoints(), worker->timers(), RealClock::Get(),
+          *health_transport_, seed + n++);
       checker->Start();
       health_checkers_.push_back(std::move(checker));
     }
@@ -331,7 +345,8 @@ AdminServer::Readiness Sidecar::Readiness() {
   for (const auto& cluster : snapshot->cluster_list) {
     if (!cluster->AnyHealthy()) {
       return {.ready = false,
-              .reason = absl::StrCat("cluster ", cluster->name(), " has no healthy endpoint")};
+              .reason = absl::StrCat("cluster ", cluster->name(),
+                                     " has no healthy endpoint")};
     }
   }
   return {.ready = true, .reason = ""};
@@ -341,12 +356,14 @@ void Sidecar::RefreshGauges() {
   std::shared_ptr<const Snapshot> snapshot = current();
   for (const auto& route : snapshot->routes->routes()) {
     RouteState& state = *route->state;
-    if (state.bucket != nullptr) route->metrics->Tokens().Set(state.bucket->TokensApprox());
+    if (state.bucket != nullptr)
+      route->metrics->Tokens().Set(state.bucket->TokensApprox());
     if (state.keyed != nullptr) {
       route->metrics->Tokens().Set(state.keyed->SharedTokensApprox());
     }
     if (state.breaker != nullptr) {
-      route->metrics->SetBreakerState(MetricState(state.breaker->SnapshotApprox().state));
+      route->metrics->SetBreakerState(
+          MetricState(state.breaker->SnapshotApprox().state));
     }
     if (state.limiter != nullptr) {
       route->metrics->InFlight().Set(state.limiter->InFlightApprox());
@@ -355,7 +372,8 @@ void Sidecar::RefreshGauges() {
   }
   for (const auto& cluster : snapshot->cluster_list) {
     for (const auto& endpoint : cluster->endpoints()) {
-      endpoint->metrics->SetHealthy(endpoint->load.healthy.load(std::memory_order_relaxed));
+      endpoint->metrics->SetHealthy(
+          endpoint->load.healthy.load(std::memory_order_relaxed));
     }
   }
 }
@@ -366,7 +384,8 @@ std::string Sidecar::RoutesJson() {
   bool first = true;
   for (const auto& route : snapshot->routes->routes()) {
     RouteState& state = *route->state;
-    absl::StrAppend(&out, first ? "\n" : ",\n", "    {\"name\": ", JsonString(route->name),
+    absl::StrAppend(&out, first ? "\n" : ",\n",
+                    "    {\"name\": ", JsonString(route->name),
                     ", \"cluster\": ", JsonString(route->cluster->name()));
     first = false;
     if (state.bucket != nullptr) {
@@ -386,12 +405,14 @@ std::string Sidecar::RoutesJson() {
                       absl::ToDoubleSeconds(b.time_until_half_open), "}");
     }
     if (state.limiter != nullptr) {
-      absl::StrAppend(&out, ", \"in_flight\": ", state.limiter->InFlightApprox(),
+      absl::StrAppend(&out,
+                      ", \"in_flight\": ", state.limiter->InFlightApprox(),
                       ", \"queued\": ", state.limiter->QueuedApprox());
     }
     if (state.flights != nullptr) {
-      absl::StrAppend(&out, ", \"flights_open\": ", state.flights->FlightsOpenApprox(),
-                      ", \"followers_waiting\": ", state.flights->FollowersWaitingApprox());
+      absl::StrAppend(
+          &out, ", \"flights_open\": ", state.flights->FlightsOpenApprox(),
+          ", \"followers_waiting\": ", state.flights->FollowersWaitingApprox());
     }
     absl::StrAppend(&out, ", \"active_calls\": ",
                     state.active_calls.load(std::memory_order_relaxed));
@@ -400,24 +421,27 @@ std::string Sidecar::RoutesJson() {
   out += "\n  ],\n  \"clusters\": [";
   first = true;
   for (const auto& cluster : snapshot->cluster_list) {
-    absl::StrAppend(&out, first ? "\n" : ",\n", "    {\"name\": ", JsonString(cluster->name()),
+    absl::StrAppend(&out, first ? "\n" : ",\n",
+                    "    {\"name\": ", JsonString(cluster->name()),
                     ", \"endpoints\": [");
     first = false;
     bool first_ep = true;
     for (const auto& endpoint : cluster->endpoints()) {
-      absl::StrAppend(&out, first_ep ? "" : ", ", "{\"address\": ",
-                      JsonString(endpoint->address.ToString()), ", \"healthy\": ",
-                      endpoint->load.healthy.load() ? "true" : "false",
-                      ", \"in_flight\": ", endpoint->load.in_flight.load());
+      absl::StrAppend(
+          &out, first_ep ? "" : ", ",
+          "{\"address\": ", JsonString(endpoint->address.ToString()),
+          ", \"healthy\": ", endpoint->load.healthy.load() ? "true" : "false",
+          ", \"in_flight\": ", endpoint->load.in_flight.load());
       if (endpoint->health != nullptr) {
-        // The heartbeat as the checker last saw it; null before the first probe.
+        // The heartbeat as the checker last saw it; null before the first
+        // probe.
         const HealthState::Snapshot h = endpoint->health->GetSnapshot();
-        absl::StrAppend(&out, ", \"last_probe_result\": ", HealthResultJson(h.last_result),
-                        ", \"seconds_since_last_probe\": ",
-                        h.last_result.has_value()
-                            ? absl::StrCat(absl::ToDoubleSeconds(absl::Now() -
-                                                                 h.last_probe_time))
-                            : "null");
+        absl::StrAppend(
+            &out, ", \"last_probe_result\": ", HealthResultJson(h.last_result),
+            ", \"seconds_since_last_probe\": ",
+            h.last_result.has_value() ? absl::StrCat(absl::ToDoubleSeconds(
+                                            absl::Now() - h.last_probe_time))
+                                      : "null");
       }
       out += "}";
       first_ep = false;

@@ -1,10 +1,12 @@
-// Sidecar: the process. Builds configuration snapshots (clusters, routes, policy state),
-// starts the workers and the admin server, and runs the main thread's loop: signals
-// (SIGTERM/SIGINT drain and exit, SIGHUP reload) and the config file watch (a change of the
-// file's content, e.g. a Kubernetes ConfigMap symlink swap, reloads it).
+// Sidecar: the process. Builds configuration snapshots (clusters, routes,
+// policy state), starts the workers and the admin server, and runs the main
+// thread's loop: signals (SIGTERM/SIGINT drain and exit, SIGHUP reload) and the
+// config file watch (a change of the file's content, e.g. a Kubernetes
+// ConfigMap symlink swap, reloads it).
 //
-// Thread-safety: Create and Run on the main thread; the admin providers it installs are
-// called on the admin thread and read the current snapshot under a mutex.
+// Thread-safety: Create and Run on the main thread; the admin providers it
+// installs are called on the admin thread and read the current snapshot under a
+// mutex.
 #ifndef BULWARK_SIDECAR_SIDECAR_H_
 #define BULWARK_SIDECAR_SIDECAR_H_
 
@@ -27,12 +29,14 @@ namespace bulwark {
 
 class Sidecar {
  public:
-  // Builds everything and binds the listener and admin ports; errors name what failed.
+  // Builds everything and binds the listener and admin ports; errors name what
+  // failed.
   static absl::StatusOr<std::unique_ptr<Sidecar>> Create(LoadedConfig config);
   ~Sidecar();
 
-  // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call before Create so every
-  // thread inherits the mask and the main thread alone receives them (sigtimedwait).
+  // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call before Create
+  // so every thread inherits the mask and the main thread alone receives them
+  // (sigtimedwait).
   static void BlockSignals();
 
   // Serves until SIGTERM/SIGINT, then drains. Returns the process exit code.
@@ -42,19 +46,21 @@ class Sidecar {
   Sidecar() = default;
   static absl::StatusOr<std::shared_ptr<const net::TlsContext>> ListenerTls(
       const config::v1::Config& config);
-  absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(LoadedConfig config,
-                                                                const Snapshot* previous);
+  absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
+      LoadedConfig config, const Snapshot* previous);
   void Reload(std::string_view why);
   void Drain();
   std::shared_ptr<const Snapshot> current() ABSL_LOCKS_EXCLUDED(mu_);
   AdminServer::Readiness Readiness();
   std::string RoutesJson();
   void RefreshGauges();
-  // Posts to worker 0: stops the running health checkers and starts ones for the clusters
-  // of `snapshot` that have a health_check (endpoints kept by a reload keep their health).
+  // Posts to worker 0: stops the running health checkers and starts ones for
+  // the clusters of `snapshot` that have a health_check (endpoints kept by a
+  // reload keep their health).
   void StartHealthChecks(std::shared_ptr<const Snapshot> snapshot);
-  // Posts to worker 0: stops and destroys the health checkers. Called right before the
-  // workers' ForceCloseAndStop, whose task then runs after it (posts run in order).
+  // Posts to worker 0: stops and destroys the health checkers. Called right
+  // before the workers' ForceCloseAndStop, whose task then runs after it (posts
+  // run in order).
   void StopHealthChecks();
 
   Metrics metrics_{BULWARK_VERSION};
@@ -63,8 +69,9 @@ class Sidecar {
   std::vector<std::unique_ptr<net::Worker>> workers_;
   std::vector<std::unique_ptr<ProxyHandler>> handlers_;
   std::unique_ptr<AdminServer> admin_;
-  // Health checks run on worker 0 over its upstream connections. The checkers are touched
-  // only on worker 0's thread (created, replaced and stopped by tasks posted to it).
+  // Health checks run on worker 0 over its upstream connections. The checkers
+  // are touched only on worker 0's thread (created, replaced and stopped by
+  // tasks posted to it).
   std::unique_ptr<HealthProbeTransport> health_transport_;
   std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   std::atomic<bool> draining_{false};

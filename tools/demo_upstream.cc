@@ -49,8 +49,9 @@ ABSL_FLAG(int32_t, port, 0, "TCP port to listen on; 0 picks a free one");
 ABSL_FLAG(std::string, address, "127.0.0.1", "IP address to listen on");
 ABSL_FLAG(std::string, name, "",
           "served_by value in every response (default: address:port)");
-ABSL_FLAG(std::string, tls_cert, "",
-          "PEM certificate chain: serve TLS (with --tls_key) instead of plaintext");
+ABSL_FLAG(
+    std::string, tls_cert, "",
+    "PEM certificate chain: serve TLS (with --tls_key) instead of plaintext");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mTLS)");
@@ -758,8 +759,10 @@ int Main() {
   const std::string address = absl::GetFlag(FLAGS_address);
   int bound_port = 0;
   grpc::ServerBuilder builder;
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (const std::string cert_file = absl::GetFlag(FLAGS_tls_cert); !cert_file.empty()) {
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (const std::string cert_file = absl::GetFlag(FLAGS_tls_cert);
+      !cert_file.empty()) {
     auto read = [](const std::string& path) {
       std::ifstream in(path);
       std::stringstream text;
@@ -777,8 +780,8 @@ int Main() {
     }
     credentials = grpc::SslServerCredentials(options);
   }
-  builder.AddListeningPort(JoinHostPort(address, absl::GetFlag(FLAGS_port)), credentials,
-                           &bound_port);
+  builder.AddListeningPort(JoinHostPort(address, absl::GetFlag(FLAGS_port)),
+                           credentials, &bound_port);
   builder.RegisterService(&demo);
   builder.RegisterService(&control);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);

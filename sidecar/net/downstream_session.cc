@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "sidecar/net/header_util.h"
 #include "sidecar/net/upstream_session.h"
 #include "sidecar/net/worker.h"
 
@@ -16,39 +17,28 @@ constexpr int kResourceExhausted = 8;
 constexpr int kInternal = 13;
 constexpr int kUnavailable = 14;
 
-nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
-  return nghttp2_nv{
-      reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
-      NGHTTP2_NV_FLAG_NONE};
-}
-
 DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
-  return static_cast<DownstreamStream*>(nghttp2_session_get_stream_user_data(session, id));
-}
-
-std::string_view Find(const HeaderList& headers, std::string_view name) {
-  for (const auto& [n, v] : headers) {
-    if (n == name) return v;
-  }
-  return {};
+  return static_cast<DownstreamStream*>(
+      nghttp2_session_get_stream_user_data(session, id));
 }
 
 }  // namespace
 
 // nghttp2 server callbacks; user_data is the DownstreamSession.
 struct DownstreamCallbacks {
-  static int OnBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame,
-                            void* user_data) {
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+  static int OnBeginHeaders(nghttp2_session* session,
+                            const nghttp2_frame* frame, void* user_data) {
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
       return 0;
     }
     auto* self = static_cast<DownstreamSession*>(user_data);
     Worker& worker = self->worker();
-    auto stream = std::make_unique<DownstreamStream>(*self, frame->hd.stream_id,
-                                                     worker.NextCallId(),
-                                                     worker.options().max_message_bytes);
-    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, stream.get());
+    auto stream = std::make_unique<DownstreamStream>(
+        *self, frame->hd.stream_id, worker.NextCallId(),
+        worker.options().max_message_bytes);
+    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id,
+                                         stream.get());
     self->streams_.emplace(frame->hd.stream_id, std::move(stream));
     worker.StreamOpened();
     return 0;
@@ -57,7 +47,8 @@ struct DownstreamCallbacks {
   static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
                       const uint8_t* name, size_t namelen, const uint8_t* value,
                       size_t valuelen, uint8_t, void* user_data) {
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
       return 0;  // request trailers carry nothing gRPC uses
     }
     DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
@@ -70,7 +61,8 @@ struct DownstreamCallbacks {
     return 0;
   }
 
-  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void*) {
+  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+                         void*) {
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS: {
@@ -85,7 +77,8 @@ struct DownstreamCallbacks {
       }
       case NGHTTP2_DATA:
         if (end_stream) {
-          if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+          if (DownstreamStream* stream =
+                  StreamOf(session, frame->hd.stream_id)) {
             stream->OnRequestEnd();
           }
         }
@@ -98,9 +91,10 @@ struct DownstreamCallbacks {
 
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                          const uint8_t* data, size_t len, void* user_data) {
-    // The connection window is given back at once; only the stream's window waits for the
-    // upstream to take the bytes. So one stuck stream never stalls the client's others,
-    // and what the sidecar holds is bounded by the stream windows.
+    // The connection window is given back at once; only the stream's window
+    // waits for the upstream to take the bytes. So one stuck stream never
+    // stalls the client's others, and what the sidecar holds is bounded by the
+    // stream windows.
     nghttp2_session_consume_connection(session, len);
     static_cast<DownstreamSession*>(user_data)->MarkDirty();
     if (DownstreamStream* stream = StreamOf(session, stream_id)) {
@@ -109,8 +103,8 @@ struct DownstreamCallbacks {
     return 0;
   }
 
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
-                           void* user_data) {
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id,
+                           uint32_t error_code, void* user_data) {
     auto* self = static_cast<DownstreamSession*>(user_data);
     if (DownstreamStream* stream = StreamOf(session, stream_id)) {
       stream->OnDownstreamClosed(error_code);
@@ -119,21 +113,26 @@ struct DownstreamCallbacks {
     return 0;
   }
 
-  // After the last frame of an answer, if the client is still sending (a rejected or
-  // finished streaming call), end its side too with RST_STREAM(NO_ERROR) (RFC 9113 8.1).
-  // Otherwise the client resets the stream itself, and a burst of such resets (a rejection
-  // storm) trips nghttp2's rapid-reset protection, which closes the whole connection.
-  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void*) {
-    if (frame->hd.type == NGHTTP2_HEADERS && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 &&
-        nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) == 0) {
+  // After the last frame of an answer, if the client is still sending (a
+  // rejected or finished streaming call), end its side too with
+  // RST_STREAM(NO_ERROR) (RFC 9113 8.1). Otherwise the client resets the stream
+  // itself, and a burst of such resets (a rejection storm) trips nghttp2's
+  // rapid-reset protection, which closes the whole connection.
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
+                         void*) {
+    if (frame->hd.type == NGHTTP2_HEADERS &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 &&
+        nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) ==
+            0) {
       nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                 NGHTTP2_NO_ERROR);
     }
     return 0;
   }
 
-  static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
-                              size_t length, uint32_t* flags, nghttp2_data_source*, void*) {
+  static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id,
+                              uint8_t* buf, size_t length, uint32_t* flags,
+                              nghttp2_data_source*, void*) {
     DownstreamStream* stream = StreamOf(session, stream_id);
     if (stream == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return stream->ReadResponseBody(buf, length, flags);
@@ -143,11 +142,14 @@ struct DownstreamCallbacks {
     static nghttp2_session_callbacks* callbacks = [] {
       nghttp2_session_callbacks* cb;
       nghttp2_session_callbacks_new(&cb);
-      nghttp2_session_callbacks_set_on_begin_headers_callback(cb, &OnBeginHeaders);
+      nghttp2_session_callbacks_set_on_begin_headers_callback(cb,
+                                                              &OnBeginHeaders);
       nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
-      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
-      nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb,
+                                                                &OnDataChunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb,
+                                                             &OnStreamClose);
       nghttp2_session_callbacks_set_on_frame_send_callback(cb, &OnFrameSend);
       return cb;
     }();
@@ -158,8 +160,9 @@ struct DownstreamCallbacks {
 // ---------------------------------------------------------------------------------------
 // DownstreamStream
 
-DownstreamStream::DownstreamStream(DownstreamSession& session, int32_t stream_id,
-                                   uint64_t call_id, uint64_t max_message_bytes)
+DownstreamStream::DownstreamStream(DownstreamSession& session,
+                                   int32_t stream_id, uint64_t call_id,
+                                   uint64_t max_message_bytes)
     : session_(session),
       stream_id_(stream_id),
       call_id_(call_id),
@@ -177,10 +180,11 @@ Worker& DownstreamStream::worker() { return session_.worker(); }
 nghttp2_session* DownstreamStream::down() const { return session_.session(); }
 
 std::string_view DownstreamStream::header(std::string_view name) const {
-  return Find(request_headers_, name);
+  return FindHeader(request_headers_, name);
 }
 
-bool DownstreamStream::AddRequestHeader(std::string_view name, std::string_view value,
+bool DownstreamStream::AddRequestHeader(std::string_view name,
+                                        std::string_view value,
                                         uint32_t limit) {
   header_bytes_ += static_cast<uint32_t>(name.size() + value.size() + 32);
   if (header_bytes_ > limit) {
@@ -207,24 +211,28 @@ void DownstreamStream::OnRequestHeadersDone(bool end_stream) {
   worker().RegisterCall(call_id_, this);
   if (header_overflow_) {
     RespondLocal({.grpc_code = kResourceExhausted,
-                  .message = absl::StrCat("request header list exceeds ",
-                                          worker().options().max_header_list_bytes,
-                                          " bytes")});
+                  .message = absl::StrCat(
+                      "request header list exceeds ",
+                      worker().options().max_header_list_bytes, " bytes")});
     return;
   }
-  if (method_ != "POST" || !absl::StartsWith(content_type_, "application/grpc")) {
-    RespondLocal({.grpc_code = kInternal,
-                  .message = "not a gRPC request (POST with content-type application/grpc "
-                             "expected)",
-                  .http_status = 415});
+  if (method_ != "POST" ||
+      !absl::StartsWith(content_type_, "application/grpc")) {
+    RespondLocal(
+        {.grpc_code = kInternal,
+         .message =
+             "not a gRPC request (POST with content-type application/grpc "
+             "expected)",
+         .http_status = 415});
     return;
   }
   if (std::string_view timeout = header("grpc-timeout"); !timeout.empty()) {
     if (auto parsed = ParseGrpcTimeout(timeout)) {
       client_deadline_ = start_ + *parsed;
     } else {
-      RespondLocal({.grpc_code = kInternal,
-                    .message = "malformed grpc-timeout: " + std::string(timeout)});
+      RespondLocal(
+          {.grpc_code = kInternal,
+           .message = "malformed grpc-timeout: " + std::string(timeout)});
       return;
     }
   }
@@ -238,11 +246,10 @@ void DownstreamStream::SetDeadline(absl::Time deadline) {
     deadline_timer_ = 0;
   }
   if (deadline == absl::InfiniteFuture()) return;
-  deadline_timer_ =
-      worker().loop().AddTimer(deadline - absl::Now(), [this] {
-        deadline_timer_ = 0;
-        OnDeadline();
-      });
+  deadline_timer_ = worker().loop().AddTimer(deadline - absl::Now(), [this] {
+    deadline_timer_ = 0;
+    OnDeadline();
+  });
 }
 
 void DownstreamStream::OnDeadline() {
@@ -255,7 +262,8 @@ void DownstreamStream::OnDeadline() {
 
 void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
   decided_ = true;
-  // The request body will never be forwarded: give its window back to the client.
+  // The request body will never be forwarded: give its window back to the
+  // client.
   if (!request_body_.empty() && !request_held_) {
     nghttp2_session_consume_stream(down(), stream_id_, request_body_.size());
     request_body_.Clear();
@@ -264,11 +272,13 @@ void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
   result_.grpc_code = answer.grpc_code;
   if (response_state_ == ResponseState::kNone) {
     SubmitTrailersOnly(answer);
-  } else if (response_state_ == ResponseState::kHeadersSent && !response_ended_) {
+  } else if (response_state_ == ResponseState::kHeadersSent &&
+             !response_ended_) {
     response_trailers_ = {{"grpc-status", std::to_string(answer.grpc_code)},
                           {"grpc-message", PercentEncode(answer.message)}};
     if (!answer.reason.empty()) {
-      response_trailers_.emplace_back("x-bulwark-reason", std::string(answer.reason));
+      response_trailers_.emplace_back("x-bulwark-reason",
+                                      std::string(answer.reason));
     }
     response_ended_ = true;
     ResumeResponse();
@@ -310,9 +320,10 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
   }
   const int32_t id = conn->Submit(this, nv.data(), nv.size());
   if (id < 0) {
-    FinishWithStatus(kUnavailable,
-                     absl::StrCat("cannot open upstream stream: ", nghttp2_strerror(id)),
-                     CallResult::Ending::kUpstreamFailed);
+    FinishWithStatus(
+        kUnavailable,
+        absl::StrCat("cannot open upstream stream: ", nghttp2_strerror(id)),
+        CallResult::Ending::kUpstreamFailed);
     return;
   }
   upstream_ = conn;
@@ -332,19 +343,21 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
   if (request_scanner_.Feed(data, len) == MessageScanner::Verdict::kTooLarge) {
     nghttp2_session_consume_stream(down(), stream_id_, len);
     DetachUpstream(/*reset=*/true);
-    RespondLocal({.grpc_code = kResourceExhausted,
-                  .message = absl::StrCat("request message of ",
-                                          request_scanner_.last_message_length(),
-                                          " bytes exceeds max_message_bytes (",
-                                          worker().options().max_message_bytes, ")"),
-                  .reason = "message_too_large"});
+    RespondLocal(
+        {.grpc_code = kResourceExhausted,
+         .message = absl::StrCat("request message of ",
+                                 request_scanner_.last_message_length(),
+                                 " bytes exceeds max_message_bytes (",
+                                 worker().options().max_message_bytes, ")"),
+         .reason = "message_too_large"});
     result_.reason = "message_too_large";
     session_.MarkDirty();
     return;
   }
   request_body_.Append(data, len);
   if (collecting_) {
-    // Held whole for the key: consume now (bounded by the size check above and below).
+    // Held whole for the key: consume now (bounded by the size check above and
+    // below).
     nghttp2_session_consume_stream(down(), stream_id_, len);
     session_.MarkDirty();
     if (request_body_.size() > worker().options().max_message_bytes + 5) {
@@ -380,7 +393,8 @@ void DownstreamStream::OnRequestEnd() {
   }
 }
 
-ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) {
+ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length,
+                                          uint32_t* flags) {
   const size_t n = std::min(length, request_body_.size());
   if (n > 0) {
     std::memcpy(buf, request_body_.data(), n);
@@ -400,7 +414,8 @@ ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length, uint32_t*
   return static_cast<ssize_t>(n);
 }
 
-void DownstreamStream::AddResponseHeader(std::string_view name, std::string_view value) {
+void DownstreamStream::AddResponseHeader(std::string_view name,
+                                         std::string_view value) {
   if (!response_headers_done_) {
     response_headers_.emplace_back(name, value);
   } else {
@@ -410,14 +425,16 @@ void DownstreamStream::AddResponseHeader(std::string_view name, std::string_view
 
 void DownstreamStream::OnResponseHeadersDone(bool end_stream) {
   if (response_headers_done_) {  // trailers
-    if (auto code = ParseGrpcStatus(Find(response_trailers_, "grpc-status"))) {
+    if (auto code =
+            ParseGrpcStatus(FindHeader(response_trailers_, "grpc-status"))) {
       result_.upstream_grpc_code = *code;
     }
     OnResponseEnd();
     return;
   }
-  const std::string_view status = Find(response_headers_, ":status");
-  if (!status.empty() && status[0] == '1') {  // informational: wait for the real headers
+  const std::string_view status = FindHeader(response_headers_, ":status");
+  if (!status.empty() &&
+      status[0] == '1') {  // informational: wait for the real headers
     response_headers_.clear();
     return;
   }
@@ -431,10 +448,12 @@ void DownstreamStream::OnResponseHeadersDone(bool end_stream) {
     return;
   }
   if (end_stream) {  // trailers-only: pass it as such
-    if (auto code = ParseGrpcStatus(Find(response_headers_, "grpc-status"))) {
+    if (auto code =
+            ParseGrpcStatus(FindHeader(response_headers_, "grpc-status"))) {
       result_.upstream_grpc_code = *code;
     }
-    result_.grpc_code = result_.upstream_grpc_code >= 0 ? result_.upstream_grpc_code : 2;
+    result_.grpc_code =
+        result_.upstream_grpc_code >= 0 ? result_.upstream_grpc_code : 2;
     response_ended_ = true;
     SubmitResponseHeaders(response_headers_, /*with_body=*/false);
     response_state_ = ResponseState::kFinished;
@@ -453,18 +472,22 @@ void DownstreamStream::OnResponseEnd() {
   if (response_ended_) return;
   response_ended_ = true;
   if (response_trailers_.empty()) {
-    response_trailers_ = {{"grpc-status", "2"},
-                          {"grpc-message", "upstream response ended without grpc-status"}};
+    response_trailers_ = {
+        {"grpc-status", "2"},
+        {"grpc-message", "upstream response ended without grpc-status"}};
   }
   if (result_.upstream_grpc_code >= 0) {
     result_.grpc_code = result_.upstream_grpc_code;
   } else {
-    result_.grpc_code = ParseGrpcStatus(Find(response_trailers_, "grpc-status")).value_or(2);
+    result_.grpc_code =
+        ParseGrpcStatus(FindHeader(response_trailers_, "grpc-status"))
+            .value_or(2);
   }
   ResumeResponse();
 }
 
-ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags) {
+ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length,
+                                           uint32_t* flags) {
   if (shared_response_ != nullptr) {
     const std::string& body = shared_response_->body;
     const size_t n = std::min(length, body.size() - shared_offset_);
@@ -481,7 +504,8 @@ ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length, uint32_t
     std::memcpy(buf, response_body_.data(), n);
     response_body_.Consume(n);
     if (upstream_ != nullptr) {
-      nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_, n);
+      nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_,
+                                     n);
       upstream_->MarkDirty();
     }
   }
@@ -505,7 +529,8 @@ void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {
   response_state_ = ResponseState::kFinished;
 }
 
-void DownstreamStream::RespondWith(std::shared_ptr<const CapturedResponse> response) {
+void DownstreamStream::RespondWith(
+    std::shared_ptr<const CapturedResponse> response) {
   decided_ = true;
   if (response_state_ != ResponseState::kNone) return;
   result_.ending = CallResult::Ending::kCompleted;
@@ -522,7 +547,8 @@ void DownstreamStream::RespondWith(std::shared_ptr<const CapturedResponse> respo
   response_state_ = ResponseState::kHeadersSent;
 }
 
-void DownstreamStream::CollectRequest(absl::AnyInvocable<void(std::string body)> done) {
+void DownstreamStream::CollectRequest(
+    absl::AnyInvocable<void(std::string body)> done) {
   request_held_ = true;
   if (!request_body_.empty()) {
     // Bytes that arrived before: they are held too, so consume them now.
@@ -545,7 +571,8 @@ void DownstreamStream::ResumeResponse() {
   }
 }
 
-void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers, bool with_body) {
+void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers,
+                                             bool with_body) {
   std::vector<nghttp2_nv> nv;
   nv.reserve(headers.size());
   for (const auto& [name, value] : headers) nv.push_back(MakeNv(name, value));
@@ -560,15 +587,17 @@ void DownstreamStream::SubmitTrailersOnly(const LocalAnswer& answer) {
   const std::string status = std::to_string(answer.http_status);
   const std::string code = std::to_string(answer.grpc_code);
   const std::string message = PercentEncode(answer.message);
-  const std::string pushback =
-      answer.retry_pushback_ms >= 0 ? std::to_string(answer.retry_pushback_ms) : "";
+  const std::string pushback = answer.retry_pushback_ms >= 0
+                                   ? std::to_string(answer.retry_pushback_ms)
+                                   : "";
   nghttp2_nv nv[6];
   size_t n = 0;
   nv[n++] = MakeNv(":status", status);
   nv[n++] = MakeNv("content-type", "application/grpc");
   nv[n++] = MakeNv("grpc-status", code);
   if (!message.empty()) nv[n++] = MakeNv("grpc-message", message);
-  if (!answer.reason.empty()) nv[n++] = MakeNv("x-bulwark-reason", answer.reason);
+  if (!answer.reason.empty())
+    nv[n++] = MakeNv("x-bulwark-reason", answer.reason);
   if (!pushback.empty()) nv[n++] = MakeNv("grpc-retry-pushback-ms", pushback);
   nghttp2_submit_response(down(), stream_id_, nv, n, nullptr);
   response_state_ = ResponseState::kFinished;
@@ -582,7 +611,8 @@ void DownstreamStream::FinishWithStatus(int grpc_code, std::string_view message,
   result_.ending = ending;
   result_.grpc_code = grpc_code;
   if (response_state_ == ResponseState::kNone) {
-    SubmitTrailersOnly({.grpc_code = grpc_code, .message = std::string(message)});
+    SubmitTrailersOnly(
+        {.grpc_code = grpc_code, .message = std::string(message)});
   } else {
     response_trailers_ = {{"grpc-status", std::to_string(grpc_code)},
                           {"grpc-message", PercentEncode(message)}};
@@ -601,12 +631,14 @@ void DownstreamStream::DetachUpstream(bool reset) {
 }
 
 void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
-  // The upstream connection already forgot us; what's buffered is ours to deliver.
+  // The upstream connection already forgot us; what's buffered is ours to
+  // deliver.
   result_.upstream_duration = absl::Now() - upstream_start_;
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_ || response_state_ == ResponseState::kFinished) return;
-  // Reset by the upstream before the response ended: pass the reset on to the client.
+  // Reset by the upstream before the response ended: pass the reset on to the
+  // client.
   result_.ending = CallResult::Ending::kUpstreamReset;
   result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
   response_ended_ = true;
@@ -619,11 +651,13 @@ void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
 }
 
 void DownstreamStream::OnUpstreamFailed(std::string_view why) {
-  if (upstream_ != nullptr) result_.upstream_duration = absl::Now() - upstream_start_;
+  if (upstream_ != nullptr)
+    result_.upstream_duration = absl::Now() - upstream_start_;
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_) return;
-  FinishWithStatus(kUnavailable, "upstream connection failed: " + std::string(why),
+  FinishWithStatus(kUnavailable,
+                   "upstream connection failed: " + std::string(why),
                    CallResult::Ending::kUpstreamFailed);
 }
 
@@ -634,7 +668,8 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
   }
   DetachUpstream(/*reset=*/true);
   request_body_.Clear();  // its connection window went back on receipt
-  const bool completed = response_state_ == ResponseState::kFinished && response_ended_;
+  const bool completed =
+      response_state_ == ResponseState::kFinished && response_ended_;
   if (!completed && result_.ending == CallResult::Ending::kCompleted) {
     (void)error_code;  // any reset or disconnect before the response ended
     result_.ending = CallResult::Ending::kClientCancelled;
@@ -651,7 +686,8 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
 // ---------------------------------------------------------------------------------------
 // DownstreamSession
 
-DownstreamSession::DownstreamSession(Worker& worker, int fd) : H2Connection(worker, fd) {}
+DownstreamSession::DownstreamSession(Worker& worker, int fd)
+    : H2Connection(worker, fd) {}
 
 DownstreamSession::~DownstreamSession() = default;
 
@@ -659,7 +695,8 @@ void DownstreamSession::Start() {
   nghttp2_option* option;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
-  nghttp2_session_server_new2(&session_, DownstreamCallbacks::Get(), this, option);
+  nghttp2_session_server_new2(&session_, DownstreamCallbacks::Get(), this,
+                              option);
   nghttp2_option_del(option);
   const WorkerOptions& o = worker_.options();
   const nghttp2_settings_entry settings[] = {
@@ -667,9 +704,11 @@ void DownstreamSession::Start() {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, o.max_header_list_bytes},
   };
-  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
-  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
-                                        static_cast<int32_t>(o.connection_window_bytes));
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings,
+                          std::size(settings));
+  nghttp2_session_set_local_window_size(
+      session_, NGHTTP2_FLAG_NONE, 0,
+      static_cast<int32_t>(o.connection_window_bytes));
   StartReading();
   MarkDirty();
 }
@@ -677,8 +716,8 @@ void DownstreamSession::Start() {
 void DownstreamSession::Drain() {
   if (closed()) return;
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
-                        nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
-                        nullptr, 0);
+                        nghttp2_session_get_last_proc_stream_id(session_),
+                        NGHTTP2_NO_ERROR, nullptr, 0);
   MarkDirty();
 }
 

@@ -1,12 +1,13 @@
-// DownstreamSession: the server side of one client connection (nghttp2 server session), and
-// DownstreamStream: one gRPC call on it, which is the `Call` the core decides about and, once
-// forwarded, the pairing with one upstream stream. Request bytes wait in the stream until
-// the upstream session takes them, and only then are they consumed (WINDOW_UPDATE to the
-// client); response bytes likewise in the other direction: flow control is end to end and
-// the sidecar buffers at most the windows it advertises.
+// DownstreamSession: the server side of one client connection (nghttp2 server
+// session), and DownstreamStream: one gRPC call on it, which is the `Call` the
+// core decides about and, once forwarded, the pairing with one upstream stream.
+// Request bytes wait in the stream until the upstream session takes them, and
+// only then are they consumed (WINDOW_UPDATE to the client); response bytes
+// likewise in the other direction: flow control is end to end and the sidecar
+// buffers at most the windows it advertises.
 //
-// Thread-safety: worker thread only. Cost per call: one stream object, the header copies,
-// and the bytes passing through the two ByteQueues.
+// Thread-safety: worker thread only. Cost per call: one stream object, the
+// header copies, and the bytes passing through the two ByteQueues.
 #ifndef BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
 #define BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
 
@@ -28,8 +29,8 @@ class UpstreamConnection;
 
 class DownstreamStream final : public Call, public UpstreamPeer {
  public:
-  DownstreamStream(DownstreamSession& session, int32_t stream_id, uint64_t call_id,
-                   uint64_t max_message_bytes);
+  DownstreamStream(DownstreamSession& session, int32_t stream_id,
+                   uint64_t call_id, uint64_t max_message_bytes);
   ~DownstreamStream() override;
 
   // --- Call ---
@@ -50,7 +51,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
 
   // --- downstream session events ---
   // Returns false when the header list grew past the limit.
-  bool AddRequestHeader(std::string_view name, std::string_view value, uint32_t limit);
+  bool AddRequestHeader(std::string_view name, std::string_view value,
+                        uint32_t limit);
   void OnRequestHeadersDone(bool end_stream);
   void OnRequestData(const uint8_t* data, size_t len);
   void OnRequestEnd();
@@ -58,14 +60,18 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   ssize_t ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags);
 
   // --- upstream connection events ---
-  ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) override;
-  void AddResponseHeader(std::string_view name, std::string_view value) override;
+  ssize_t ReadRequestBody(uint8_t* buf, size_t length,
+                          uint32_t* flags) override;
+  void AddResponseHeader(std::string_view name,
+                         std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;
   void OnResponseData(const uint8_t* data, size_t len) override;
   void OnResponseEnd() override;
   void OnUpstreamClosed(uint32_t error_code) override;
   void OnUpstreamFailed(std::string_view why) override;
-  const HeaderList& request_headers() const override { return request_headers_; }
+  const HeaderList& request_headers() const override {
+    return request_headers_;
+  }
   void RespondWith(std::shared_ptr<const CapturedResponse> response) override;
   void CollectRequest(absl::AnyInvocable<void(std::string body)> done) override;
   int32_t stream_id() const { return stream_id_; }
@@ -75,7 +81,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   void SubmitResponseHeaders(const HeaderList& headers, bool with_body);
   void SubmitTrailersOnly(const LocalAnswer& answer);
   void SubmitTrailers(const HeaderList& trailers);
-  void FinishWithStatus(int grpc_code, std::string_view message, CallResult::Ending ending);
+  void FinishWithStatus(int grpc_code, std::string_view message,
+                        CallResult::Ending ending);
   void DetachUpstream(bool reset);
   void OnDeadline();
   void ResumeResponse();
@@ -102,21 +109,25 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   MessageScanner request_scanner_;
   ByteQueue request_body_;
   bool request_ended_ = false;
-  bool request_deferred_ = false;  // the upstream data provider is waiting for bytes
-  size_t request_unconsumed_ = 0;  // bytes received and not yet consumed downstream
+  bool request_deferred_ =
+      false;  // the upstream data provider is waiting for bytes
+  size_t request_unconsumed_ =
+      0;  // bytes received and not yet consumed downstream
 
   // Upstream pairing.
   UpstreamConnection* upstream_ = nullptr;
   int32_t upstream_stream_id_ = -1;
   absl::Time upstream_start_;
 
-  // CollectRequest: the body is gathered (and consumed downstream) until END_STREAM.
+  // CollectRequest: the body is gathered (and consumed downstream) until
+  // END_STREAM.
   absl::AnyInvocable<void(std::string body)> collect_done_;
   bool collecting_ = false;
   bool request_held_ = false;  // request bytes are consumed as they arrive
 
   // Response direction.
-  std::shared_ptr<const CapturedResponse> shared_response_;  // RespondWith's body source
+  std::shared_ptr<const CapturedResponse>
+      shared_response_;  // RespondWith's body source
   size_t shared_offset_ = 0;
   ResponseState response_state_ = ResponseState::kNone;
   HeaderList response_headers_;

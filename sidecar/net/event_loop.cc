@@ -2,7 +2,6 @@
 
 #include <event2/event.h>
 #include <event2/thread.h>
-
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -12,8 +11,8 @@
 namespace bulwark::net {
 namespace {
 
-// libevent must know about threads before the first base exists (Post's event_active from
-// other threads relies on it).
+// libevent must know about threads before the first base exists (Post's
+// event_active from other threads relies on it).
 void UseThreadsOnce() {
   static const bool done = [] {
     if (evthread_use_pthreads() != 0) std::abort();
@@ -44,13 +43,16 @@ EventLoop::EventLoop() {
   base_ = event_base_new_with_config(config);
   event_config_free(config);
   if (base_ == nullptr) std::abort();
-  // Priority 0: I/O, timers, posted tasks. Priority 1: the flush, which libevent runs only
-  // when no priority-0 callback is active, i.e. after the iteration's I/O.
+  // Priority 0: I/O, timers, posted tasks. Priority 1: the flush, which
+  // libevent runs only when no priority-0 callback is active, i.e. after the
+  // iteration's I/O.
   event_base_priority_init(base_, 2);
-  // Cross-thread wake-ups go through an eventfd, so the base itself needs no lock.
+  // Cross-thread wake-ups go through an eventfd, so the base itself needs no
+  // lock.
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) std::abort();
-  post_event_ = event_new(base_, wake_fd_, EV_READ | EV_PERSIST, &EventLoop::OnPosted, this);
+  post_event_ = event_new(base_, wake_fd_, EV_READ | EV_PERSIST,
+                          &EventLoop::OnPosted, this);
   event_add(post_event_, nullptr);
   flush_event_ = event_new(base_, -1, 0, &EventLoop::OnFlush, this);
   event_priority_set(post_event_, 0);
@@ -84,7 +86,8 @@ void EventLoop::Post(absl::AnyInvocable<void()> task) {
   }
   if (wake) {
     const uint64_t one = 1;
-    // A full counter (impossible in practice) still leaves the fd readable: nothing lost.
+    // A full counter (impossible in practice) still leaves the fd readable:
+    // nothing lost.
     [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
   }
 }
@@ -113,7 +116,8 @@ void EventLoop::OnFlush(int, short, void* arg) {
   if (self->flush_hook_) self->flush_hook_();
 }
 
-uint64_t EventLoop::AddTimer(absl::Duration after, absl::AnyInvocable<void()> callback) {
+uint64_t EventLoop::AddTimer(absl::Duration after,
+                             absl::AnyInvocable<void()> callback) {
   const uint64_t id = ++next_timer_id_;
   auto timer = std::make_unique<Timer>();
   timer->loop = this;
@@ -145,15 +149,15 @@ void EventLoop::OnTimer(int, short, void* arg) {
   owned->callback();
 }
 
-TimerQueue::TimerId LoopTimerQueue::Schedule(absl::Time when,
-                                             absl::AnyInvocable<void()> callback) {
+TimerQueue::TimerId LoopTimerQueue::Schedule(
+    absl::Time when, absl::AnyInvocable<void()> callback) {
   TimerId id;
   {
     absl::MutexLock lock(&mu_);
     id = ++next_id_;
   }
-  const uint64_t loop_id =
-      loop_.AddTimer(when - absl::Now(), [this, id, cb = std::move(callback)]() mutable {
+  const uint64_t loop_id = loop_.AddTimer(
+      when - absl::Now(), [this, id, cb = std::move(callback)]() mutable {
         {
           absl::MutexLock lock(&mu_);
           if (pending_.erase(id) == 0) return;  // cancelled meanwhile
@@ -174,7 +178,8 @@ bool LoopTimerQueue::Cancel(TimerId id) {
     loop_id = it->second;
     pending_.erase(it);
   }
-  // The loop timer itself is freed on its own thread; if it fires first it finds no entry.
+  // The loop timer itself is freed on its own thread; if it fires first it
+  // finds no entry.
   loop_.Post([this, loop_id] { loop_.CancelTimer(loop_id); });
   return true;
 }

@@ -1,12 +1,13 @@
-// EventLoop: RAII owner of one libevent event_base, run by one thread, plus the two services
-// every worker needs: a thread-safe Post (wake the loop from any thread and run a closure on
-// it) and an end-of-iteration hook (run after all I/O callbacks of a loop iteration, used to
-// write every frame produced in that iteration with one syscall per connection).
-// LoopTimerQueue implements the policies' TimerQueue on the loop.
+// EventLoop: RAII owner of one libevent event_base, run by one thread, plus the
+// two services every worker needs: a thread-safe Post (wake the loop from any
+// thread and run a closure on it) and an end-of-iteration hook (run after all
+// I/O callbacks of a loop iteration, used to write every frame produced in that
+// iteration with one syscall per connection). LoopTimerQueue implements the
+// policies' TimerQueue on the loop.
 //
-// Thread-safety: Post, Stop and LoopTimerQueue::Cancel may be called from any thread;
-// everything else only on the loop thread. Cost: Post is a mutex push plus, when the queue
-// was empty, one eventfd write.
+// Thread-safety: Post, Stop and LoopTimerQueue::Cancel may be called from any
+// thread; everything else only on the loop thread. Cost: Post is a mutex push
+// plus, when the queue was empty, one eventfd write.
 #ifndef BULWARK_SIDECAR_NET_EVENT_LOOP_H_
 #define BULWARK_SIDECAR_NET_EVENT_LOOP_H_
 
@@ -41,11 +42,15 @@ class EventLoop {
   // Runs `task` on the loop thread soon. Thread-safe; tasks run in post order.
   void Post(absl::AnyInvocable<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Asks for `hook` to run once all I/O callbacks of the current iteration are done.
+  // Asks for `hook` to run once all I/O callbacks of the current iteration are
+  // done.
   void RequestFlush();
-  void SetFlushHook(absl::AnyInvocable<void()> hook) { flush_hook_ = std::move(hook); }
+  void SetFlushHook(absl::AnyInvocable<void()> hook) {
+    flush_hook_ = std::move(hook);
+  }
 
-  // One-shot timer on this loop; returns an id for CancelTimer. Loop thread only.
+  // One-shot timer on this loop; returns an id for CancelTimer. Loop thread
+  // only.
   uint64_t AddTimer(absl::Duration after, absl::AnyInvocable<void()> callback);
   void CancelTimer(uint64_t id);
 
@@ -69,12 +74,14 @@ class EventLoop {
   absl::flat_hash_map<uint64_t, std::unique_ptr<Timer>> timers_;
 };
 
-// The policies' TimerQueue on an EventLoop. Schedule must be called on the loop thread;
-// Cancel from any thread (a permit released on another worker cancels a waiter's timer).
+// The policies' TimerQueue on an EventLoop. Schedule must be called on the loop
+// thread; Cancel from any thread (a permit released on another worker cancels a
+// waiter's timer).
 class LoopTimerQueue final : public TimerQueue {
  public:
   explicit LoopTimerQueue(EventLoop& loop) : loop_(loop) {}
-  TimerId Schedule(absl::Time when, absl::AnyInvocable<void()> callback) override
+  TimerId Schedule(absl::Time when,
+                   absl::AnyInvocable<void()> callback) override
       ABSL_LOCKS_EXCLUDED(mu_);
   bool Cancel(TimerId id) override ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -82,7 +89,8 @@ class LoopTimerQueue final : public TimerQueue {
   EventLoop& loop_;
   absl::Mutex mu_;
   TimerId next_id_ ABSL_GUARDED_BY(mu_) = 0;
-  // Pending timers: id -> the loop timer carrying it. Erased when fired or cancelled.
+  // Pending timers: id -> the loop timer carrying it. Erased when fired or
+  // cancelled.
   absl::flat_hash_map<TimerId, uint64_t> pending_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -23,7 +23,8 @@ MessageScanner::Verdict MessageScanner::Feed(const uint8_t* data, size_t len) {
     len -= take;
     if (prefix_have_ < sizeof(prefix_)) break;
     prefix_have_ = 0;
-    const uint64_t length = (uint64_t{prefix_[1]} << 24) | (uint64_t{prefix_[2]} << 16) |
+    const uint64_t length = (uint64_t{prefix_[1]} << 24) |
+                            (uint64_t{prefix_[2]} << 16) |
                             (uint64_t{prefix_[3]} << 8) | uint64_t{prefix_[4]};
     ++messages_started_;
     last_length_ = length;
@@ -37,7 +38,8 @@ std::optional<absl::Duration> ParseGrpcTimeout(std::string_view value) {
   if (value.size() < 2 || value.size() > 9) return std::nullopt;
   int64_t amount = 0;
   for (char c : value.substr(0, value.size() - 1)) {
-    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return std::nullopt;
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)))
+      return std::nullopt;
     amount = amount * 10 + (c - '0');
   }
   switch (value.back()) {
@@ -66,7 +68,7 @@ std::string EncodeGrpcTimeout(absl::Duration timeout) {
     char letter;
   };
   static constexpr Unit kUnits[] = {
-      {absl::Nanoseconds(1), 'n'}, {absl::Microseconds(1), 'u'},
+      {absl::Nanoseconds(1), 'n'},  {absl::Microseconds(1), 'u'},
       {absl::Milliseconds(1), 'm'}, {absl::Seconds(1), 'S'},
       {absl::Minutes(1), 'M'},      {absl::Hours(1), 'H'},
   };
@@ -119,13 +121,13 @@ int GrpcCodeFromHttpStatus(int http_status) {
 
 int GrpcCodeFromHttp2Error(uint32_t error_code) {
   switch (error_code) {
-    case 0x0:  // NO_ERROR
-    case 0x1:  // PROTOCOL_ERROR
-    case 0x2:  // INTERNAL_ERROR
-    case 0x3:  // FLOW_CONTROL_ERROR
-    case 0x6:  // FRAME_SIZE_ERROR
-    case 0x9:  // COMPRESSION_ERROR
-    case 0xa:  // CONNECT_ERROR
+    case 0x0:     // NO_ERROR
+    case 0x1:     // PROTOCOL_ERROR
+    case 0x2:     // INTERNAL_ERROR
+    case 0x3:     // FLOW_CONTROL_ERROR
+    case 0x6:     // FRAME_SIZE_ERROR
+    case 0x9:     // COMPRESSION_ERROR
+    case 0xa:     // CONNECT_ERROR
       return 13;  // INTERNAL
     case 0x7:     // REFUSED_STREAM
       return 14;  // UNAVAILABLE
@@ -144,7 +146,8 @@ std::optional<int> ParseGrpcStatus(std::string_view value) {
   if (value.empty() || value.size() > 2) return std::nullopt;
   int code = 0;
   for (char c : value) {
-    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return std::nullopt;
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)))
+      return std::nullopt;
     code = code * 10 + (c - '0');
   }
   if (code > 16) return std::nullopt;

@@ -12,8 +12,9 @@
 
 namespace bulwark::net {
 namespace {
-// Stop pulling frames from nghttp2 while this much is waiting for the socket: a peer that
-// does not read makes nghttp2 hold the data (and flow control stops the rest).
+// Stop pulling frames from nghttp2 while this much is waiting for the socket: a
+// peer that does not read makes nghttp2 hold the data (and flow control stops
+// the rest).
 constexpr size_t kMaxPendingOut = 256 * 1024;
 // Reads per readable event before yielding to other connections.
 constexpr int kMaxReadsPerEvent = 4;
@@ -49,8 +50,10 @@ bool H2Connection::Handshake() {
     const unsigned char* alpn = nullptr;
     unsigned int alpn_len = 0;
     SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
-    // A client that sent no ALPN speaks h2 by prior knowledge; anything else is refused.
-    if (alpn_len != 0 && std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != "h2") {
+    // A client that sent no ALPN speaks h2 by prior knowledge; anything else is
+    // refused.
+    if (alpn_len != 0 && std::string_view(reinterpret_cast<const char*>(alpn),
+                                          alpn_len) != "h2") {
       Close("TLS peer did not negotiate h2");
       return false;
     }
@@ -101,8 +104,8 @@ void H2Connection::HandleReadable() {
   for (int i = 0; (ssl_ != nullptr || i < kMaxReadsPerEvent) && !closed_; ++i) {
     ssize_t n;
     if (ssl_ != nullptr) {
-      // Loop until OpenSSL wants more from the socket: bytes it already decrypted and
-      // buffered would not wake the read event again.
+      // Loop until OpenSSL wants more from the socket: bytes it already
+      // decrypted and buffered would not wake the read event again.
       const int rc = SSL_read(ssl_, buf, static_cast<int>(cap));
       if (rc <= 0) {
         const int err = SSL_get_error(ssl_, rc);
@@ -111,7 +114,8 @@ void H2Connection::HandleReadable() {
           ArmWrite();
           break;
         }
-        Close(err == SSL_ERROR_ZERO_RETURN ? "peer closed TLS" : "TLS read failed");
+        Close(err == SSL_ERROR_ZERO_RETURN ? "peer closed TLS"
+                                           : "TLS read failed");
         return;
       }
       n = rc;
@@ -128,9 +132,11 @@ void H2Connection::HandleReadable() {
       Close("read failed");
       return;
     }
-    const ssize_t used = nghttp2_session_mem_recv(session_, buf, static_cast<size_t>(n));
+    const ssize_t used =
+        nghttp2_session_mem_recv(session_, buf, static_cast<size_t>(n));
     if (used < 0) {
-      // nghttp2 queued a GOAWAY for protocol errors it detected; send it, then close.
+      // nghttp2 queued a GOAWAY for protocol errors it detected; send it, then
+      // close.
       Flush();
       Close(nghttp2_strerror(static_cast<int>(used)));
       return;
@@ -163,8 +169,8 @@ void H2Connection::Flush() {
     }
     WriteOut();
     if (closed_) return;
-    // Stopped at the cap and the socket took everything: nghttp2 may hold more frames.
-    // (If the socket is full, the write event resumes the flush.)
+    // Stopped at the cap and the socket took everything: nghttp2 may hold more
+    // frames. (If the socket is full, the write event resumes the flush.)
     if (!capped || out_offset_ < out_.size()) break;
   }
   if (out_offset_ == out_.size() && nghttp2_session_want_read(session_) == 0 &&
@@ -187,7 +193,8 @@ void H2Connection::WriteOut() {
       out_offset_ += static_cast<size_t>(rc);
       continue;
     }
-    const ssize_t n = write(fd_, out_.data() + out_offset_, out_.size() - out_offset_);
+    const ssize_t n =
+        write(fd_, out_.data() + out_offset_, out_.size() - out_offset_);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -227,7 +234,8 @@ void H2Connection::OnWriteEvent(int, short, void* arg) {
   }
   if (self->ssl_ != nullptr && !self->handshake_done_) {
     if (!self->Handshake()) return;
-    self->HandleReadable();  // application bytes that came with the last handshake flight
+    self->HandleReadable();  // application bytes that came with the last
+                             // handshake flight
     if (self->closed_) return;
   }
   self->WriteOut();

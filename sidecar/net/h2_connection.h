@@ -1,13 +1,15 @@
-// H2Connection: what a downstream (server) and an upstream (client) HTTP/2 connection have in
-// common: a non-blocking socket, an nghttp2 session fed with mem_recv, and an output buffer
-// filled with mem_send and written once per loop iteration (Worker's flush), so every frame
-// a loop iteration produced for this connection leaves in one write.
+// H2Connection: what a downstream (server) and an upstream (client) HTTP/2
+// connection have in common: a non-blocking socket, an nghttp2 session fed with
+// mem_recv, and an output buffer filled with mem_send and written once per loop
+// iteration (Worker's flush), so every frame a loop iteration produced for this
+// connection leaves in one write.
 //
-// With TLS (SetTls), the same path reads and writes through OpenSSL on the socket; frames
-// wait in nghttp2 until the handshake is done.
+// With TLS (SetTls), the same path reads and writes through OpenSSL on the
+// socket; frames wait in nghttp2 until the handshake is done.
 //
-// Thread-safety: owned by one Worker, used only on its thread. Cost per read: one read()
-// into the worker's scratch buffer, one mem_recv; per flush: one write() in the common case.
+// Thread-safety: owned by one Worker, used only on its thread. Cost per read:
+// one read() into the worker's scratch buffer, one mem_recv; per flush: one
+// write() in the common case.
 #ifndef BULWARK_SIDECAR_NET_H2_CONNECTION_H_
 #define BULWARK_SIDECAR_NET_H2_CONNECTION_H_
 
@@ -25,8 +27,8 @@ namespace bulwark::net {
 
 class Worker;
 
-// A byte queue with cheap consumption from the front; bounded by the HTTP/2 windows the
-// sidecar advertises, never by itself.
+// A byte queue with cheap consumption from the front; bounded by the HTTP/2
+// windows the sidecar advertises, never by itself.
 class ByteQueue {
  public:
   size_t size() const { return data_.size() - offset_; }
@@ -76,10 +78,11 @@ class H2Connection {
 
   // Asks the worker to flush this connection at the end of the loop iteration.
   void MarkDirty();
-  // Writes what nghttp2 has to send (called by the worker's flush). Closes the connection
-  // when nghttp2 wants neither to read nor to write.
+  // Writes what nghttp2 has to send (called by the worker's flush). Closes the
+  // connection when nghttp2 wants neither to read nor to write.
   void Flush();
-  // Closes the socket and the session now; the object is deleted by the worker later.
+  // Closes the socket and the session now; the object is deleted by the worker
+  // later.
   void Close(std::string_view why);
   // Speaks TLS on the socket from now on (takes ownership); set before any I/O.
   void SetTls(SSL* ssl) { ssl_ = ssl; }
@@ -87,9 +90,11 @@ class H2Connection {
  protected:
   // Starts watching the socket for reads.
   void StartReading();
-  // For a non-blocking connect in progress: OnWritableFirstTime runs when it completes.
+  // For a non-blocking connect in progress: OnWritableFirstTime runs when it
+  // completes.
   void WaitForConnect();
-  // Subclass cleanup when the connection closes (streams get their endings here).
+  // Subclass cleanup when the connection closes (streams get their endings
+  // here).
   virtual void OnClosed(std::string_view why) = 0;
   // Called once a non-blocking connect finished (upstream only).
   virtual void OnWritableFirstTime() {}

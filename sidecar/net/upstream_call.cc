@@ -4,29 +4,13 @@
 #include <vector>
 
 #include "sidecar/net/grpc_framing.h"
+#include "sidecar/net/header_util.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
-namespace {
-
-nghttp2_nv MakeNv(std::string_view name, std::string_view value) {
-  return nghttp2_nv{
-      reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-      reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
-      NGHTTP2_NV_FLAG_NONE};
-}
-
-std::string_view Find(const HeaderList& headers, std::string_view name) {
-  for (const auto& [n, v] : headers) {
-    if (n == name) return v;
-  }
-  return {};
-}
-
-}  // namespace
-
 UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
-                           UpstreamCallListener* listener, const Options& options)
+                           UpstreamCallListener* listener,
+                           const Options& options)
     : worker_(worker),
       request_(std::move(request)),
       listener_(listener),
@@ -34,11 +18,9 @@ UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
       start_(absl::Now()),
       alive_(std::make_shared<bool>(true)) {}
 
-std::unique_ptr<UpstreamCall> UpstreamCall::Start(Worker& worker,
-                                                  const UpstreamAddress& address,
-                                                  UpstreamRequest request,
-                                                  UpstreamCallListener* listener,
-                                                  const Options& options) {
+std::unique_ptr<UpstreamCall> UpstreamCall::Start(
+    Worker& worker, const UpstreamAddress& address, UpstreamRequest request,
+    UpstreamCallListener* listener, const Options& options) {
   std::unique_ptr<UpstreamCall> call(
       new UpstreamCall(worker, std::move(request), listener, options));
   UpstreamCall* self = call.get();
@@ -59,8 +41,9 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(Worker& worker,
   nv.push_back(MakeNv(":method", "POST"));
   nv.push_back(MakeNv(":scheme", "http"));
   nv.push_back(MakeNv(":path", self->request_.path));
-  std::string_view authority = Find(self->request_.headers, ":authority");
-  nv.push_back(MakeNv(":authority", authority.empty() ? address.authority : authority));
+  std::string_view authority = FindHeader(self->request_.headers, ":authority");
+  nv.push_back(
+      MakeNv(":authority", authority.empty() ? address.authority : authority));
   bool have_te = false, have_content_type = false;
   for (const auto& [name, value] : self->request_.headers) {
     if (name[0] == ':' || name == "grpc-timeout") continue;
@@ -68,7 +51,8 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(Worker& worker,
     have_content_type |= name == "content-type";
     nv.push_back(MakeNv(name, value));
   }
-  if (!have_content_type) nv.push_back(MakeNv("content-type", "application/grpc"));
+  if (!have_content_type)
+    nv.push_back(MakeNv("content-type", "application/grpc"));
   if (!have_te) nv.push_back(MakeNv("te", "trailers"));
   std::string timeout;
   if (self->request_.deadline != absl::InfiniteFuture()) {
@@ -78,12 +62,14 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(Worker& worker,
         worker.loop().AddTimer(self->request_.deadline - absl::Now(), [self] {
           self->deadline_timer_ = 0;
           self->Detach(/*reset=*/true);
-          self->Finish(4, "deadline exceeded in the sidecar", false, /*deadline=*/true);
+          self->Finish(4, "deadline exceeded in the sidecar", false,
+                       /*deadline=*/true);
         });
   }
   const int32_t id = conn->Submit(self, nv.data(), nv.size());
   if (id < 0) {
-    fail_later(std::string("cannot open upstream stream: ") + nghttp2_strerror(id));
+    fail_later(std::string("cannot open upstream stream: ") +
+               nghttp2_strerror(id));
     return call;
   }
   self->conn_ = conn;
@@ -106,7 +92,8 @@ void UpstreamCall::Detach(bool reset) {
   stream_id_ = -1;
 }
 
-ssize_t UpstreamCall::ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) {
+ssize_t UpstreamCall::ReadRequestBody(uint8_t* buf, size_t length,
+                                      uint32_t* flags) {
   const size_t n = std::min(length, request_.body.size() - request_offset_);
   std::memcpy(buf, request_.body.data() + request_offset_, n);
   request_offset_ += n;
@@ -114,7 +101,8 @@ ssize_t UpstreamCall::ReadRequestBody(uint8_t* buf, size_t length, uint32_t* fla
   return static_cast<ssize_t>(n);
 }
 
-void UpstreamCall::AddResponseHeader(std::string_view name, std::string_view value) {
+void UpstreamCall::AddResponseHeader(std::string_view name,
+                                     std::string_view value) {
   (headers_done_ ? trailers_ : headers_).emplace_back(name, value);
 }
 
@@ -123,7 +111,7 @@ void UpstreamCall::OnResponseHeadersDone(bool end_stream) {
     OnResponseEnd();
     return;
   }
-  const std::string_view status = Find(headers_, ":status");
+  const std::string_view status = FindHeader(headers_, ":status");
   if (!status.empty() && status[0] == '1') {
     headers_.clear();
     return;
@@ -146,7 +134,8 @@ void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
   received_ += len;
   if (received_ > options_.max_response_bytes + 5) {
     Detach(/*reset=*/true);
-    Finish(8, "upstream response larger than the sidecar keeps for sharing", false, false);
+    Finish(8, "upstream response larger than the sidecar keeps for sharing",
+           false, false);
     return;
   }
   if (options_.capture) body_.append(reinterpret_cast<const char*>(data), len);
@@ -168,8 +157,9 @@ void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
 void UpstreamCall::OnResponseEnd() {
   if (finished_) return;
   const HeaderList& status_source = trailers_.empty() ? headers_ : trailers_;
-  const int code = ParseGrpcStatus(Find(status_source, "grpc-status")).value_or(2);
-  std::string message(Find(status_source, "grpc-message"));
+  const int code =
+      ParseGrpcStatus(FindHeader(status_source, "grpc-status")).value_or(2);
+  std::string message(FindHeader(status_source, "grpc-message"));
   Finish(code, std::move(message), false, false);
 }
 
@@ -177,7 +167,8 @@ void UpstreamCall::OnUpstreamClosed(uint32_t error_code) {
   conn_ = nullptr;
   stream_id_ = -1;
   if (finished_) return;
-  Finish(GrpcCodeFromHttp2Error(error_code), "upstream reset the stream", true, false);
+  Finish(GrpcCodeFromHttp2Error(error_code), "upstream reset the stream", true,
+         false);
 }
 
 void UpstreamCall::OnUpstreamFailed(std::string_view why) {
@@ -204,8 +195,9 @@ void UpstreamCall::Finish(int code, std::string message, bool transport_failure,
   if (options_.capture) {
     auto response = std::make_shared<CapturedResponse>();
     response->grpc_code = code;
-    const bool from_upstream = !transport_failure && !deadline && headers_done_ &&
-                               (!trailers_.empty() || !Find(headers_, "grpc-status").empty());
+    const bool from_upstream =
+        !transport_failure && !deadline && headers_done_ &&
+        (!trailers_.empty() || !FindHeader(headers_, "grpc-status").empty());
     if (from_upstream && trailers_.empty()) {
       response->headers = headers_;  // upstream trailers-only
       response->trailers_only = true;

@@ -1,16 +1,18 @@
-// UpstreamCall: a gRPC call to an upstream endpoint that belongs to no downstream stream:
-// the shared upstream call of a singleflight flight (whose callers come and go) and the
-// health-check probes. The request is complete up front (headers and framed body); the
-// response is reported as it arrives: headers, each whole message, then the end with the
-// status. With `capture`, the whole response is also kept as a CapturedResponse that can be
-// handed to any number of callers.
+// UpstreamCall: a gRPC call to an upstream endpoint that belongs to no
+// downstream stream: the shared upstream call of a singleflight flight (whose
+// callers come and go) and the health-check probes. The request is complete up
+// front (headers and framed body); the response is reported as it arrives:
+// headers, each whole message, then the end with the status. With `capture`,
+// the whole response is also kept as a CapturedResponse that can be handed to
+// any number of callers.
 //
-// Response bytes are consumed as they arrive (the sidecar holds them anyway); the captured
-// body is bounded by `max_response_bytes`, past which the call fails RESOURCE_EXHAUSTED.
+// Response bytes are consumed as they arrive (the sidecar holds them anyway);
+// the captured body is bounded by `max_response_bytes`, past which the call
+// fails RESOURCE_EXHAUSTED.
 //
-// Thread-safety: worker thread only. Lifetime: owned by the caller; destroying it cancels
-// the call (RST_STREAM) and no callback runs after that. OnFinish is the last callback and
-// may destroy the call.
+// Thread-safety: worker thread only. Lifetime: owned by the caller; destroying
+// it cancels the call (RST_STREAM) and no callback runs after that. OnFinish is
+// the last callback and may destroy the call.
 #ifndef BULWARK_SIDECAR_NET_UPSTREAM_CALL_H_
 #define BULWARK_SIDECAR_NET_UPSTREAM_CALL_H_
 
@@ -25,16 +27,18 @@
 namespace bulwark::net {
 
 struct UpstreamRequest {
-  std::string path;         // "/pkg.Service/Method"
-  HeaderList headers;       // regular headers (and :authority, if the caller has one)
-  std::string body;         // framed gRPC messages
+  std::string path;  // "/pkg.Service/Method"
+  HeaderList
+      headers;       // regular headers (and :authority, if the caller has one)
+  std::string body;  // framed gRPC messages
   absl::Time deadline = absl::InfiniteFuture();
 };
 
 struct UpstreamCallResult {
   int grpc_code = 2;
   std::string grpc_message;
-  bool transport_failure = false;  // never reached the upstream, or the connection broke
+  bool transport_failure =
+      false;  // never reached the upstream, or the connection broke
   bool deadline_exceeded = false;
   absl::Duration duration = absl::ZeroDuration();
   // Set with `capture`: what to answer every caller of the flight with.
@@ -53,23 +57,26 @@ class UpstreamCall final : public UpstreamPeer {
  public:
   struct Options {
     bool capture = false;
-    // Report each whole message through OnMessage (health probes); off for a capture-only
-    // call, which then never splits the body into messages.
+    // Report each whole message through OnMessage (health probes); off for a
+    // capture-only call, which then never splits the body into messages.
     bool deliver_messages = true;
     uint64_t max_response_bytes = 4 * 1024 * 1024;
   };
 
-  // Starts the call. Failures (no connection) are reported through OnFinish on a later loop
-  // iteration, never from inside Start.
-  static std::unique_ptr<UpstreamCall> Start(Worker& worker, const UpstreamAddress& address,
+  // Starts the call. Failures (no connection) are reported through OnFinish on
+  // a later loop iteration, never from inside Start.
+  static std::unique_ptr<UpstreamCall> Start(Worker& worker,
+                                             const UpstreamAddress& address,
                                              UpstreamRequest request,
                                              UpstreamCallListener* listener,
                                              const Options& options);
   ~UpstreamCall() override;
 
   // --- UpstreamPeer ---
-  ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) override;
-  void AddResponseHeader(std::string_view name, std::string_view value) override;
+  ssize_t ReadRequestBody(uint8_t* buf, size_t length,
+                          uint32_t* flags) override;
+  void AddResponseHeader(std::string_view name,
+                         std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;
   void OnResponseData(const uint8_t* data, size_t len) override;
   void OnResponseEnd() override;
@@ -77,9 +84,10 @@ class UpstreamCall final : public UpstreamPeer {
   void OnUpstreamFailed(std::string_view why) override;
 
  private:
-  UpstreamCall(Worker& worker, UpstreamRequest request, UpstreamCallListener* listener,
-               const Options& options);
-  void Finish(int code, std::string message, bool transport_failure, bool deadline);
+  UpstreamCall(Worker& worker, UpstreamRequest request,
+               UpstreamCallListener* listener, const Options& options);
+  void Finish(int code, std::string message, bool transport_failure,
+              bool deadline);
   void Detach(bool reset);
 
   Worker& worker_;
@@ -95,8 +103,8 @@ class UpstreamCall final : public UpstreamPeer {
   bool headers_done_ = false;
   HeaderList headers_;
   HeaderList trailers_;
-  std::string body_;          // raw framed bytes (captured)
-  std::string pending_;       // bytes of an incomplete message, for OnMessage
+  std::string body_;     // raw framed bytes (captured)
+  std::string pending_;  // bytes of an incomplete message, for OnMessage
   uint64_t received_ = 0;
   std::shared_ptr<bool> alive_;  // for the posted failure report
 };

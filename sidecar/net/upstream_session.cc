@@ -17,7 +17,8 @@ namespace bulwark::net {
 namespace {
 
 UpstreamPeer* PeerOf(nghttp2_session* session, int32_t id) {
-  return static_cast<UpstreamPeer*>(nghttp2_session_get_stream_user_data(session, id));
+  return static_cast<UpstreamPeer*>(
+      nghttp2_session_get_stream_user_data(session, id));
 }
 
 }  // namespace
@@ -29,8 +30,9 @@ struct UpstreamCallbacks {
                       size_t valuelen, uint8_t, void*) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
-      peer->AddResponseHeader(std::string_view(reinterpret_cast<const char*>(name), namelen),
-                              std::string_view(reinterpret_cast<const char*>(value), valuelen));
+      peer->AddResponseHeader(
+          std::string_view(reinterpret_cast<const char*>(name), namelen),
+          std::string_view(reinterpret_cast<const char*>(value), valuelen));
     }
     return 0;
   }
@@ -52,7 +54,8 @@ struct UpstreamCallbacks {
         }
         break;
       case NGHTTP2_GOAWAY:
-        // No new streams here; the worker opens a fresh connection for the next call.
+        // No new streams here; the worker opens a fresh connection for the next
+        // call.
         static_cast<UpstreamConnection*>(user_data)->goaway_received_ = true;
         break;
       default:
@@ -63,17 +66,19 @@ struct UpstreamCallbacks {
 
   static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
                          const uint8_t* data, size_t len, void* user_data) {
-    // As downstream: the connection window is given back at once, the stream's only when
-    // its client took the bytes, so a client that stops reading stalls its own stream and
-    // not every call sharing this upstream connection.
+    // As downstream: the connection window is given back at once, the stream's
+    // only when its client took the bytes, so a client that stops reading
+    // stalls its own stream and not every call sharing this upstream
+    // connection.
     nghttp2_session_consume_connection(session, len);
     static_cast<UpstreamConnection*>(user_data)->MarkDirty();
-    if (UpstreamPeer* peer = PeerOf(session, stream_id)) peer->OnResponseData(data, len);
+    if (UpstreamPeer* peer = PeerOf(session, stream_id))
+      peer->OnResponseData(data, len);
     return 0;
   }
 
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
-                           void* user_data) {
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id,
+                           uint32_t error_code, void* user_data) {
     auto* self = static_cast<UpstreamConnection*>(user_data);
     if (UpstreamPeer* peer = PeerOf(session, stream_id)) {
       nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
@@ -83,8 +88,9 @@ struct UpstreamCallbacks {
     return 0;
   }
 
-  static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
-                             size_t length, uint32_t* flags, nghttp2_data_source*, void*) {
+  static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id,
+                             uint8_t* buf, size_t length, uint32_t* flags,
+                             nghttp2_data_source*, void*) {
     UpstreamPeer* peer = PeerOf(session, stream_id);
     if (peer == nullptr) return NGHTTP2_ERR_DEFERRED;  // reset is on its way
     return peer->ReadRequestBody(buf, length, flags);
@@ -96,31 +102,39 @@ struct UpstreamCallbacks {
       nghttp2_session_callbacks_new(&cb);
       nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
-      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
-      nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
+      nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb,
+                                                                &OnDataChunk);
+      nghttp2_session_callbacks_set_on_stream_close_callback(cb,
+                                                             &OnStreamClose);
       return cb;
     }();
     return callbacks;
   }
 };
 
-UpstreamConnection::UpstreamConnection(Worker& worker, int fd, const UpstreamAddress& address)
+UpstreamConnection::UpstreamConnection(Worker& worker, int fd,
+                                       const UpstreamAddress& address)
     : H2Connection(worker, fd), key_(address.key) {}
 
 UpstreamConnection::~UpstreamConnection() = default;
 
-UpstreamConnection* UpstreamConnection::Connect(Worker& worker, const UpstreamAddress& address,
+UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
+                                                const UpstreamAddress& address,
                                                 std::string* error) {
-  const int fd = socket(address.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int fd = socket(address.addr.ss_family,
+                        SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    *error = absl::StrCat("upstream ", address.key, ": socket: ", strerror(errno));
+    *error =
+        absl::StrCat("upstream ", address.key, ": socket: ", strerror(errno));
     return nullptr;
   }
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&address.addr), address.addr_len);
+  const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&address.addr),
+                         address.addr_len);
   if (rc != 0 && errno != EINPROGRESS) {
-    *error = absl::StrCat("upstream ", address.key, ": connect: ", strerror(errno));
+    *error =
+        absl::StrCat("upstream ", address.key, ": connect: ", strerror(errno));
     close(fd);
     return nullptr;
   }
@@ -137,16 +151,19 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker, const UpstreamAd
   nghttp2_option* option;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
-  nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn, option);
+  nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn,
+                              option);
   nghttp2_option_del(option);
   const WorkerOptions& o = worker.options();
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
   };
-  nghttp2_submit_settings(conn->session_, NGHTTP2_FLAG_NONE, settings, std::size(settings));
-  nghttp2_session_set_local_window_size(conn->session_, NGHTTP2_FLAG_NONE, 0,
-                                        static_cast<int32_t>(o.connection_window_bytes));
+  nghttp2_submit_settings(conn->session_, NGHTTP2_FLAG_NONE, settings,
+                          std::size(settings));
+  nghttp2_session_set_local_window_size(
+      conn->session_, NGHTTP2_FLAG_NONE, 0,
+      static_cast<int32_t>(o.connection_window_bytes));
   if (rc == 0) {
     conn->connected_ = true;
     conn->StartReading();
@@ -167,11 +184,12 @@ void UpstreamConnection::OnWritableFirstTime() {
   connected_ = true;
 }
 
-int32_t UpstreamConnection::Submit(UpstreamPeer* stream, const nghttp2_nv* headers,
-                                   size_t count) {
+int32_t UpstreamConnection::Submit(UpstreamPeer* stream,
+                                   const nghttp2_nv* headers, size_t count) {
   nghttp2_data_provider provider{};
   provider.read_callback = &UpstreamCallbacks::ReadRequest;
-  const int32_t id = nghttp2_submit_request(session_, nullptr, headers, count, &provider, stream);
+  const int32_t id = nghttp2_submit_request(session_, nullptr, headers, count,
+                                            &provider, stream);
   if (id >= 0) streams_.insert(stream);
   return id;
 }

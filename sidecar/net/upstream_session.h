@@ -1,10 +1,11 @@
-// UpstreamConnection: one multiplexed HTTP/2 client connection (nghttp2 client session) from
-// a worker to one upstream endpoint. Calls forwarded to the endpoint become streams on it.
-// The session is created before the TCP connect finishes, so requests submitted meanwhile
-// leave with the connection preface in the first write. nghttp2 holds back streams beyond
-// the upstream's SETTINGS_MAX_CONCURRENT_STREAMS until others finish. After a GOAWAY from
-// the upstream the connection takes no new streams (the worker opens another) and closes
-// once its streams are done.
+// UpstreamConnection: one multiplexed HTTP/2 client connection (nghttp2 client
+// session) from a worker to one upstream endpoint. Calls forwarded to the
+// endpoint become streams on it. The session is created before the TCP connect
+// finishes, so requests submitted meanwhile leave with the connection preface
+// in the first write. nghttp2 holds back streams beyond the upstream's
+// SETTINGS_MAX_CONCURRENT_STREAMS until others finish. After a GOAWAY from the
+// upstream the connection takes no new streams (the worker opens another) and
+// closes once its streams are done.
 //
 // Thread-safety: worker thread only.
 #ifndef BULWARK_SIDECAR_NET_UPSTREAM_SESSION_H_
@@ -19,17 +20,21 @@
 
 namespace bulwark::net {
 
-// What an upstream stream reports to, and reads its request body from: the downstream
-// stream it is paired with, or a detached UpstreamCall (singleflight flights, health probes).
+// What an upstream stream reports to, and reads its request body from: the
+// downstream stream it is paired with, or a detached UpstreamCall (singleflight
+// flights, health probes).
 class UpstreamPeer {
  public:
   virtual ~UpstreamPeer() = default;
-  virtual ssize_t ReadRequestBody(uint8_t* buf, size_t length, uint32_t* flags) = 0;
-  virtual void AddResponseHeader(std::string_view name, std::string_view value) = 0;
+  virtual ssize_t ReadRequestBody(uint8_t* buf, size_t length,
+                                  uint32_t* flags) = 0;
+  virtual void AddResponseHeader(std::string_view name,
+                                 std::string_view value) = 0;
   virtual void OnResponseHeadersDone(bool end_stream) = 0;
   virtual void OnResponseData(const uint8_t* data, size_t len) = 0;
   virtual void OnResponseEnd() = 0;
-  // The upstream stream closed (after the response, or reset with `error_code`).
+  // The upstream stream closed (after the response, or reset with
+  // `error_code`).
   virtual void OnUpstreamClosed(uint32_t error_code) = 0;
   // The connection failed or broke before the stream closed.
   virtual void OnUpstreamFailed(std::string_view why) = 0;
@@ -37,18 +42,21 @@ class UpstreamPeer {
 
 class UpstreamConnection final : public H2Connection {
  public:
-  // Starts a non-blocking connect; nullptr with `error` set if it fails at once.
-  static UpstreamConnection* Connect(Worker& worker, const UpstreamAddress& address,
+  // Starts a non-blocking connect; nullptr with `error` set if it fails at
+  // once.
+  static UpstreamConnection* Connect(Worker& worker,
+                                     const UpstreamAddress& address,
                                      std::string* error);
   ~UpstreamConnection() override;
 
   const std::string& key() const { return key_; }
   bool accepting_streams() const { return !goaway_received_; }
 
-  // Opens a stream for `peer`'s request; returns the stream id or a negative nghttp2
-  // error.
+  // Opens a stream for `peer`'s request; returns the stream id or a negative
+  // nghttp2 error.
   int32_t Submit(UpstreamPeer* peer, const nghttp2_nv* headers, size_t count);
-  // Resets an upstream stream (client cancelled, deadline) and forgets its downstream peer.
+  // Resets an upstream stream (client cancelled, deadline) and forgets its
+  // downstream peer.
   void Reset(int32_t stream_id, uint32_t error_code);
   void Forget(UpstreamPeer* peer, int32_t stream_id);
   void ResumeRequest(int32_t stream_id);

@@ -27,18 +27,21 @@ namespace {
 constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 
-absl::StatusOr<int> BindListener(const std::string& host, uint16_t port, uint16_t* bound) {
+absl::StatusOr<int> BindListener(const std::string& host, uint16_t port,
+                                 uint16_t* bound) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* res = nullptr;
   const std::string port_str = std::to_string(port);
-  if (int rc = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res); rc != 0) {
+  if (int rc = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res);
+      rc != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("listener ", host, ":", port, ": ", gai_strerror(rc)));
   }
-  const int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int fd =
+      socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     freeaddrinfo(res);
     return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
@@ -50,8 +53,8 @@ absl::StatusOr<int> BindListener(const std::string& host, uint16_t port, uint16_
     const int err = errno;
     freeaddrinfo(res);
     close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", host, ":", port, ": ", strerror(err)));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", host, ":",
+                                               port, ": ", strerror(err)));
   }
   freeaddrinfo(res);
   sockaddr_storage ss{};
@@ -65,24 +68,30 @@ absl::StatusOr<int> BindListener(const std::string& host, uint16_t port, uint16_
 
 }  // namespace
 
-Worker::Worker(const WorkerOptions& options) : options_(options), scratch_(64 * 1024) {
+Worker::Worker(const WorkerOptions& options)
+    : options_(options), scratch_(64 * 1024) {
   loop_.SetFlushHook([this] { FlushDirty(); });
 }
 
-absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options) {
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
+    const WorkerOptions& options) {
   std::unique_ptr<Worker> worker(new Worker(options));
-  auto fd = BindListener(options.listen_host, options.listen_port, &worker->listen_port_);
+  auto fd = BindListener(options.listen_host, options.listen_port,
+                         &worker->listen_port_);
   if (!fd.ok()) return fd.status();
   worker->listen_fd_ = *fd;
-  worker->listener_ = evconnlistener_new(worker->loop_.base(), &Worker::OnAccept, worker.get(),
-                                         LEV_OPT_CLOSE_ON_FREE, -1, worker->listen_fd_);
-  if (worker->listener_ == nullptr) return absl::InternalError("evconnlistener_new failed");
+  worker->listener_ =
+      evconnlistener_new(worker->loop_.base(), &Worker::OnAccept, worker.get(),
+                         LEV_OPT_CLOSE_ON_FREE, -1, worker->listen_fd_);
+  if (worker->listener_ == nullptr)
+    return absl::InternalError("evconnlistener_new failed");
   return worker;
 }
 
 Worker::~Worker() {
   Join();
-  // Connections left (the loop was stopped) are torn down without callbacks into the core.
+  // Connections left (the loop was stopped) are torn down without callbacks
+  // into the core.
   for (DownstreamSession* s : downstream_) delete s;
   for (UpstreamConnection* c : all_upstream_) delete c;
   for (H2Connection* c : to_delete_) delete c;
@@ -99,7 +108,8 @@ void Worker::Join() {
 
 void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<Worker*>(arg);
-  if (self->draining_ || self->downstream_.size() >= self->options_.max_connections) {
+  if (self->draining_ ||
+      self->downstream_.size() >= self->options_.max_connections) {
     close(fd);
     return;
   }
@@ -120,7 +130,9 @@ void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
 }
 
 void Worker::SetListenerTls(std::shared_ptr<const TlsContext> tls) {
-  Post([this, tls = std::move(tls)]() mutable { options_.tls = std::move(tls); });
+  Post([this, tls = std::move(tls)]() mutable {
+    options_.tls = std::move(tls);
+  });
 }
 
 void Worker::BeginDrain() {
@@ -136,9 +148,11 @@ void Worker::BeginDrain() {
 
 void Worker::ForceCloseAndStop() {
   Post([this] {
-    std::vector<DownstreamSession*> sessions(downstream_.begin(), downstream_.end());
+    std::vector<DownstreamSession*> sessions(downstream_.begin(),
+                                             downstream_.end());
     for (DownstreamSession* s : sessions) s->Close("shutting down");
-    std::vector<UpstreamConnection*> ups(all_upstream_.begin(), all_upstream_.end());
+    std::vector<UpstreamConnection*> ups(all_upstream_.begin(),
+                                         all_upstream_.end());
     for (UpstreamConnection* c : ups) c->Close("shutting down");
     FlushDirty();
     loop_.Stop();
@@ -150,27 +164,33 @@ Call* Worker::FindCall(uint64_t id) {
   return it == calls_.end() ? nullptr : it->second;
 }
 
-void Worker::RegisterCall(uint64_t id, DownstreamStream* stream) { calls_[id] = stream; }
+void Worker::RegisterCall(uint64_t id, DownstreamStream* stream) {
+  calls_[id] = stream;
+}
 
 void Worker::UnregisterCall(uint64_t id) { calls_.erase(id); }
 
-UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address, std::string* error) {
+UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
+                                        std::string* error) {
   UpstreamSlot& slot = upstream_[address.key];
-  if (slot.conn != nullptr && !slot.conn->closed() && slot.conn->accepting_streams()) {
+  if (slot.conn != nullptr && !slot.conn->closed() &&
+      slot.conn->accepting_streams()) {
     return slot.conn;
   }
   slot.conn = nullptr;
   const absl::Time now = absl::Now();
   if (now < slot.retry_after) {
-    *error = absl::StrCat("upstream ", address.key, " is unreachable (next connect attempt in ",
-                          absl::FormatDuration(absl::Ceil(slot.retry_after - now,
-                                                          absl::Milliseconds(1))),
+    *error = absl::StrCat("upstream ", address.key,
+                          " is unreachable (next connect attempt in ",
+                          absl::FormatDuration(absl::Ceil(
+                              slot.retry_after - now, absl::Milliseconds(1))),
                           ")");
     return nullptr;
   }
   auto conn = UpstreamConnection::Connect(*this, address, error);
   if (conn == nullptr) {
-    slot.backoff = std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
+    slot.backoff =
+        std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
     slot.retry_after = now + slot.backoff;
     return nullptr;
   }
@@ -186,7 +206,8 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   UpstreamSlot& slot = it->second;
   if (slot.conn == conn) slot.conn = nullptr;
   if (connect_failed) {
-    slot.backoff = std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
+    slot.backoff =
+        std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
     slot.retry_after = absl::Now() + slot.backoff;
   } else {
     slot.backoff = absl::ZeroDuration();
@@ -194,7 +215,9 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   }
 }
 
-void Worker::OnDownstreamClosed(DownstreamSession* session) { downstream_.erase(session); }
+void Worker::OnDownstreamClosed(DownstreamSession* session) {
+  downstream_.erase(session);
+}
 
 void Worker::AddDirty(H2Connection* conn) {
   dirty_.push_back(conn);
@@ -207,8 +230,8 @@ void Worker::DeleteLater(H2Connection* conn) {
 }
 
 void Worker::FlushDirty() {
-  // Flushing one connection can dirty another (a WINDOW_UPDATE for the peer of a stream
-  // whose bytes just left), so loop until nothing is dirty.
+  // Flushing one connection can dirty another (a WINDOW_UPDATE for the peer of
+  // a stream whose bytes just left), so loop until nothing is dirty.
   while (!dirty_.empty()) {
     std::vector<H2Connection*> batch;
     batch.swap(dirty_);

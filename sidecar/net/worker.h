@@ -1,10 +1,11 @@
-// Worker: one event-loop thread of the data plane. It owns its SO_REUSEPORT listening socket,
-// the downstream connections it accepted, and one multiplexed upstream connection per
-// endpoint it talks to. A call (stream) lives on one worker for its whole life; other
-// threads reach a worker only through Post.
+// Worker: one event-loop thread of the data plane. It owns its SO_REUSEPORT
+// listening socket, the downstream connections it accepted, and one multiplexed
+// upstream connection per endpoint it talks to. A call (stream) lives on one
+// worker for its whole life; other threads reach a worker only through Post.
 //
-// Thread-safety: Create/Start/Join/Post/BeginDrain/ForceClose from any thread; the rest only
-// on the worker's own thread. Cost: nothing per call beyond the sessions' own work.
+// Thread-safety: Create/Start/Join/Post/BeginDrain/ForceClose from any thread;
+// the rest only on the worker's own thread. Cost: nothing per call beyond the
+// sessions' own work.
 #ifndef BULWARK_SIDECAR_NET_WORKER_H_
 #define BULWARK_SIDECAR_NET_WORKER_H_
 
@@ -35,16 +36,19 @@ class TlsContext;
 struct WorkerOptions {
   int index = 0;
   std::string listen_host = "0.0.0.0";
-  uint16_t listen_port = 0;  // 0: pick one (the first worker; others reuse its port)
+  uint16_t listen_port =
+      0;  // 0: pick one (the first worker; others reuse its port)
   uint64_t max_message_bytes = 4 * 1024 * 1024;
   uint32_t max_concurrent_streams = 1000;
   uint32_t max_header_list_bytes = 64 * 1024;
-  // Client connections this worker keeps at once; past it new ones are closed at accept.
+  // Client connections this worker keeps at once; past it new ones are closed
+  // at accept.
   uint32_t max_connections = 10000;
-  // HTTP/2 windows the sidecar advertises: they bound what it buffers per stream and per
-  // connection, since bytes are consumed only when the other side took them.
-  // Per stream and direction; the connection window is given back as bytes arrive, so the
-  // stream windows alone bound what the sidecar holds (streams x window).
+  // HTTP/2 windows the sidecar advertises: they bound what it buffers per
+  // stream and per connection, since bytes are consumed only when the other
+  // side took them. Per stream and direction; the connection window is given
+  // back as bytes arrive, so the stream windows alone bound what the sidecar
+  // holds (streams x window).
   uint32_t stream_window_bytes = 256 << 10;
   uint32_t connection_window_bytes = 8 << 20;
   // Listener TLS (null: h2c). Replaced on reload through SetListenerTls.
@@ -53,8 +57,10 @@ struct WorkerOptions {
 
 class Worker {
  public:
-  // Binds the listening socket (SO_REUSEPORT) so address errors surface before start.
-  static absl::StatusOr<std::unique_ptr<Worker>> Create(const WorkerOptions& options);
+  // Binds the listening socket (SO_REUSEPORT) so address errors surface before
+  // start.
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(
+      const WorkerOptions& options);
   ~Worker();
 
   // The handler must be set before Start and outlive the worker's thread.
@@ -63,9 +69,11 @@ class Worker {
   void Join();
 
   void Post(absl::AnyInvocable<void()> task) { loop_.Post(std::move(task)); }
-  // New client connections use `tls` (re-read certificates after a reload). Thread-safe.
+  // New client connections use `tls` (re-read certificates after a reload).
+  // Thread-safe.
   void SetListenerTls(std::shared_ptr<const TlsContext> tls);
-  // Stops accepting and sends GOAWAY on every downstream connection; open streams go on.
+  // Stops accepting and sends GOAWAY on every downstream connection; open
+  // streams go on.
   void BeginDrain();
   // Resets every stream and closes every connection, then stops the loop.
   void ForceCloseAndStop();
@@ -74,7 +82,9 @@ class Worker {
   int index() const { return options_.index; }
   const WorkerOptions& options() const { return options_; }
   // Streams open on this worker (a racy snapshot, for drain and /routes).
-  int64_t OpenStreamsApprox() const { return open_streams_.load(std::memory_order_relaxed); }
+  int64_t OpenStreamsApprox() const {
+    return open_streams_.load(std::memory_order_relaxed);
+  }
 
   // --- worker-thread API ---
   EventLoop& loop() { return loop_; }
@@ -90,9 +100,11 @@ class Worker {
   void StreamOpened() { open_streams_.fetch_add(1, std::memory_order_relaxed); }
   void StreamClosed() { open_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
-  // The connection for an upstream endpoint, connecting (or failing fast while it backs
-  // off after a failure) as needed. nullptr with `error` set when it cannot be used now.
-  UpstreamConnection* UpstreamFor(const UpstreamAddress& address, std::string* error);
+  // The connection for an upstream endpoint, connecting (or failing fast while
+  // it backs off after a failure) as needed. nullptr with `error` set when it
+  // cannot be used now.
+  UpstreamConnection* UpstreamFor(const UpstreamAddress& address,
+                                  std::string* error);
   void OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed);
   void OnDownstreamClosed(DownstreamSession* session);
 
@@ -101,7 +113,8 @@ class Worker {
 
  private:
   explicit Worker(const WorkerOptions& options);
-  static void OnAccept(evconnlistener* listener, int fd, sockaddr* addr, int len, void* arg);
+  static void OnAccept(evconnlistener* listener, int fd, sockaddr* addr,
+                       int len, void* arg);
   void FlushDirty();
 
   WorkerOptions options_;
@@ -120,7 +133,8 @@ class Worker {
   absl::flat_hash_set<DownstreamSession*> downstream_;
   absl::flat_hash_map<uint64_t, DownstreamStream*> calls_;
   struct UpstreamSlot {
-    UpstreamConnection* conn = nullptr;  // current connection (owned via all_upstream_)
+    UpstreamConnection* conn =
+        nullptr;  // current connection (owned via all_upstream_)
     absl::Time retry_after = absl::InfinitePast();
     absl::Duration backoff = absl::ZeroDuration();
   };

@@ -1,6 +1,7 @@
-// The policies through the real binaries: the bulwark sidecar between real gRPC C++ clients
-// and bulwark-demo-upstream, each test with its own configuration. What the upstream saw is
-// read from its Control service, what the sidecar decided from its answers and /metrics.
+// The policies through the real binaries: the bulwark sidecar between real gRPC
+// C++ clients and bulwark-demo-upstream, each test with its own configuration.
+// What the upstream saw is read from its Control service, what the sidecar
+// decided from its answers and /metrics.
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -9,13 +10,13 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "bulwark/demo/v1/demo.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -38,8 +39,8 @@ constexpr char kEchoRoute[] = R"(
     cluster: demo
 )";
 
-// The demo upstream plus a sidecar in front of it, configured with `routes_yaml` (the
-// `routes:` entries for Echo) and a Control route.
+// The demo upstream plus a sidecar in front of it, configured with
+// `routes_yaml` (the `routes:` entries for Echo) and a Control route.
 class Sidecar {
  public:
   static std::unique_ptr<Sidecar> Start(const std::string& routes_yaml) {
@@ -53,9 +54,10 @@ class Sidecar {
     const std::string config = absl::StrCat(
         "listener: { address: \"127.0.0.1:", s->port_, "\" }\n",
         "admin: { address: \"127.0.0.1:", s->admin_port_, "\" }\n",
-        "workers: 2\n", "drain_timeout: 2s\n", "clusters:\n", "  - name: demo\n",
-        "    endpoints: [\"", s->upstream_->address(), "\"]\n", "routes:\n", routes_yaml,
-        "  - name: control\n", "    match: { service: bulwark.demo.v1.Control }\n",
+        "workers: 2\n", "drain_timeout: 2s\n", "clusters:\n",
+        "  - name: demo\n", "    endpoints: [\"", s->upstream_->address(),
+        "\"]\n", "routes:\n", routes_yaml, "  - name: control\n",
+        "    match: { service: bulwark.demo.v1.Control }\n",
         "    cluster: demo\n");
     const std::string path = TempDir() + "/bulwark.yaml";
     EXPECT_TRUE(WriteFile(path, config).ok());
@@ -63,8 +65,11 @@ class Sidecar {
     EXPECT_TRUE(child.ok()) << child.status();
     if (!child.ok()) return nullptr;
     s->process_ = std::move(*child);
-    EXPECT_TRUE(WaitForTcpPort(s->port_, absl::Seconds(20), s->process_.get()).ok());
-    EXPECT_TRUE(WaitForTcpPort(s->admin_port_, absl::Seconds(20), s->process_.get()).ok());
+    EXPECT_TRUE(
+        WaitForTcpPort(s->port_, absl::Seconds(20), s->process_.get()).ok());
+    EXPECT_TRUE(
+        WaitForTcpPort(s->admin_port_, absl::Seconds(20), s->process_.get())
+            .ok());
     s->channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", s->port_),
                                       grpc::InsecureChannelCredentials());
     s->demo_ = Demo::NewStub(s->channel_);
@@ -76,7 +81,8 @@ class Sidecar {
 
   StatsResponse Stats() {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(10));
     StatsResponse stats;
     grpc::Status st = control_->GetStats(&ctx, StatsRequest(), &stats);
     EXPECT_TRUE(st.ok()) << st.error_message();
@@ -123,16 +129,18 @@ struct CallResult {
   }
 };
 
-CallResult Echo(Demo::Stub& stub, const EchoRequest& request,
-                const std::vector<std::pair<std::string, std::string>>& metadata = {},
-                absl::Duration deadline = absl::Seconds(10)) {
+CallResult Echo(
+    Demo::Stub& stub, const EchoRequest& request,
+    const std::vector<std::pair<std::string, std::string>>& metadata = {},
+    absl::Duration deadline = absl::Seconds(10)) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
   CallResult result;
   result.status = stub.Echo(&ctx, request, &result.response);
   for (const auto& [k, v] : ctx.GetServerTrailingMetadata()) {
-    result.trailers.emplace(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+    result.trailers.emplace(std::string(k.data(), k.size()),
+                            std::string(v.data(), v.size()));
   }
   return result;
 }
@@ -164,33 +172,37 @@ class Countdown {
 
 // Runs `n` Echo calls at once (callback API) and returns their results.
 std::vector<CallResult> ConcurrentEchos(
-    Demo::Stub& stub, int n, const std::function<EchoRequest(int)>& make_request,
-    const std::function<std::vector<std::pair<std::string, std::string>>(int)>& metadata =
-        nullptr,
-    const std::function<void(std::vector<std::unique_ptr<grpc::ClientContext>>&)>&
-        while_running = nullptr) {
+    Demo::Stub& stub, int n,
+    const std::function<EchoRequest(int)>& make_request,
+    const std::function<std::vector<std::pair<std::string, std::string>>(int)>&
+        metadata = nullptr,
+    const std::function<void(
+        std::vector<std::unique_ptr<grpc::ClientContext>>&)>& while_running =
+        nullptr) {
   std::vector<CallResult> results(n);
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts(n);
   std::vector<EchoRequest> requests(n);
   Countdown countdown(n);
   for (int i = 0; i < n; ++i) {
     contexts[i] = std::make_unique<grpc::ClientContext>();
-    contexts[i]->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    contexts[i]->set_deadline(std::chrono::system_clock::now() +
+                              std::chrono::seconds(30));
     if (metadata) {
       for (const auto& [k, v] : metadata(i)) contexts[i]->AddMetadata(k, v);
     }
     requests[i] = make_request(i);
   }
   for (int i = 0; i < n; ++i) {
-    stub.async()->Echo(contexts[i].get(), &requests[i], &results[i].response,
-                       [&results, &countdown, &contexts, i](grpc::Status status) {
-                         results[i].status = std::move(status);
-                         for (const auto& [k, v] : contexts[i]->GetServerTrailingMetadata()) {
-                           results[i].trailers.emplace(std::string(k.data(), k.size()),
-                                                       std::string(v.data(), v.size()));
-                         }
-                         countdown.Done();
-                       });
+    stub.async()->Echo(
+        contexts[i].get(), &requests[i], &results[i].response,
+        [&results, &countdown, &contexts, i](grpc::Status status) {
+          results[i].status = std::move(status);
+          for (const auto& [k, v] : contexts[i]->GetServerTrailingMetadata()) {
+            results[i].trailers.emplace(std::string(k.data(), k.size()),
+                                        std::string(v.data(), v.size()));
+          }
+          countdown.Done();
+        });
   }
   if (while_running) while_running(contexts);
   countdown.Wait();
@@ -211,8 +223,8 @@ EchoRequest Failing(std::string payload, grpc::StatusCode code) {
 }
 
 TEST(PoliciesTest, RateLimitBurstThenResourceExhaustedWithReasonAndPushback) {
-  auto s = Sidecar::Start(absl::StrCat(kEchoRoute,
-                                       "    rate_limit: { requests_per_second: 1, burst: 5 }\n"));
+  auto s = Sidecar::Start(absl::StrCat(
+      kEchoRoute, "    rate_limit: { requests_per_second: 1, burst: 5 }\n"));
   ASSERT_NE(s, nullptr);
   for (int i = 0; i < 5; ++i) {
     CallResult r = Echo(s->demo(), Payload("p"));
@@ -222,23 +234,32 @@ TEST(PoliciesTest, RateLimitBurstThenResourceExhaustedWithReasonAndPushback) {
   EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(rejected.Trailer("x-bulwark-reason"), "rate_limited");
   int pushback = -1;
-  ASSERT_TRUE(absl::SimpleAtoi(rejected.Trailer("grpc-retry-pushback-ms"), &pushback))
+  ASSERT_TRUE(
+      absl::SimpleAtoi(rejected.Trailer("grpc-retry-pushback-ms"), &pushback))
       << rejected.Trailer("grpc-retry-pushback-ms");
   EXPECT_GT(pushback, 0);
   EXPECT_LE(pushback, 1000);
   EXPECT_EQ(s->Stats().calls_total(), 5u);
-  EXPECT_EQ(s->Metric("bulwark_rejections_total{reason=\"rate_limited\",route=\"echo\"}"), 1);
-  EXPECT_EQ(s->Metric("bulwark_requests_total{code=\"RESOURCE_EXHAUSTED\",route=\"echo\"}"), 1);
+  EXPECT_EQ(
+      s->Metric(
+          "bulwark_rejections_total{reason=\"rate_limited\",route=\"echo\"}"),
+      1);
+  EXPECT_EQ(
+      s->Metric(
+          "bulwark_requests_total{code=\"RESOURCE_EXHAUSTED\",route=\"echo\"}"),
+      1);
   EXPECT_EQ(s->Metric("bulwark_requests_total{code=\"OK\",route=\"echo\"}"), 5);
 }
 
 TEST(PoliciesTest, KeyedBucketsAreIndependentPerClient) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute,
-      "    rate_limit: { requests_per_second: 0.01, burst: 2, key_header: x-client-id }\n"));
+  auto s = Sidecar::Start(
+      absl::StrCat(kEchoRoute,
+                   "    rate_limit: { requests_per_second: 0.01, burst: 2, "
+                   "key_header: x-client-id }\n"));
   ASSERT_NE(s, nullptr);
   auto call = [&](const std::string& client) {
-    return Echo(s->demo(), Payload("p"), {{"x-client-id", client}}).status.error_code();
+    return Echo(s->demo(), Payload("p"), {{"x-client-id", client}})
+        .status.error_code();
   };
   EXPECT_EQ(call("a"), grpc::StatusCode::OK);
   EXPECT_EQ(call("a"), grpc::StatusCode::OK);
@@ -249,20 +270,26 @@ TEST(PoliciesTest, KeyedBucketsAreIndependentPerClient) {
   EXPECT_EQ(s->Stats().calls_total(), 4u);
 }
 
-TEST(PoliciesTest, BreakerOpensOnUnavailableNotOnInvalidArgumentThenProbesAndCloses) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute,
-      "    circuit_breaker: { consecutive_failures: 3, failure_rate: 1.0, minimum_requests: "
-      "1000, open_duration: 1s, half_open_requests: 1 }\n"));
+TEST(PoliciesTest,
+     BreakerOpensOnUnavailableNotOnInvalidArgumentThenProbesAndCloses) {
+  auto s = Sidecar::Start(
+      absl::StrCat(kEchoRoute,
+                   "    circuit_breaker: { consecutive_failures: 3, "
+                   "failure_rate: 1.0, minimum_requests: "
+                   "1000, open_duration: 1s, half_open_requests: 1 }\n"));
   ASSERT_NE(s, nullptr);
   for (int i = 0; i < 5; ++i) {
     EXPECT_EQ(Echo(s->demo(), Failing("p", grpc::StatusCode::INVALID_ARGUMENT))
                   .status.error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }
-  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_state{route=\"echo\",state=\"closed\"}"), 1);
+  EXPECT_EQ(
+      s->Metric(
+          "bulwark_circuit_breaker_state{route=\"echo\",state=\"closed\"}"),
+      1);
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(Echo(s->demo(), Failing("p", grpc::StatusCode::UNAVAILABLE)).status.error_code(),
+    EXPECT_EQ(Echo(s->demo(), Failing("p", grpc::StatusCode::UNAVAILABLE))
+                  .status.error_code(),
               grpc::StatusCode::UNAVAILABLE);
   }
   const uint64_t upstream_calls = s->Stats().calls_total();
@@ -271,22 +298,34 @@ TEST(PoliciesTest, BreakerOpensOnUnavailableNotOnInvalidArgumentThenProbesAndClo
   EXPECT_EQ(open.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(open.Trailer("x-bulwark-reason"), "circuit_open");
   int pushback = -1;
-  ASSERT_TRUE(absl::SimpleAtoi(open.Trailer("grpc-retry-pushback-ms"), &pushback));
+  ASSERT_TRUE(
+      absl::SimpleAtoi(open.Trailer("grpc-retry-pushback-ms"), &pushback));
   EXPECT_GT(pushback, 0);
   EXPECT_LE(pushback, 1000);
   for (int i = 0; i < 10; ++i) Echo(s->demo(), Payload("p"));
-  EXPECT_EQ(s->Stats().calls_total(), upstream_calls) << "the upstream saw calls while open";
-  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_state{route=\"echo\",state=\"open\"}"), 1);
+  EXPECT_EQ(s->Stats().calls_total(), upstream_calls)
+      << "the upstream saw calls while open";
+  EXPECT_EQ(
+      s->Metric("bulwark_circuit_breaker_state{route=\"echo\",state=\"open\"}"),
+      1);
 
   // After open_duration one probe passes; its success closes the breaker.
-  ASSERT_TRUE(PollUntil(
-      [&] { return Echo(s->demo(), Payload("p")).status.ok(); }, absl::Seconds(10)));
+  ASSERT_TRUE(
+      PollUntil([&] { return Echo(s->demo(), Payload("p")).status.ok(); },
+                absl::Seconds(10)));
   EXPECT_EQ(s->Stats().calls_total(), upstream_calls + 1);
-  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_state{route=\"echo\",state=\"closed\"}"), 1);
-  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_transitions_total{route=\"echo\",to=\"open\"}"), 1);
   EXPECT_EQ(
-      s->Metric("bulwark_circuit_breaker_transitions_total{route=\"echo\",to=\"half_open\"}"), 1);
-  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_transitions_total{route=\"echo\",to=\"closed\"}"),
+      s->Metric(
+          "bulwark_circuit_breaker_state{route=\"echo\",state=\"closed\"}"),
+      1);
+  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_transitions_total{route="
+                      "\"echo\",to=\"open\"}"),
+            1);
+  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_transitions_total{route="
+                      "\"echo\",to=\"half_open\"}"),
+            1);
+  EXPECT_EQ(s->Metric("bulwark_circuit_breaker_transitions_total{route="
+                      "\"echo\",to=\"closed\"}"),
             1);
 }
 
@@ -298,19 +337,28 @@ TEST(PoliciesTest, FiftyConcurrentIdenticalCallsMakeOneUpstreamCall) {
   for (const CallResult& r : results) {
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
     EXPECT_EQ(r.response.payload(), "same");
-    EXPECT_EQ(r.response.SerializeAsString(), results[0].response.SerializeAsString());
+    EXPECT_EQ(r.response.SerializeAsString(),
+              results[0].response.SerializeAsString());
   }
   EXPECT_EQ(s->Stats().calls_total(), 1u);
-  EXPECT_EQ(s->Metric("bulwark_singleflight_calls_total{role=\"leader\",route=\"echo\"}"), 1);
-  EXPECT_EQ(s->Metric("bulwark_singleflight_calls_total{role=\"follower\",route=\"echo\"}"), 49);
-  EXPECT_EQ(s->Metric("bulwark_requests_total{code=\"OK\",route=\"echo\"}"), 50);
+  EXPECT_EQ(
+      s->Metric(
+          "bulwark_singleflight_calls_total{role=\"leader\",route=\"echo\"}"),
+      1);
+  EXPECT_EQ(
+      s->Metric(
+          "bulwark_singleflight_calls_total{role=\"follower\",route=\"echo\"}"),
+      49);
+  EXPECT_EQ(s->Metric("bulwark_requests_total{code=\"OK\",route=\"echo\"}"),
+            50);
 }
 
 TEST(PoliciesTest, DifferentBodiesOrCredentialsAreNotCoalesced) {
   auto s = Sidecar::Start(absl::StrCat(kEchoRoute, "    singleflight: {}\n"));
   ASSERT_NE(s, nullptr);
-  std::vector<CallResult> bodies = ConcurrentEchos(
-      s->demo(), 10, [](int i) { return Delayed(absl::StrCat("body-", i), 300); });
+  std::vector<CallResult> bodies = ConcurrentEchos(s->demo(), 10, [](int i) {
+    return Delayed(absl::StrCat("body-", i), 300);
+  });
   for (int i = 0; i < 10; ++i) {
     ASSERT_TRUE(bodies[i].status.ok());
     EXPECT_EQ(bodies[i].response.payload(), absl::StrCat("body-", i));
@@ -333,7 +381,8 @@ TEST(PoliciesTest, FollowerCancellingLeavesTheOthersAnswersIntact) {
       s->demo(), 3, [](int) { return Delayed("same", 1000); }, nullptr,
       [&](std::vector<std::unique_ptr<grpc::ClientContext>>& contexts) {
         // Once the flight is open upstream, one follower leaves.
-        PollUntil([&] { return s->Stats().in_flight() == 1; }, absl::Seconds(10));
+        PollUntil([&] { return s->Stats().in_flight() == 1; },
+                  absl::Seconds(10));
         contexts[2]->TryCancel();
       });
   EXPECT_TRUE(results[0].status.ok()) << results[0].status.error_message();
@@ -351,7 +400,8 @@ TEST(PoliciesTest, LastCallerLeavingCancelsTheUpstreamCall) {
   ConcurrentEchos(
       s->demo(), 2, [&](int) { return hang; }, nullptr,
       [&](std::vector<std::unique_ptr<grpc::ClientContext>>& contexts) {
-        PollUntil([&] { return s->Stats().in_flight() == 1; }, absl::Seconds(10));
+        PollUntil([&] { return s->Stats().in_flight() == 1; },
+                  absl::Seconds(10));
         contexts[0]->TryCancel();
         contexts[1]->TryCancel();
       });
@@ -364,41 +414,50 @@ TEST(PoliciesTest, LastCallerLeavingCancelsTheUpstreamCall) {
 }
 
 TEST(PoliciesTest, MaxInFlightTwoHoldsUnderABurstOfHundred) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute,
-      "    concurrency: { max_in_flight: 2, max_queued: 200, queue_timeout: 20s }\n"));
+  auto s =
+      Sidecar::Start(absl::StrCat(kEchoRoute,
+                                  "    concurrency: { max_in_flight: 2, "
+                                  "max_queued: 200, queue_timeout: 20s }\n"));
   ASSERT_NE(s, nullptr);
   std::vector<CallResult> results = ConcurrentEchos(
       s->demo(), 100, [](int i) { return Delayed(absl::StrCat("p", i), 10); });
-  for (const CallResult& r : results) ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  for (const CallResult& r : results)
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   StatsResponse stats = s->Stats();
   EXPECT_EQ(stats.calls_total(), 100u);
   EXPECT_EQ(stats.max_in_flight(), 2u);
 }
 
 TEST(PoliciesTest, QueueTimeoutAndFullQueueAnswerWithTheirReasons) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute,
-      "    concurrency: { max_in_flight: 1, max_queued: 1, queue_timeout: 100ms }\n"));
+  auto s =
+      Sidecar::Start(absl::StrCat(kEchoRoute,
+                                  "    concurrency: { max_in_flight: 1, "
+                                  "max_queued: 1, queue_timeout: 100ms }\n"));
   ASSERT_NE(s, nullptr);
   std::vector<CallResult> results = ConcurrentEchos(
       s->demo(), 1, [](int) { return Delayed("slow", 2000); }, nullptr,
       [&](std::vector<std::unique_ptr<grpc::ClientContext>>&) {
-        PollUntil([&] { return s->Stats().in_flight() == 1; }, absl::Seconds(10));
-        // One waits in the queue and times out; meanwhile another finds the queue full.
+        PollUntil([&] { return s->Stats().in_flight() == 1; },
+                  absl::Seconds(10));
+        // One waits in the queue and times out; meanwhile another finds the
+        // queue full.
         std::vector<CallResult> waiting = ConcurrentEchos(
             s->demo(), 1, [](int) { return Payload("queued"); }, nullptr,
             [&](std::vector<std::unique_ptr<grpc::ClientContext>>&) {
               PollUntil(
                   [&] {
-                    return s->Metric("bulwark_concurrency_queued{route=\"echo\"}") == 1;
+                    return s->Metric(
+                               "bulwark_concurrency_queued{route=\"echo\"}") ==
+                           1;
                   },
                   absl::Seconds(5));
               CallResult full = Echo(s->demo(), Payload("full"));
-              EXPECT_EQ(full.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+              EXPECT_EQ(full.status.error_code(),
+                        grpc::StatusCode::RESOURCE_EXHAUSTED);
               EXPECT_EQ(full.Trailer("x-bulwark-reason"), "concurrency_limit");
             });
-        EXPECT_EQ(waiting[0].status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+        EXPECT_EQ(waiting[0].status.error_code(),
+                  grpc::StatusCode::RESOURCE_EXHAUSTED);
         EXPECT_EQ(waiting[0].Trailer("x-bulwark-reason"), "queue_timeout");
       });
   EXPECT_TRUE(results[0].status.ok());
@@ -406,35 +465,45 @@ TEST(PoliciesTest, QueueTimeoutAndFullQueueAnswerWithTheirReasons) {
 }
 
 TEST(PoliciesTest, QueuedCallsProceedAsSlotsFree) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute, "    concurrency: { max_in_flight: 1, max_queued: 10, queue_timeout: 10s }\n"));
+  auto s =
+      Sidecar::Start(absl::StrCat(kEchoRoute,
+                                  "    concurrency: { max_in_flight: 1, "
+                                  "max_queued: 10, queue_timeout: 10s }\n"));
   ASSERT_NE(s, nullptr);
   std::vector<CallResult> results = ConcurrentEchos(
       s->demo(), 5, [](int i) { return Delayed(absl::StrCat("p", i), 100); });
-  for (const CallResult& r : results) EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  for (const CallResult& r : results)
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(s->Stats().max_in_flight(), 1u);
 }
 
 TEST(PoliciesTest, ShadowRateLimitCountsButAdmitsEveryCall) {
-  auto s = Sidecar::Start(absl::StrCat(
-      kEchoRoute,
-      "    rate_limit: { requests_per_second: 0.01, burst: 1, shadow: true }\n"));
+  auto s = Sidecar::Start(absl::StrCat(kEchoRoute,
+                                       "    rate_limit: { requests_per_second: "
+                                       "0.01, burst: 1, shadow: true }\n"));
   ASSERT_NE(s, nullptr);
-  for (int i = 0; i < 5; ++i) EXPECT_TRUE(Echo(s->demo(), Payload("p")).status.ok());
+  for (int i = 0; i < 5; ++i)
+    EXPECT_TRUE(Echo(s->demo(), Payload("p")).status.ok());
   EXPECT_EQ(s->Stats().calls_total(), 5u);
+  EXPECT_EQ(s->Metric("bulwark_shadow_rejections_total{reason=\"rate_limited\","
+                      "route=\"echo\"}"),
+            4);
   EXPECT_EQ(
-      s->Metric("bulwark_shadow_rejections_total{reason=\"rate_limited\",route=\"echo\"}"), 4);
-  EXPECT_EQ(s->Metric("bulwark_rejections_total{reason=\"rate_limited\",route=\"echo\"}"), -1);
+      s->Metric(
+          "bulwark_rejections_total{reason=\"rate_limited\",route=\"echo\"}"),
+      -1);
 }
 
 TEST(PoliciesTest, ShadowSingleflightForwardsEachCallAndCountsCoalesced) {
-  auto s = Sidecar::Start(absl::StrCat(kEchoRoute, "    singleflight: { shadow: true }\n"));
+  auto s = Sidecar::Start(
+      absl::StrCat(kEchoRoute, "    singleflight: { shadow: true }\n"));
   ASSERT_NE(s, nullptr);
   std::vector<CallResult> results =
       ConcurrentEchos(s->demo(), 10, [](int) { return Delayed("same", 500); });
   for (const CallResult& r : results) ASSERT_TRUE(r.status.ok());
   EXPECT_EQ(s->Stats().calls_total(), 10u);
-  EXPECT_EQ(s->Metric("bulwark_shadow_rejections_total{reason=\"coalesced\",route=\"echo\"}"),
+  EXPECT_EQ(s->Metric("bulwark_shadow_rejections_total{reason=\"coalesced\","
+                      "route=\"echo\"}"),
             9);
 }
 

@@ -253,8 +253,8 @@ class RawH2Client {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, &OnDataChunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, &OnStreamClose);
-    // Let this client send header blocks past nghttp2's own 64 KiB default, so a test can
-    // see the sidecar's limit rather than the client library's.
+    // Let this client send header blocks past nghttp2's own 64 KiB default, so
+    // a test can see the sidecar's limit rather than the client library's.
     nghttp2_option* option;
     nghttp2_option_new(&option);
     nghttp2_option_set_max_send_header_block_length(option, 1 << 20);
@@ -1294,28 +1294,36 @@ TEST_F(ProxyTest, TruncatedMessageThenEndStreamGetsAGrpcError) {
   std::string frame = GrpcFrame(request);
   frame.resize(frame.size() - 4);  // the prefix announces more than arrives
   absl::StatusOr<H2Result> result = RawH2Client::Request(
-      port_, GrpcRequestHeaders(port_, "/bulwark.demo.v1.Demo/Echo", "application/grpc"),
+      port_,
+      GrpcRequestHeaders(port_, "/bulwark.demo.v1.Demo/Echo",
+                         "application/grpc"),
       frame);
   ASSERT_TRUE(result.ok()) << result.status();
-  // A clean gRPC error (the upstream's verdict on a truncated message) or a reset: never OK.
+  // A clean gRPC error (the upstream's verdict on a truncated message) or a
+  // reset: never OK.
   std::string status = "<none>";
   for (const H2HeaderBlock& block : result->header_blocks) {
-    if (block.Get("grpc-status") != "<absent>") status = block.Get("grpc-status");
+    if (block.Get("grpc-status") != "<absent>")
+      status = block.Get("grpc-status");
   }
-  EXPECT_TRUE(result->rst_stream_received || (status != "<none>" && status != "0"))
+  EXPECT_TRUE(result->rst_stream_received ||
+              (status != "<none>" && status != "0"))
       << DescribeBlocks(result->header_blocks);
   ExpectServes("after a truncated message");
 }
 
 TEST_F(ProxyTest, HeaderBlockOverTheLimitGetsResourceExhausted) {
   ResetUpstreamStats();
-  auto headers = GrpcRequestHeaders(port_, "/bulwark.demo.v1.Demo/Echo", "application/grpc");
+  auto headers = GrpcRequestHeaders(port_, "/bulwark.demo.v1.Demo/Echo",
+                                    "application/grpc");
   for (int i = 0; i < 20; ++i) {  // 20 x 4 KiB > the 64 KiB header list limit
-    headers.emplace_back(absl::StrCat("x-big-", i), std::string(4096, 'a' + i % 26));
+    headers.emplace_back(absl::StrCat("x-big-", i),
+                         std::string(4096, 'a' + i % 26));
   }
   EchoRequest request;
   request.set_payload("big headers");
-  absl::StatusOr<H2Result> result = RawH2Client::Request(port_, headers, GrpcFrame(request));
+  absl::StatusOr<H2Result> result =
+      RawH2Client::Request(port_, headers, GrpcFrame(request));
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_FALSE(result->header_blocks.empty()) << "no answer";
   EXPECT_EQ(result->header_blocks[0].Get("grpc-status"), "8")

@@ -1,6 +1,6 @@
-// Live reload through the real binary (SPEC section 6): state of unchanged routes survives,
-// an invalid file changes nothing, and no call is dropped while the configuration is
-// reloaded every 100 ms under load.
+// Live reload through the real binary (SPEC section 6): state of unchanged
+// routes survives, an invalid file changes nothing, and no call is dropped
+// while the configuration is reloaded every 100 ms under load.
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -42,29 +42,33 @@ class ReloadTest : public ::testing::Test {
     path_ = TempDir() + "/bulwark.yaml";
   }
 
-  // A config with a rate-limited `limited` route (burst `burst`) and a free `open` route
-  // whose timeout is `open_timeout` (changing it must not touch `limited`'s state).
+  // A config with a rate-limited `limited` route (burst `burst`) and a free
+  // `open` route whose timeout is `open_timeout` (changing it must not touch
+  // `limited`'s state).
   std::string Config(int burst, const std::string& open_timeout) {
     return absl::StrCat(
         "listener: { address: \"127.0.0.1:", port_, "\" }\n",
         "admin: { address: \"127.0.0.1:", admin_port_, "\" }\n", "workers: 2\n",
-        "clusters:\n  - name: demo\n    endpoints: [\"", upstream_->address(), "\"]\n",
-        "routes:\n",
+        "clusters:\n  - name: demo\n    endpoints: [\"", upstream_->address(),
+        "\"]\n", "routes:\n",
         "  - name: limited\n"
         "    match: { service: bulwark.demo.v1.Demo, method: Echo }\n"
         "    cluster: demo\n"
         "    rate_limit: { requests_per_second: 0.001, burst: ",
         burst, " }\n",
-        "  - name: open\n    match: {}\n    cluster: demo\n    timeout: ", open_timeout, "\n");
+        "  - name: open\n    match: {}\n    cluster: demo\n    timeout: ",
+        open_timeout, "\n");
   }
 
   void StartSidecar(const std::string& config) {
     ASSERT_TRUE(WriteFile(path_, config).ok());
-    auto child = ChildProcess::Start(BinaryPath("bulwark"), {"--config", path_});
+    auto child =
+        ChildProcess::Start(BinaryPath("bulwark"), {"--config", path_});
     ASSERT_TRUE(child.ok()) << child.status();
     sidecar_ = std::move(*child);
     ASSERT_TRUE(WaitForTcpPort(port_, absl::Seconds(20), sidecar_.get()).ok());
-    ASSERT_TRUE(WaitForTcpPort(admin_port_, absl::Seconds(20), sidecar_.get()).ok());
+    ASSERT_TRUE(
+        WaitForTcpPort(admin_port_, absl::Seconds(20), sidecar_.get()).ok());
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
                                    grpc::InsecureChannelCredentials());
     stub_ = Demo::NewStub(channel_);
@@ -72,7 +76,8 @@ class ReloadTest : public ::testing::Test {
 
   grpc::StatusCode Echo() {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(10));
     EchoRequest request;
     request.set_payload("x");
     EchoResponse response;
@@ -147,8 +152,8 @@ TEST_F(ReloadTest, InvalidFileChangesNothing) {
 }
 
 TEST_F(ReloadTest, NoCallIsDroppedWhileReloadingEveryHundredMilliseconds) {
-  // Routes: only `open` matters here (no rate limit hit: the catch-all for other methods is
-  // not used; Echo goes to `limited` with a large burst).
+  // Routes: only `open` matters here (no rate limit hit: the catch-all for
+  // other methods is not used; Echo goes to `limited` with a large burst).
   StartSidecar(Config(1'000'000, "5s"));
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0};
@@ -173,21 +178,25 @@ TEST_F(ReloadTest, NoCallIsDroppedWhileReloadingEveryHundredMilliseconds) {
   while (absl::Now() < end) {
     Reload(Config(1'000'000 + reloads % 2, reloads % 2 == 0 ? "5s" : "6s"));
     ++reloads;
-    absl::SleepFor(absl::Milliseconds(100));  // the reload cadence under test, not a wait
+    absl::SleepFor(
+        absl::Milliseconds(100));  // the reload cadence under test, not a wait
   }
   stop = true;
   for (auto& t : clients) t.join();
   absl::MutexLock lock(&mu);
-  EXPECT_TRUE(failures.empty()) << "failed calls: " << failures.size() << " codes, first "
-                                << (failures.empty() ? 0 : failures.begin()->first);
+  EXPECT_TRUE(failures.empty())
+      << "failed calls: " << failures.size() << " codes, first "
+      << (failures.empty() ? 0 : failures.begin()->first);
   EXPECT_GT(ok.load(), 100);
-  EXPECT_GE(Metric("bulwark_config_reloads_total{result=\"success\"}"), reloads / 2);
+  EXPECT_GE(Metric("bulwark_config_reloads_total{result=\"success\"}"),
+            reloads / 2);
   EXPECT_EQ(Metric("bulwark_config_reloads_total{result=\"failure\"}"), 0);
 }
 
 TEST_F(ReloadTest, ConfigMapSymlinkSwapIsNoticedWithoutASignal) {
-  // The layout the kubelet gives a mounted ConfigMap: the file is a symlink through "..data",
-  // itself a symlink to a timestamped directory, and an update swaps "..data" atomically.
+  // The layout the kubelet gives a mounted ConfigMap: the file is a symlink
+  // through "..data", itself a symlink to a timestamped directory, and an
+  // update swaps "..data" atomically.
   const std::string dir = TempDir();
   ASSERT_EQ(mkdir((dir + "/v1").c_str(), 0755), 0);
   ASSERT_EQ(mkdir((dir + "/v2").c_str(), 0755), 0);
@@ -200,7 +209,8 @@ TEST_F(ReloadTest, ConfigMapSymlinkSwapIsNoticedWithoutASignal) {
   ASSERT_TRUE(child.ok()) << child.status();
   sidecar_ = std::move(*child);
   ASSERT_TRUE(WaitForTcpPort(port_, absl::Seconds(20), sidecar_.get()).ok());
-  ASSERT_TRUE(WaitForTcpPort(admin_port_, absl::Seconds(20), sidecar_.get()).ok());
+  ASSERT_TRUE(
+      WaitForTcpPort(admin_port_, absl::Seconds(20), sidecar_.get()).ok());
   channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
                                  grpc::InsecureChannelCredentials());
   stub_ = Demo::NewStub(channel_);
@@ -209,7 +219,8 @@ TEST_F(ReloadTest, ConfigMapSymlinkSwapIsNoticedWithoutASignal) {
   ASSERT_EQ(Echo(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 
   ASSERT_EQ(symlink("v2", (dir + "/..data_tmp").c_str()), 0);
-  ASSERT_EQ(rename((dir + "/..data_tmp").c_str(), (dir + "/..data").c_str()), 0);
+  ASSERT_EQ(rename((dir + "/..data_tmp").c_str(), (dir + "/..data").c_str()),
+            0);
   ASSERT_TRUE(PollUntil(
       [&] {
         return Metric("bulwark_config_reloads_total{result=\"success\"}") >= 1;
