@@ -241,10 +241,11 @@ void Sidecar::Reload(std::string_view why) {
   config_text_ = ReadFileOrEmpty(config_path_);
   auto loaded = LoadConfigFile(config_path_);
   auto fail = [&](std::string_view message) {
-    metrics_.Reloads(Metrics::ReloadResult::kFailure).Increment();
+    // Logged first: whoever sees the counter grow can also find the reason.
     Log(LogLevel::kError,
         "reload (%s) rejected, previous configuration stays: %s",
         std::string(why), std::string(message));
+    metrics_.Reloads(Metrics::ReloadResult::kFailure).Increment();
   };
   if (!loaded.ok()) {
     fail(std::string(loaded.status().message()));
@@ -284,8 +285,8 @@ void Sidecar::Reload(std::string_view why) {
     workers_[i]->Post([handler, s = *snapshot] { handler->SetSnapshot(s); });
   }
   StartHealthChecks(*snapshot);
-  metrics_.Reloads(Metrics::ReloadResult::kSuccess).Increment();
   Log(LogLevel::kInfo, "configuration reloaded (%s)", std::string(why));
+  metrics_.Reloads(Metrics::ReloadResult::kSuccess).Increment();
 }
 
 void Sidecar::Drain() {

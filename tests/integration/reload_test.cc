@@ -240,7 +240,11 @@ TEST_F(ReloadTest, ListenerOrWorkerChangesAreRefusedAndNeedARestart) {
         return Metric("bulwark_config_reloads_total{result=\"failure\"}") >= 1;
       },
       absl::Seconds(10)));
-  EXPECT_THAT(sidecar_->Log(), ::testing::HasSubstr("need a restart"));
+  // The counter grows just before the line is logged: wait for the line too.
+  EXPECT_TRUE(PollUntil(
+      [&] { return absl::StrContains(sidecar_->Log(), "need a restart"); },
+      absl::Seconds(10)))
+      << sidecar_->Log();
   EXPECT_EQ(Echo(), grpc::StatusCode::OK);
 }
 
