@@ -13,6 +13,9 @@ configurations in bench/peers/ (rendered into a temporary directory) and stopped
     haproxy           HAProxy mode http, proto h2 on bind and server, http-reuse always
     nginx             nginx grpc_pass, keepalive upstream pool, 1 worker process
     bulwark-plain     Bulwark, workers: 1, no policy
+    bulwark-tls       bulwark-plain with listener TLS (self-signed EC P-256 certificate made
+                      with openssl in the temp dir); h2load and nghttp use https:// (ALPN h2,
+                      no verification); bulwark-bench has no TLS, so stream / bidi are n/a
     bulwark-policies  Bulwark, workers: 1, rate_limit / circuit_breaker / singleflight /
                       concurrency configured at limits that admit every call
 
@@ -61,8 +64,11 @@ ECHO_PATH = "/bulwark.demo.v1.Demo/Echo"
 USER_AGENT = "bulwark-compare"  # fixed, so every contestant's reply has the same size
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_CONTESTANTS = ["direct", "nghttpx", "haproxy", "nginx", "bulwark-plain",
+ALL_CONTESTANTS = ["direct", "nghttpx", "haproxy", "nginx", "bulwark-plain", "bulwark-tls",
                    "bulwark-policies"]
+# Contestants whose listener speaks TLS: h2load / nghttp reach them with https:// (ALPN h2,
+# certificates not verified); bulwark-bench has no TLS option, so no streaming runs.
+TLS_CONTESTANTS = {"bulwark-tls"}
 ALL_WORKLOADS = ["lat", "qps", "big", "stream", "bidi"]
 
 # Unary workloads run with h2load; streaming ones with bulwark-bench.
@@ -318,7 +324,8 @@ def log(msg):
 # Tools and peers
 
 PEER_PACKAGES = {"nghttpx": "nghttp2-proxy", "h2load": "nghttp2-client",
-                 "nghttp": "nghttp2-client", "haproxy": "haproxy", "nginx": "nginx-light"}
+                 "nghttp": "nghttp2-client", "haproxy": "haproxy", "nginx": "nginx-light",
+                 "openssl": "openssl"}
 
 
 def ensure_tools(contestants, no_install):
@@ -326,6 +333,8 @@ def ensure_tools(contestants, no_install):
     for c in contestants:
         if c in ("nghttpx", "haproxy", "nginx"):
             need.add(c)
+        if c in TLS_CONTESTANTS:
+            need.add("openssl")
     missing = sorted(t for t in need if shutil.which(t) is None)
     if not missing:
         return
@@ -392,6 +401,9 @@ class Contestant:
         self.idle_rss_kib = None
         self.frame_size = {}     # body size -> expected reply frame bytes (from the probe)
         self.probe = {}          # body size -> probe details
+        self.tls = name in TLS_CONTESTANTS
+        self.scheme = "https" if self.tls else "http"
+        self.tls_seen = None     # TLS protocol / cipher / ALPN h2load reported
 
     def pids(self):
         return process_tree(self.proc.pid) if self.proc else []
@@ -405,6 +417,22 @@ class Contestant:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics",
                                     timeout=5) as r:
             return r.read().decode()
+
+
+def self_signed_cert(tmp):
+    """A self-signed EC P-256 certificate for 127.0.0.1 (subjectAltName IP), made once per
+    run with the openssl command; returns (cert_file, key_file)."""
+    cert, key = os.path.join(tmp, "tls-cert.pem"), os.path.join(tmp, "tls-key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    rc, out, err = run_bounded(["openssl", "req", "-x509", "-newkey", "ec",
+                                "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                "-keyout", key, "-out", cert, "-days", "7",
+                                "-subj", "/CN=127.0.0.1",
+                                "-addext", "subjectAltName=IP:127.0.0.1"], 30)
+    if rc != 0:
+        sys.exit(f"compare.py: openssl could not make a self-signed certificate:\n{out}{err}")
+    return cert, key
 
 
 def start_contestant(name, bins, tmp, upstream, proxy_cpu, sf_shadow=True):
@@ -433,7 +461,10 @@ def start_contestant(name, bins, tmp, upstream, proxy_cpu, sf_shadow=True):
         admin_port = free_port()
         values["ADMIN_PORT"] = admin_port
         values["SF_SHADOW"] = "true" if sf_shadow else "false"
+        if name in TLS_CONTESTANTS:
+            values["CERT_FILE"], values["KEY_FILE"] = self_signed_cert(tmp)
         template = {"bulwark-plain": "bulwark-plain.yaml",
+                    "bulwark-tls": "bulwark-tls.yaml",
                     "bulwark-policies": "bulwark-policies.yaml",
                     "bulwark-singleflight": "bulwark-singleflight.yaml",
                     "bulwark-no-singleflight": "bulwark-no-singleflight.yaml"}[name]
@@ -455,11 +486,11 @@ def start_contestant(name, bins, tmp, upstream, proxy_cpu, sf_shadow=True):
 # --------------------------------------------------------------------------------------
 # One call with nghttp: checks grpc-status 0 and learns the reply's DATA size and headers.
 
-def probe(port, body_path, timeout=10):
+def probe(port, body_path, timeout=10, scheme="http"):
     argv = ["nghttp", "-n", "-v", "-t", str(timeout), "-d", body_path,
             "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-H", f"user-agent: {USER_AGENT}", "-H", "x-compare-probe: 1",
-            f"http://127.0.0.1:{port}{ECHO_PATH}"]
+            f"{scheme}://127.0.0.1:{port}{ECHO_PATH}"]
     rc, out, err = run_bounded(argv, timeout + 5)
     sid = None
     m = re.search(r"send HEADERS frame <[^>]*stream_id=(\d+)>", out)
@@ -497,10 +528,14 @@ H2LOAD_RE = {
                            r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout"),
     "status": re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx"),
     "data": re.compile(r"\((\d+)\) data"),
+    "tls_protocol": re.compile(r"^TLS Protocol: (.+)$", re.M),
+    "cipher": re.compile(r"^Cipher: (.+)$", re.M),
+    "tls_temp_key": re.compile(r"^Server Temp Key: (.+)$", re.M),
+    "alpn": re.compile(r"^Application protocol: (.+)$", re.M),
 }
 
 
-def h2load_argv(cfg, port, body, seconds=None, calls=None, log_file=None):
+def h2load_argv(cfg, port, body, seconds=None, calls=None, log_file=None, scheme="http"):
     argv = ["h2load", "-t", "1", "-c", str(cfg["clients"]), "-m", str(cfg["streams"]),
             "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
             "-H", f"user-agent: {USER_AGENT}"]
@@ -510,7 +545,7 @@ def h2load_argv(cfg, port, body, seconds=None, calls=None, log_file=None):
         argv += ["-n", str(calls)]
     if log_file:
         argv += ["--log-file", log_file]
-    return argv + [f"http://127.0.0.1:{port}{ECHO_PATH}"]
+    return argv + [f"{scheme}://127.0.0.1:{port}{ECHO_PATH}"]
 
 
 def parse_h2load(out):
@@ -528,6 +563,10 @@ def parse_h2load(out):
     m = H2LOAD_RE["data"].search(out)
     if m:
         r["data_bytes"] = int(m.group(1))
+    for k in ("tls_protocol", "cipher", "tls_temp_key", "alpn"):
+        m = H2LOAD_RE[k].search(out)
+        if m:
+            r[k] = m.group(1).strip()
     return r
 
 
@@ -602,14 +641,14 @@ def run_h2load(args, c, upstream, wl, body, tmp, tag):
     is the whole run's CPU delta divided by N."""
     cfg = WORKLOADS[wl]
     rc, out, err = run_bounded(pinned(args.loadgen_cpu, h2load_argv(
-        cfg, c.port, body, seconds=args.warmup)), int(args.warmup) + 30)
+        cfg, c.port, body, seconds=args.warmup, scheme=c.scheme)), int(args.warmup) + 30)
     warm = parse_h2load(out)
     warm_rate = (warm.get("done") or 0) / args.warmup
     calls = max(int(warm_rate * args.seconds), 10 * cfg["clients"] * cfg["streams"], 100)
     calls -= calls % cfg["clients"]  # h2load splits -n evenly over the connections
     log_file = os.path.join(tmp, f"h2load-{tag}.log")
     argv = pinned(args.loadgen_cpu, h2load_argv(cfg, c.port, body, calls=calls,
-                                                log_file=log_file))
+                                                log_file=log_file, scheme=c.scheme))
     sampler = Sampler(c, upstream)
     a = sampler.sample()
     rc, out, err = run_bounded(argv, int(3 * args.seconds) + 30)
@@ -617,6 +656,9 @@ def run_h2load(args, c, upstream, wl, body, tmp, tag):
     r = parse_h2load(out)
     r["rc"] = rc
     r["warmup_calls"] = warm.get("done")
+    if c.tls:
+        c.tls_seen = {k: r[k] for k in ("tls_protocol", "cipher", "tls_temp_key", "alpn")
+                      if k in r}
     frame = c.frame_size.get(cfg["payload"])
     problems = []
     if rc != 0:
@@ -841,7 +883,7 @@ def compare_mode(args, bins, tmp, cmdline):
         for size, body in bodies.items():
             p = None
             for _ in range(20):
-                p = probe(c.port, body)
+                p = probe(c.port, body, scheme=c.scheme)
                 if p["ok"]:
                     break
                 time.sleep(0.25)
@@ -862,6 +904,11 @@ def compare_mode(args, bins, tmp, cmdline):
             for c in contestants:
                 if not c.alive():
                     sys.exit(f"compare.py: {c.name} exited; see {tmp}/{c.name}.log")
+                if cfg["tool"] == "bench" and c.tls:
+                    if rnd == 1:
+                        log(f"{wl:6s} {c.name:17s} skipped: bulwark-bench has no TLS "
+                            f"option (n/a)")
+                    continue
                 tag = f"{rnd}-{wl}-{c.name}"
                 if cfg["tool"] == "h2load":
                     res = run_h2load(args, c, upstream, wl, bodies[cfg["payload"]], tmp, tag)
@@ -922,7 +969,9 @@ def compare_mode(args, bins, tmp, cmdline):
             "contestants": {c.name: {"port": c.port, "idle_rss_kib": c.idle_rss_kib,
                                      "peak_rss_kib": peak[c.name],
                                      "reply_frame_bytes": c.frame_size,
-                                     "probe": c.probe} for c in contestants},
+                                     "probe": c.probe,
+                                     **({"tls": c.tls_seen} if c.tls else {})}
+                            for c in contestants},
             "bulwark_metrics": bulwark_metrics, "header_quirks": quirks,
             "summary": summary, "runs": runs, "bulwark_bench_available": have_bench}
     return md, data
@@ -1017,6 +1066,17 @@ def compare_markdown(args, info, vers, cmdline, contestants, workloads, summary,
              "learned from a probe call with grpc-status 0. Streaming runs use "
              "bulwark-bench (OK status and message counts checked)."
              + ("" if have_bench else " bulwark-bench was not built: stream/bidi are n/a."))
+    tls_names = [c.name for c in contestants if c.tls]
+    if tls_names:
+        L.append(f"TLS ({', '.join(tls_names)}): listener TLS with a self-signed EC P-256 "
+                 "certificate (subjectAltName IP:127.0.0.1) made with openssl for this run; "
+                 "h2load and the nghttp probe connect with https:// (ALPN h2, no certificate "
+                 "check); the upstream side stays h2c. Its CPU µs/call includes the TLS "
+                 "handshake once per connection: each measured h2load run opens its "
+                 "connections (1 at @1, 8 at @64 and 64 KiB) once, reuses them for all its "
+                 "calls, and the CPU delta covers the whole run, handshakes included (the "
+                 "warm-up run's connections are not counted). bulwark-bench has no TLS "
+                 "option: stream / bidi are n/a for TLS contestants.")
     L.append("CPU µs/call: utime+stime (/proc/PID/stat) of all the proxy's processes "
              "(nginx/nghttpx worker children included): for h2load runs the delta from "
              "just before the run to just after it, divided by its calls (all of which "
@@ -1066,6 +1126,10 @@ def compare_markdown(args, info, vers, cmdline, contestants, workloads, summary,
         notes = list(quirks.get(c.name, []))
         if c.name != "direct" and not notes:
             notes.append("response headers and trailers identical to the direct path")
+        if c.tls and c.tls_seen:
+            notes.append("TLS as h2load reported: " + ", ".join(
+                c.tls_seen[k] for k in ("tls_protocol", "cipher", "tls_temp_key", "alpn")
+                if k in c.tls_seen))
         if c.name in bulwark_metrics:
             bm = bulwark_metrics[c.name]
             rej = {k: v for k, v in bm.items() if k.startswith("bulwark_rejections_total")}
