@@ -941,9 +941,10 @@ class FaultsTest : public ::testing::Test {
                           << "  baseline: " << baseline_fd_kinds_
                           << "\n/routes: " << Routes();
 #if defined(__SANITIZE_ADDRESS__)
-    // Under AddressSanitizer freed memory waits in ASan's quarantine (hundreds of MiB), so
-    // RSS cannot come back; LeakSanitizer checks the sidecar for leaks at its exit instead
-    // (the tests require exit 0, which a leak report would change).
+    // Under AddressSanitizer freed memory waits in ASan's quarantine (hundreds
+    // of MiB), so RSS cannot come back; LeakSanitizer checks the sidecar for
+    // leaks at its exit instead (the tests require exit 0, which a leak report
+    // would change).
     return;
 #endif
     int64_t rss = -1;

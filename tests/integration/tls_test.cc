@@ -4,6 +4,7 @@
 // pass calls; a wrong CA, a missing client certificate, an expired certificate
 // and a plaintext client fail, and the sidecar keeps serving.
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 
 #include <cstdlib>
 #include <memory>
@@ -188,6 +189,30 @@ TEST_F(TlsTest, ExpiredListenerCertificateIsRefusedByClients) {
       absl::StrCat("  tls:\n    cert_file: ", dir_,
                    "/expired.crt\n    key_file: ", dir_, "/server.key\n"),
       "");
+  EXPECT_EQ(Echo(Tls("ca.crt")).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(TlsTest, ReloadReadsRotatedCertificates) {
+  StartUpstream();
+  StartSidecar(ListenerTls(false), "");
+  ASSERT_TRUE(Echo(Tls("ca.crt")).ok());
+  // Rotate: a certificate for the same names from another CA, written over the
+  // same files.
+  ASSERT_TRUE(Sh(
+      dir_,
+      "openssl req -newkey rsa:2048 -nodes -keyout rotated.key -out "
+      "rotated.csr "
+      "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost "
+      "&& "
+      "openssl x509 -req -in rotated.csr -CA other-ca.crt -CAkey other-ca.key "
+      "-CAcreateserial -out rotated.crt -days 2 -copy_extensions copy && "
+      "cp rotated.crt server.crt && cp rotated.key server.key"))
+      << Read(dir_ + "/openssl.log");
+  ASSERT_TRUE(sidecar_->Signal(SIGHUP).ok());
+  // New connections get the new certificate once the reload is done.
+  EXPECT_TRUE(PollUntil([&] { return Echo(Tls("other-ca.crt")).ok(); },
+                        absl::Seconds(10)))
+      << sidecar_->Log();
   EXPECT_EQ(Echo(Tls("ca.crt")).error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
