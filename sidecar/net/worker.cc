@@ -28,7 +28,7 @@ constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 
 absl::StatusOr<int> BindListener(const std::string& host, uint16_t port,
-                                 uint16_t* bound) {
+                                 bool exclusive, uint16_t* bound) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -40,13 +40,31 @@ absl::StatusOr<int> BindListener(const std::string& host, uint16_t port,
     return absl::InvalidArgumentError(
         absl::StrCat("listener ", host, ":", port, ": ", gai_strerror(rc)));
   }
+  const int one = 1;
+  if (exclusive && port != 0) {
+    // SO_REUSEPORT would let this process share a port another process (an old
+    // Bulwark, any gRPC server) already listens on, silently splitting its
+    // connections. A plain bind first proves the port is free; the workers then
+    // share it among themselves.
+    const int probe = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+      setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      const bool taken = bind(probe, res->ai_addr, res->ai_addrlen) != 0 &&
+                         errno == EADDRINUSE;
+      close(probe);
+      if (taken) {
+        freeaddrinfo(res);
+        return absl::UnavailableError(absl::StrCat(
+            "cannot listen on ", host, ":", port, ": ", strerror(EADDRINUSE)));
+      }
+    }
+  }
   const int fd =
       socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     freeaddrinfo(res);
     return absl::InternalError(absl::StrCat("socket: ", strerror(errno)));
   }
-  const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
   if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
@@ -76,8 +94,9 @@ Worker::Worker(const WorkerOptions& options)
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     const WorkerOptions& options) {
   std::unique_ptr<Worker> worker(new Worker(options));
-  auto fd = BindListener(options.listen_host, options.listen_port,
-                         &worker->listen_port_);
+  auto fd =
+      BindListener(options.listen_host, options.listen_port,
+                   /*exclusive=*/options.index == 0, &worker->listen_port_);
   if (!fd.ok()) return fd.status();
   worker->listen_fd_ = *fd;
   worker->listener_ =
