@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
+  clang             # the -Wthread-safety build in scripts/test.sh
+  libssl-dev openssl  # TLS in the sidecar; the TLS tests make certificates with openssl
   libnghttp2-dev libevent-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libyaml-cpp-dev
