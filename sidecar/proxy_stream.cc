@@ -225,11 +225,7 @@ class ProxyCall final : public net::CallObserver {
         PickAndForward();
         return;
       case ConcurrencyLimiter::WaitStatus::kQueueTimeout:
-        if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_,
-                                        CircuitBreaker::Outcome::kIgnored);
-          ticket_.reset();
-        }
+        ForgetTicket();
         Reject(kResourceExhausted, RejectReason::kQueueTimeout,
                absl::StrCat(
                    "no concurrency slot on route ", route_.name, " within ",
@@ -237,11 +233,7 @@ class ProxyCall final : public net::CallObserver {
                        route_.state->limiter->options().queue_timeout)));
         return;
       case ConcurrencyLimiter::WaitStatus::kDeadlineExceeded:
-        if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_,
-                                        CircuitBreaker::Outcome::kIgnored);
-          ticket_.reset();
-        }
+        ForgetTicket();
         call_.RespondLocal(
             {.grpc_code = kDeadlineExceeded,
              .message =
@@ -251,6 +243,16 @@ class ProxyCall final : public net::CallObserver {
   }
 
  private:
+  // The sidecar answered this call itself (or a flight answers it): its breaker
+  // ticket counts as neither success nor failure.
+  void ForgetTicket() {
+    if (ticket_.has_value()) {
+      route_.state->breaker->Record(*ticket_,
+                                    CircuitBreaker::Outcome::kIgnored);
+      ticket_.reset();
+    }
+  }
+
   bool CheckRateLimit(absl::Time now) {
     RouteState& state = *route_.state;
     if (state.bucket == nullptr && state.keyed == nullptr) return true;
@@ -338,11 +340,7 @@ class ProxyCall final : public net::CallObserver {
           PickAndForward();
           return;
         }
-        if (ticket_.has_value()) {
-          route_.state->breaker->Record(*ticket_,
-                                        CircuitBreaker::Outcome::kIgnored);
-          ticket_.reset();
-        }
+        ForgetTicket();
         Reject(kResourceExhausted, RejectReason::kConcurrencyLimit,
                absl::StrCat("concurrency limit of route ", route_.name,
                             " reached"));
@@ -353,11 +351,7 @@ class ProxyCall final : public net::CallObserver {
   void PickAndForward() {
     endpoint_ = route_.cluster->Pick();
     if (endpoint_ == nullptr) {
-      if (ticket_.has_value()) {
-        route_.state->breaker->Record(*ticket_,
-                                      CircuitBreaker::Outcome::kIgnored);
-        ticket_.reset();
-      }
+      ForgetTicket();
       permit_.Release();
       Reject(kUnavailable, RejectReason::kNoHealthyEndpoint,
              absl::StrCat("cluster ", route_.cluster->name(),
@@ -439,11 +433,7 @@ class ProxyCall final : public net::CallObserver {
     if (!leader) {
       // A follower takes no slot and is not counted by the breaker: the flight
       // is.
-      if (ticket_.has_value()) {
-        route_.state->breaker->Record(*ticket_,
-                                      CircuitBreaker::Outcome::kIgnored);
-        ticket_.reset();
-      }
+      ForgetTicket();
       return;
     }
     leadership_ = std::move(joined.leadership);

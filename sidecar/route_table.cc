@@ -22,17 +22,6 @@ std::string Fingerprint(const config::v1::Route& route) {
                       out);
 }
 
-RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
-  switch (state) {
-    case CircuitBreaker::State::kOpen:
-      return RouteMetrics::BreakerState::kOpen;
-    case CircuitBreaker::State::kHalfOpen:
-      return RouteMetrics::BreakerState::kHalfOpen;
-    default:
-      return RouteMetrics::BreakerState::kClosed;
-  }
-}
-
 std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
                                      RouteMetrics* metrics,
                                      std::string fingerprint) {
@@ -94,6 +83,17 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
 }
 
 }  // namespace
+
+RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
+  switch (state) {
+    case CircuitBreaker::State::kOpen:
+      return RouteMetrics::BreakerState::kOpen;
+    case CircuitBreaker::State::kHalfOpen:
+      return RouteMetrics::BreakerState::kHalfOpen;
+    default:
+      return RouteMetrics::BreakerState::kClosed;
+  }
+}
 
 absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     const config::v1::Config& config,

@@ -39,6 +39,9 @@ namespace bulwark {
 
 using Flights = Singleflight<net::CapturedResponse>;
 
+// The breaker state as the metrics label it.
+RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state);
+
 // Policy state of one route that outlives a snapshot.
 struct RouteState {
   std::string fingerprint;              // the policy settings it was built from

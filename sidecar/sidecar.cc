@@ -48,17 +48,6 @@ std::string JsonString(std::string_view s) {
   return out + "\"";
 }
 
-RouteMetrics::BreakerState MetricState(CircuitBreaker::State state) {
-  switch (state) {
-    case CircuitBreaker::State::kOpen:
-      return RouteMetrics::BreakerState::kOpen;
-    case CircuitBreaker::State::kHalfOpen:
-      return RouteMetrics::BreakerState::kHalfOpen;
-    default:
-      return RouteMetrics::BreakerState::kClosed;
-  }
-}
-
 std::string HealthResultJson(const std::optional<ProbeResult>& result) {
   if (!result.has_value()) return "null";
   switch (*result) {
@@ -364,7 +353,7 @@ void Sidecar::RefreshGauges() {
     }
     if (state.breaker != nullptr) {
       route->metrics->SetBreakerState(
-          MetricState(state.breaker->SnapshotApprox().state));
+          ToMetricState(state.breaker->SnapshotApprox().state));
     }
     if (state.limiter != nullptr) {
       route->metrics->InFlight().Set(state.limiter->InFlightApprox());
