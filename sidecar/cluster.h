@@ -4,11 +4,16 @@
 // its health and in-flight count across a reload), and so is a cluster's live
 // state.
 //
+// An endpoint of the configuration given as a DNS name becomes one Endpoint per
+// address the name resolves to (sidecar/dns.h); an IP literal is one Endpoint.
+// Endpoints are identified, and their connections keyed, by resolved address.
+//
 // Thread-safety: Pick and the accessors are called from every worker at once:
 // health and load are atomics (EndpointLoad), the balancer is lock-free.
-// Building a cluster resolves DNS names (blocking): done at start-up and
-// reload, never on a worker. Cost of Pick: one atomic increment plus a scan of
-// the endpoints (round robin skips unhealthy ones).
+// Building a cluster may resolve DNS names (blocking, on a cache miss): done
+// at start-up, reload and DNS refresh on the main thread, never on a worker.
+// Cost of Pick: one atomic increment plus a scan of the endpoints (round robin
+// skips unhealthy ones).
 #ifndef BULWARK_SIDECAR_CLUSTER_H_
 #define BULWARK_SIDECAR_CLUSTER_H_
 
@@ -20,6 +25,7 @@
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/balancer.h"
 #include "policies/health_state.h"
+#include "sidecar/dns.h"
 #include "sidecar/host_port.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/stream_handler.h"
@@ -27,10 +33,11 @@
 namespace bulwark {
 
 struct Endpoint {
-  HostPort address;
-  net::UpstreamAddress upstream;  // resolved socket address, connection key
+  HostPort address;      // as configured (a DNS name or an IP literal)
+  std::string resolved;  // "10.0.0.4:50051": identity and metric label
+  net::UpstreamAddress upstream;  // socket address, connection key
   EndpointLoad load;              // healthy flag and calls in flight (atomics)
-  EndpointMetrics* metrics = nullptr;
+  std::shared_ptr<EndpointMetrics> metrics;
   // Threshold state of the heartbeat (present when the cluster has a
   // health_check). Shared with the endpoint's successor when a reload must
   // rebuild the endpoint (new TLS files).
@@ -39,13 +46,15 @@ struct Endpoint {
 
 class Cluster {
  public:
-  // Resolves each endpoint (the first address getaddrinfo returns) and, with
-  // `tls`, reads the TLS files. Endpoints of `previous` with the same address
-  // are reused with their state; with TLS they are rebuilt (so rotated
-  // certificates are used) but keep their health.
+  // Builds the endpoints from every address of each configured endpoint
+  // (`dns` answers names; an address reached through two entries is one
+  // endpoint) and, with `tls` configured and `reread_tls`, reads the TLS
+  // files (else keeps `previous`'s context). Endpoints of `previous` with the
+  // same address are reused with their state; when the TLS context is new they
+  // are rebuilt (so rotated certificates are used) but keep their health.
   static absl::StatusOr<std::shared_ptr<Cluster>> Create(
-      const config::v1::Cluster& config, Metrics& metrics,
-      const Cluster* previous);
+      const config::v1::Cluster& config, Metrics& metrics, DnsCache& dns,
+      const Cluster* previous, bool reread_tls = true);
 
   const std::string& name() const { return config_.name(); }
   const config::v1::Cluster& config() const { return config_; }
@@ -64,6 +73,7 @@ class Cluster {
 
   config::v1::Cluster config_;
   ClusterMetrics* metrics_;
+  std::shared_ptr<const net::TlsContext> tls_;  // null: plaintext
   std::vector<std::shared_ptr<Endpoint>> endpoints_;
   std::vector<const EndpointLoad*> loads_;
   std::unique_ptr<Balancer> balancer_;

@@ -641,6 +641,10 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
     if (cluster.has_health_check()) {
       FillHealthCheckDefaults(*cluster.mutable_health_check());
     }
+    if (!cluster.has_dns_refresh_interval()) {
+      *cluster.mutable_dns_refresh_interval() =
+          ToProtoDuration(absl::Seconds(5));
+    }
   }
   for (cfg::Route& route : *config.mutable_routes()) {
     if (route.has_rate_limit()) {
@@ -987,6 +991,13 @@ class ConfigValidator {
       ResolveAndCheckFile("ca_file", tls.mutable_ca_file());
       ResolveAndCheckFile("cert_file", tls.mutable_cert_file());
       ResolveAndCheckFile("key_file", tls.mutable_key_file());
+    }
+    if (const absl::Duration refresh =
+            ToAbslDuration(cluster.dns_refresh_interval());
+        refresh != absl::ZeroDuration()) {
+      CheckDurationBetween(errors_, "dns_refresh_interval",
+                           cluster.dns_refresh_interval(),
+                           absl::Milliseconds(100), absl::Hours(1));
     }
     if (cluster.has_health_check()) {
       Field h(&errors_, ".health_check");

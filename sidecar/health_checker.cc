@@ -183,6 +183,16 @@ const char* ResultName(ProbeResult result) {
   return "unknown";
 }
 
+// "10.0.0.4:50051", or "orders:50051 (10.0.0.4:50051)" for an address of a
+// DNS name.
+std::string EndpointName(const Endpoint& endpoint) {
+  const std::string configured = endpoint.address.ToString();
+  if (endpoint.resolved.empty() || endpoint.resolved == configured) {
+    return configured;
+  }
+  return absl::StrCat(configured, " (", endpoint.resolved, ")");
+}
+
 EndpointMetrics::HealthCheckResult MetricResult(ProbeResult result) {
   switch (result) {
     case ProbeResult::kSuccess:
@@ -418,7 +428,7 @@ void HealthChecker::Record(Target& target, ProbeResult result) {
   Log(LogLevel::kWarning,
       "health check: cluster %s endpoint %s is now %s (%s mode, last probe: "
       "%s)",
-      cluster_, endpoint.address.ToString(), healthy ? "HEALTHY" : "UNHEALTHY",
+      cluster_, EndpointName(endpoint), healthy ? "HEALTHY" : "UNHEALTHY",
       watch_ ? "WATCH" : "CHECK", ResultName(result));
 }
 

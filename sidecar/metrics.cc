@@ -254,6 +254,15 @@ EndpointMetrics::EndpointMetrics(std::string_view cluster, std::string name,
       families_(families),
       labels_(AddLabel(Labels1("cluster", cluster), "endpoint", name_)) {}
 
+EndpointMetrics::~EndpointMetrics() = default;
+
+void EndpointMetrics::RemoveSeries() {
+  for (auto& series : upstream_requests_)
+    series.Remove(families_.upstream_requests);
+  healthy_.Remove(families_.endpoint_healthy);
+  for (auto& series : health_checks_) series.Remove(families_.health_checks);
+}
+
 prometheus::Labels EndpointMetrics::With(std::string_view key,
                                          std::string_view value) const {
   return AddLabel(labels_, key, value);
@@ -292,16 +301,34 @@ prometheus::Histogram& ClusterMetrics::UpstreamDuration() {
       families_.duration_buckets);
 }
 
-EndpointMetrics* ClusterMetrics::ForEndpoint(std::string_view endpoint) {
+std::shared_ptr<EndpointMetrics> ClusterMetrics::ForEndpoint(
+    std::string_view endpoint) {
   absl::MutexLock lock(&endpoints_mu_);
-  auto [it, inserted] = endpoints_.try_emplace(
-      absl::string_view(endpoint.data(), endpoint.size()));
-  if (inserted) {
-    // Private constructor: make_unique cannot reach it.
-    it->second.reset(
-        new EndpointMetrics(name_, std::string(endpoint), families_));
+  std::weak_ptr<EndpointMetrics>& slot = endpoints_[absl::string_view(
+      endpoint.data(), endpoint.size())];
+  if (std::shared_ptr<EndpointMetrics> live = slot.lock()) return live;
+  // Private constructor: make_shared cannot reach it.
+  std::shared_ptr<EndpointMetrics> created(
+      new EndpointMetrics(name_, std::string(endpoint), families_),
+      [this](EndpointMetrics* m) { Release(m); });
+  slot = created;
+  return created;
+}
+
+void ClusterMetrics::Release(EndpointMetrics* endpoint) {
+  {
+    absl::MutexLock lock(&endpoints_mu_);
+    // Under the same mutex as ForEndpoint: either the slot still names this
+    // (expired) object and the series go, or a new holder already replaced it
+    // and shares the series (Family::Add returned the same ones), which then
+    // stay.
+    auto it = endpoints_.find(endpoint->name());
+    if (it != endpoints_.end() && it->second.expired()) {
+      endpoint->RemoveSeries();
+      endpoints_.erase(it);
+    }
   }
-  return it->second.get();
+  delete endpoint;
 }
 
 // --- Metrics ---

@@ -4,9 +4,12 @@
 // set or looks one up.
 //
 // Thread-safety: every method is thread-safe. Handles (RouteMetrics,
-// ClusterMetrics, EndpointMetrics) live as long as the Metrics object and are
-// stable across reloads: asking again for the same name returns the same
-// object, so a route that survives a reload keeps its series. Serialize() runs
+// ClusterMetrics) live as long as the Metrics object and are stable across
+// reloads: asking again for the same name returns the same object, so a route
+// that survives a reload keeps its series. EndpointMetrics are shared by the
+// endpoints that use them and their series leave the exposition with the last
+// one (endpoints come and go with reloads and DNS answers: a removed endpoint
+// must not report a stale health forever). Serialize() runs
 // on the admin thread while workers update the handles.
 //
 // Cost: a handle accessor is one acquire load of a cached pointer; the first
@@ -88,6 +91,15 @@ class LazySeries {
     T& created = family.Add(make_labels(), args...);
     series_.store(&created, std::memory_order_release);
     return created;
+  }
+
+  // Removes the series from `family` if it was created (its owner is going
+  // away and nobody may use the series again).
+  void Remove(prometheus::Family<T>& family) {
+    if (T* cached = series_.exchange(nullptr, std::memory_order_acq_rel);
+        cached != nullptr) {
+      family.Remove(cached);
+    }
   }
 
  private:
@@ -182,6 +194,9 @@ class EndpointMetrics {
   friend class ClusterMetrics;
   EndpointMetrics(std::string_view cluster, std::string name,
                   metrics_internal::Families& families);
+  ~EndpointMetrics();
+  // Takes every series of this endpoint out of the exposition.
+  void RemoveSeries();
 
   prometheus::Labels With(std::string_view key, std::string_view value) const;
 
@@ -203,9 +218,10 @@ class ClusterMetrics {
 
   // bulwark_upstream_request_duration_seconds{cluster}.
   prometheus::Histogram& UpstreamDuration();
-  // The endpoint's handles, the same object for the same address across
-  // reloads. Mutex + hash lookup: call when the config loads.
-  EndpointMetrics* ForEndpoint(std::string_view endpoint)
+  // The endpoint's handles, the same object for the same address while any
+  // endpoint holds it; when the last holder lets go, the endpoint's series are
+  // removed. Mutex + hash lookup: call when the config loads.
+  std::shared_ptr<EndpointMetrics> ForEndpoint(std::string_view endpoint)
       ABSL_LOCKS_EXCLUDED(endpoints_mu_);
 
   const std::string& name() const { return name_; }
@@ -218,8 +234,11 @@ class ClusterMetrics {
   metrics_internal::Families& families_;
   const prometheus::Labels cluster_label_;
   metrics_internal::LazySeries<prometheus::Histogram> duration_;
+  // Deleter of the handles given out by ForEndpoint.
+  void Release(EndpointMetrics* endpoint) ABSL_LOCKS_EXCLUDED(endpoints_mu_);
+
   absl::Mutex endpoints_mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<EndpointMetrics>> endpoints_
+  absl::flat_hash_map<std::string, std::weak_ptr<EndpointMetrics>> endpoints_
       ABSL_GUARDED_BY(endpoints_mu_);
 };
 

@@ -61,6 +61,27 @@ std::string HealthResultJson(const std::optional<ProbeResult>& result) {
   return "null";
 }
 
+// Sent by the DNS refresher's thread to the process when an answer changed:
+// wakes the main thread's sigtimedwait.
+int WakeSignal() { return SIGRTMIN + 1; }
+
+// The endpoint names of `snapshot` to keep fresh, with their clusters'
+// intervals (0 = never refreshed).
+std::vector<DnsRefresher::Name> DnsNames(const Snapshot& snapshot) {
+  std::vector<DnsRefresher::Name> names;
+  for (const auto& cluster : snapshot.cluster_list) {
+    const absl::Duration interval =
+        ToAbslDuration(cluster->config().dns_refresh_interval());
+    if (interval <= absl::ZeroDuration()) continue;
+    for (const std::string& text : cluster->config().endpoints()) {
+      auto address = ParseHostPort(text);
+      if (!address.ok() || IsIpLiteral(address->host)) continue;
+      names.push_back({.address = *address, .interval = interval});
+    }
+  }
+  return names;
+}
+
 }  // namespace
 
 // The listener's TLS context (certificates read now), or null for plaintext
@@ -86,12 +107,13 @@ void Sidecar::BlockSignals() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, WakeSignal());
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 }
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
-    LoadedConfig config, const Snapshot* previous) {
+    LoadedConfig config, const Snapshot* previous, bool reread_tls) {
   auto snapshot = std::make_shared<Snapshot>();
   for (const auto& cc : config.proto.clusters()) {
     const Cluster* old = nullptr;
@@ -101,7 +123,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
         old = it->second.get();
       }
     }
-    auto cluster = Cluster::Create(cc, metrics_, old);
+    auto cluster = Cluster::Create(cc, metrics_, dns_, old, reread_tls);
     if (!cluster.ok()) {
       return absl::Status(cluster.status().code(),
                           absl::StrCat("clusters ", cc.name(), ": ",
@@ -180,6 +202,16 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
       std::make_unique<UpstreamHealthProbeTransport>(*sidecar->workers_[0]);
   for (auto& worker : sidecar->workers_) worker->Start();
   sidecar->StartHealthChecks(*snapshot);
+  sidecar->dns_refresher_ = std::make_unique<DnsRefresher>(
+      sidecar->dns_, RealClock::Get(),
+      [] {
+        // The main thread's loop rebuilds; wake it now rather than at its
+        // next one-second tick. Every thread blocks the signal, so the
+        // sigtimedwait of Run takes it.
+        kill(getpid(), WakeSignal());
+      });
+  sidecar->dns_refresher_->SetNames(DnsNames(**snapshot));
+  sidecar->dns_refresher_->Start();
   Log(LogLevel::kInfo, "listening on %s:%d with %d workers; admin on port %d",
       listen->host, sidecar->workers_[0]->listen_port(),
       static_cast<int>(workers), sidecar->admin_->port());
@@ -187,6 +219,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
 }
 
 Sidecar::~Sidecar() {
+  if (dns_refresher_ != nullptr) dns_refresher_->Stop();
   if (admin_ != nullptr) admin_->Stop();
   StopHealthChecks();
   for (auto& worker : workers_) worker->ForceCloseAndStop();
@@ -204,6 +237,7 @@ int Sidecar::Run() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, WakeSignal());
   while (true) {
     timespec timeout{1, 0};
     const int sig = sigtimedwait(&set, nullptr, &timeout);
@@ -215,6 +249,10 @@ int Sidecar::Run() {
     }
     if (sig == SIGHUP) {
       Reload("SIGHUP");
+      continue;
+    }
+    if (sig == WakeSignal()) {
+      RefreshEndpoints();
       continue;
     }
     // Timeout: has the file's content changed (ConfigMap updates swap a
@@ -229,6 +267,8 @@ int Sidecar::Run() {
 void Sidecar::Reload(std::string_view why) {
   config_text_ = ReadFileOrEmpty(config_path_);
   auto loaded = LoadConfigFile(config_path_);
+  // A reload resolves every endpoint name afresh (as at start-up).
+  dns_.Clear();
   auto fail = [&](std::string_view message) {
     // Logged first: whoever sees the counter grow can also find the reason.
     Log(LogLevel::kError,
@@ -265,20 +305,55 @@ void Sidecar::Reload(std::string_view why) {
     return;
   }
   for (auto& worker : workers_) worker->SetListenerTls(*tls);
-  {
-    absl::MutexLock lock(&mu_);
-    snapshot_ = *snapshot;
-  }
-  for (size_t i = 0; i < workers_.size(); ++i) {
-    ProxyHandler* handler = handlers_[i].get();
-    workers_[i]->Post([handler, s = *snapshot] { handler->SetSnapshot(s); });
-  }
-  StartHealthChecks(*snapshot);
+  Install(*snapshot);
   Log(LogLevel::kInfo, "configuration reloaded (%s)", std::string(why));
   metrics_.Reloads(Metrics::ReloadResult::kSuccess).Increment();
 }
 
+void Sidecar::Install(std::shared_ptr<const Snapshot> snapshot) {
+  {
+    absl::MutexLock lock(&mu_);
+    snapshot_ = snapshot;
+  }
+  absl::flat_hash_set<std::string> keys;
+  for (const auto& cluster : snapshot->cluster_list) {
+    for (const auto& endpoint : cluster->endpoints())
+      keys.insert(endpoint->upstream.key);
+  }
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    ProxyHandler* handler = handlers_[i].get();
+    workers_[i]->Post([handler, snapshot] { handler->SetSnapshot(snapshot); });
+    // After the new snapshot (posts run in order): new calls no longer pick
+    // the endpoints that left, calls in progress on them finish.
+    workers_[i]->RetainUpstreams(keys);
+  }
+  StartHealthChecks(snapshot);
+  if (dns_refresher_ != nullptr) dns_refresher_->SetNames(DnsNames(*snapshot));
+}
+
+void Sidecar::RefreshEndpoints() {
+  if (draining_) return;
+  std::shared_ptr<const Snapshot> old = current();
+  auto snapshot =
+      BuildSnapshot(old->config, old.get(), /*reread_tls=*/false);
+  if (!snapshot.ok()) {
+    // The answers are cached, so only a name that left the cache can fail
+    // here; the endpoints stay as they are.
+    Log(LogLevel::kError, "dns: endpoints not updated: %s",
+        std::string(snapshot.status().message()));
+    return;
+  }
+  Install(*snapshot);
+  std::string sizes;
+  for (const auto& cluster : (*snapshot)->cluster_list) {
+    absl::StrAppend(&sizes, sizes.empty() ? "" : ", ", cluster->name(), " ",
+                    cluster->endpoints().size());
+  }
+  Log(LogLevel::kInfo, "endpoints updated from DNS (%s)", sizes);
+}
+
 void Sidecar::Drain() {
+  if (dns_refresher_ != nullptr) dns_refresher_->Stop();
   draining_ = true;
   for (auto& worker : workers_) worker->BeginDrain();
   const absl::Duration budget =
@@ -310,17 +385,36 @@ void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
                         static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) ^
                         static_cast<uint64_t>(getpid());
   worker->Post([this, worker, seed, snapshot = std::move(snapshot)] {
-    health_checkers_.clear();  // each destructor stops its checker
+    std::vector<RunningHealthCheck> running;
+    running.swap(health_checkers_);
     uint64_t n = 0;
     for (const auto& cluster : snapshot->cluster_list) {
       if (!cluster->config().has_health_check()) continue;
-      auto checker = std::make_unique<HealthChecker>(
-          cluster->name(), cluster->config().health_check(),
-          cluster->endpoints(), worker->timers(), RealClock::Get(),
-          *health_transport_, seed + n++);
-      checker->Start();
-      health_checkers_.push_back(std::move(checker));
+      RunningHealthCheck check{
+          .cluster = cluster->name(),
+          .config = cluster->config().health_check().SerializeAsString()};
+      for (const auto& endpoint : cluster->endpoints())
+        check.endpoints.push_back(endpoint.get());
+      // Unchanged cluster (e.g. another cluster's DNS answer changed): its
+      // probes carry on undisturbed.
+      for (RunningHealthCheck& old : running) {
+        if (old.checker != nullptr && old.cluster == check.cluster &&
+            old.config == check.config && old.endpoints == check.endpoints) {
+          check.checker = std::move(old.checker);
+          break;
+        }
+      }
+      if (check.checker == nullptr) {
+        check.checker = std::make_unique<HealthChecker>(
+            cluster->name(), cluster->config().health_check(),
+            cluster->endpoints(), worker->timers(), RealClock::Get(),
+            *health_transport_, seed + n++);
+        check.checker->Start();
+      }
+      health_checkers_.push_back(std::move(check));
     }
+    // `running` now holds the checkers no longer wanted: destroying them
+    // stops them.
   });
 }
 
@@ -420,6 +514,7 @@ std::string Sidecar::RoutesJson() {
       absl::StrAppend(
           &out, first_ep ? "" : ", ",
           "{\"address\": ", JsonString(endpoint->address.ToString()),
+          ", \"resolved\": ", JsonString(endpoint->resolved),
           ", \"healthy\": ", endpoint->load.healthy.load() ? "true" : "false",
           ", \"in_flight\": ", endpoint->load.in_flight.load());
       if (endpoint->health != nullptr) {

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "sidecar/admin_server.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/dns.h"
 #include "sidecar/health_checker.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/worker.h"
@@ -34,7 +35,8 @@ class Sidecar {
   static absl::StatusOr<std::unique_ptr<Sidecar>> Create(LoadedConfig config);
   ~Sidecar();
 
-  // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; call before Create
+  // Blocks SIGTERM, SIGINT, SIGHUP and the DNS wake-up signal (SIGRTMIN+1)
+  // in the calling thread; call before Create
   // so every thread inherits the mask and the main thread alone receives them
   // (sigtimedwait).
   static void BlockSignals();
@@ -46,17 +48,26 @@ class Sidecar {
   Sidecar() = default;
   static absl::StatusOr<std::shared_ptr<const net::TlsContext>> ListenerTls(
       const config::v1::Config& config);
+  // `reread_tls`: read the clusters' TLS files again (reload) or keep the
+  // previous contexts (DNS refresh).
   absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
-      LoadedConfig config, const Snapshot* previous);
+      LoadedConfig config, const Snapshot* previous, bool reread_tls = true);
+  // Makes `snapshot` current: workers, upstream connections, health checks
+  // and the names the DNS refresher keeps fresh follow it.
+  void Install(std::shared_ptr<const Snapshot> snapshot);
   void Reload(std::string_view why);
+  // A DNS answer changed: rebuilds the clusters from the cached answers
+  // (same configuration, same TLS contexts).
+  void RefreshEndpoints();
   void Drain();
   std::shared_ptr<const Snapshot> current() ABSL_LOCKS_EXCLUDED(mu_);
   AdminServer::Readiness Readiness();
   std::string RoutesJson();
   void RefreshGauges();
-  // Posts to worker 0: stops the running health checkers and starts ones for
-  // the clusters of `snapshot` that have a health_check (endpoints kept by a
-  // reload keep their health).
+  // Posts to worker 0: keeps the checkers of clusters whose endpoints and
+  // health_check are unchanged, stops the others and starts ones for the
+  // remaining clusters of `snapshot` that have a health_check (endpoints kept
+  // by a reload keep their health).
   void StartHealthChecks(std::shared_ptr<const Snapshot> snapshot);
   // Posts to worker 0: stops and destroys the health checkers. Called right
   // before the workers' ForceCloseAndStop, whose task then runs after it (posts
@@ -73,8 +84,21 @@ class Sidecar {
   // are touched only on worker 0's thread (created, replaced and stopped by
   // tasks posted to it).
   std::unique_ptr<HealthProbeTransport> health_transport_;
-  std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
+  struct RunningHealthCheck {
+    std::unique_ptr<HealthChecker> checker;
+    std::string cluster;
+    std::string config;               // the health_check block, serialized
+    std::vector<Endpoint*> endpoints;  // what it probes (kept alive by it)
+  };
+  std::vector<RunningHealthCheck> health_checkers_;
   std::atomic<bool> draining_{false};
+  // Endpoint names: looked up on the main thread when a snapshot is built,
+  // refreshed on the refresher's thread, which wakes the main thread's loop
+  // with a signal when an answer changed (all snapshot building stays on the
+  // main thread).
+  SystemResolver resolver_;
+  DnsCache dns_{resolver_};
+  std::unique_ptr<DnsRefresher> dns_refresher_;
   std::string config_path_;
   std::string config_text_;  // content last loaded, to notice changes
 };

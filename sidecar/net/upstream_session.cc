@@ -118,6 +118,17 @@ UpstreamConnection::UpstreamConnection(Worker& worker, int fd,
 
 UpstreamConnection::~UpstreamConnection() = default;
 
+void UpstreamConnection::Retire() {
+  if (closed() || retired_) return;
+  retired_ = true;
+  // With no stream left nghttp2 then wants neither to read nor to write once
+  // the GOAWAY is out, and Flush closes the connection.
+  nghttp2_submit_goaway(session(), NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(session()),
+                        NGHTTP2_NO_ERROR, nullptr, 0);
+  MarkDirty();
+}
+
 UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
                                                 const UpstreamAddress& address,
                                                 std::string* error) {

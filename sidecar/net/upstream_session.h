@@ -50,7 +50,10 @@ class UpstreamConnection final : public H2Connection {
   ~UpstreamConnection() override;
 
   const std::string& key() const { return key_; }
-  bool accepting_streams() const { return !goaway_received_; }
+  bool accepting_streams() const { return !goaway_received_ && !retired_; }
+  // The endpoint is gone: sends GOAWAY, takes no new streams, and closes once
+  // the streams in progress are done.
+  void Retire();
 
   // Opens a stream for `peer`'s request; returns the stream id or a negative
   // nghttp2 error.
@@ -70,6 +73,7 @@ class UpstreamConnection final : public H2Connection {
 
   std::string key_;
   bool goaway_received_ = false;
+  bool retired_ = false;
   bool connected_ = false;
   absl::flat_hash_set<UpstreamPeer*> streams_;
 };

@@ -234,6 +234,16 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   }
 }
 
+void Worker::RetainUpstreams(absl::flat_hash_set<std::string> keys) {
+  Post([this, keys = std::move(keys)] {
+    absl::erase_if(upstream_, [&](const auto& entry) {
+      if (keys.contains(entry.first)) return false;
+      if (entry.second.conn != nullptr) entry.second.conn->Retire();
+      return true;
+    });
+  });
+}
+
 void Worker::OnDownstreamClosed(DownstreamSession* session) {
   downstream_.erase(session);
 }

@@ -106,6 +106,10 @@ class Worker {
   UpstreamConnection* UpstreamFor(const UpstreamAddress& address,
                                   std::string* error);
   void OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed);
+  // Posts: upstream connections whose key is not in `keys` (their endpoint
+  // left the configuration or the DNS answer) take no new streams and close
+  // once their streams are done; their reconnect state is forgotten.
+  void RetainUpstreams(absl::flat_hash_set<std::string> keys);
   void OnDownstreamClosed(DownstreamSession* session);
 
   void AddDirty(H2Connection* conn);

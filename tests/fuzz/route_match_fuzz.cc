@@ -128,8 +128,10 @@ std::unique_ptr<Table> BuildTable(std::vector<RouteSpec> specs,
     std::abort();
   }
   table->config = *std::move(loaded);
+  bulwark::SystemResolver resolver;  // the endpoints are IP literals
+  bulwark::DnsCache dns(resolver);
   for (const auto& cc : table->config.proto.clusters()) {
-    auto cluster = bulwark::Cluster::Create(cc, metrics, nullptr);
+    auto cluster = bulwark::Cluster::Create(cc, metrics, dns, nullptr);
     FUZZ_CHECK(cluster.ok());
     table->clusters[cc.name()] = *std::move(cluster);
   }

@@ -303,6 +303,44 @@ routes:
   EXPECT_EQ(hc.healthy_threshold(), 2u);
 }
 
+TEST(ConfigLoaderTest, DnsRefreshIntervalDefaultsTo5sAndMayBeZero) {
+  auto loaded = ParseConfigText(R"yaml(
+clusters:
+  - {name: a, endpoints: ["orders.example:50051"]}
+  - {name: b, endpoints: ["orders.example:50051"], dns_refresh_interval: 0s}
+  - {name: c, endpoints: ["orders.example:50051"], dns_refresh_interval: 30s}
+routes:
+  - {name: all, cluster: a}
+)yaml",
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(D(loaded->proto.clusters(0).dns_refresh_interval()),
+            absl::Seconds(5));
+  EXPECT_EQ(D(loaded->proto.clusters(1).dns_refresh_interval()),
+            absl::ZeroDuration());
+  EXPECT_EQ(D(loaded->proto.clusters(2).dns_refresh_interval()),
+            absl::Seconds(30));
+  EXPECT_EQ(ErrorOf(R"yaml(
+clusters:
+  - {name: a, endpoints: ["orders.example:50051"], dns_refresh_interval: 10ms}
+  - {name: b, endpoints: ["orders.example:50051"], dns_refresh_interval: 2h}
+routes:
+  - {name: all, cluster: a}
+)yaml"),
+            "test.yaml: clusters[0].dns_refresh_interval: must be between "
+            "100ms and 1h (got 10ms)\n"
+            "test.yaml: clusters[1].dns_refresh_interval: must be between "
+            "100ms and 1h (got 2h)");
+  EXPECT_EQ(ErrorOf(R"yaml(
+clusters:
+  - {name: a, endpoints: ["orders.example:50051"], dns_refresh_interval: -1s}
+routes:
+  - {name: all, cluster: a}
+)yaml"),
+            "test.yaml: clusters[0].dns_refresh_interval: must not be negative "
+            "(got \"-1s\")");
+}
+
 TEST(ConfigLoaderTest, ExplicitEmptyListsAreKeptInsteadOfDefaulted) {
   auto loaded = ParseConfigText(WithRoutes(R"yaml(
 routes:

@@ -24,8 +24,10 @@ using ::testing::Not;
 constexpr char kPromtool[] = "/usr/bin/promtool";
 
 // Uses every handle once, so every family of SPEC section 5 has at least one
-// series.
-void TouchEverything(Metrics& metrics) {
+// series. Returns the endpoint handle: the endpoint's series exist while it is
+// held.
+[[nodiscard]] std::shared_ptr<EndpointMetrics> TouchEverything(
+    Metrics& metrics) {
   RouteMetrics* route = metrics.ForRoute("orders-get");
   route->Requests(0).Increment();
   route->Requests(14).Increment();
@@ -42,13 +44,15 @@ void TouchEverything(Metrics& metrics) {
 
   ClusterMetrics* cluster = metrics.ForCluster("orders");
   cluster->UpstreamDuration().Observe(0.002);
-  EndpointMetrics* endpoint = cluster->ForEndpoint("127.0.0.1:50051");
+  std::shared_ptr<EndpointMetrics> endpoint =
+      cluster->ForEndpoint("127.0.0.1:50051");
   endpoint->UpstreamRequests(0).Increment();
   endpoint->SetHealthy(true);
   endpoint->HealthChecks(EndpointMetrics::HealthCheckResult::kSuccess)
       .Increment();
 
   metrics.Reloads(Metrics::ReloadResult::kSuccess).Increment();
+  return endpoint;
 }
 
 // The lines of `text` that belong to the sample `name` (exact metric name, any
@@ -74,7 +78,7 @@ struct Family {
 
 TEST(MetricsTest, EveryFamilyOfTheSpecIsExposedWithItsTypeAndLabels) {
   Metrics metrics("1.2.3");
-  TouchEverything(metrics);
+  const auto endpoint = TouchEverything(metrics);
   const std::string text = metrics.Serialize();
 
   const Family families[] = {
@@ -167,6 +171,38 @@ TEST(MetricsTest, HandlesAreCachedAndStableByName) {
   // The same endpoint address in two clusters is two series.
   EXPECT_NE(metrics.ForCluster("d")->ForEndpoint("10.0.0.1:80"),
             cluster->ForEndpoint("10.0.0.1:80"));
+}
+
+TEST(MetricsTest, EndpointSeriesLeaveWithTheLastHolder) {
+  Metrics metrics("test");
+  ClusterMetrics* cluster = metrics.ForCluster("c");
+  std::shared_ptr<EndpointMetrics> first = cluster->ForEndpoint("10.0.0.1:80");
+  first->SetHealthy(false);
+  first->UpstreamRequests(0).Increment();
+  first->HealthChecks(EndpointMetrics::HealthCheckResult::kFailure).Increment();
+  std::shared_ptr<EndpointMetrics> second = cluster->ForEndpoint("10.0.0.1:80");
+  ASSERT_EQ(first, second);
+  std::shared_ptr<EndpointMetrics> other = cluster->ForEndpoint("10.0.0.2:80");
+  other->SetHealthy(true);
+  first.reset();
+  // Still held: still exported.
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("bulwark_endpoint_healthy{cluster=\"c\",endpoint="
+                        "\"10.0.0.1:80\"} 0"));
+  second.reset();
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, Not(HasSubstr("10.0.0.1:80")));
+  EXPECT_THAT(text, HasSubstr("bulwark_endpoint_healthy{cluster=\"c\",endpoint="
+                              "\"10.0.0.2:80\"} 1"));
+  // Asked for again: a fresh handle whose series start over.
+  std::shared_ptr<EndpointMetrics> again = cluster->ForEndpoint("10.0.0.1:80");
+  again->SetHealthy(true);
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("bulwark_endpoint_healthy{cluster=\"c\",endpoint="
+                        "\"10.0.0.1:80\"} 1"));
+  EXPECT_THAT(metrics.Serialize(),
+              Not(HasSubstr("bulwark_upstream_requests_total{cluster=\"c\","
+                            "code=\"OK\",endpoint=\"10.0.0.1:80\"}")));
 }
 
 TEST(MetricsTest, BreakerStateGaugeIsOneHot) {
@@ -312,7 +348,7 @@ TEST(MetricsTest, ExpositionPassesPromtoolCheckMetrics) {
       << "this test; SPEC section 4 promises /metrics passes `promtool check "
          "metrics`";
   Metrics metrics("0.1.0");
-  TouchEverything(metrics);
+  const auto endpoint = TouchEverything(metrics);
   // Label values that need escaping in the exposition.
   metrics.ForRoute(R"(quote"back\slash)")->Requests(0).Increment();
   const PromtoolResult result = RunPromtool(metrics.Serialize());

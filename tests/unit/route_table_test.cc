@@ -54,7 +54,7 @@ class RouteTableTest : public ::testing::Test {
           old = it->second.get();
         }
       }
-      auto cluster = Cluster::Create(cc, metrics_, old);
+      auto cluster = Cluster::Create(cc, metrics_, dns_, old);
       EXPECT_TRUE(cluster.ok()) << cluster.status();
       if (!cluster.ok()) return snapshot;
       snapshot.clusters[cc.name()] = *std::move(cluster);
@@ -85,6 +85,8 @@ class RouteTableTest : public ::testing::Test {
   }
 
   Metrics metrics_{"test"};
+  SystemResolver resolver_;
+  DnsCache dns_{resolver_};
 };
 
 TEST_F(RouteTableTest, ExactRouteMatchesOnlyItsServiceAndMethod) {
@@ -471,7 +473,7 @@ routes:
     EXPECT_TRUE(loaded.ok()) << loaded.status();
     if (!loaded.ok()) return nullptr;
     auto cluster =
-        Cluster::Create(loaded->proto.clusters(0), metrics_, previous);
+        Cluster::Create(loaded->proto.clusters(0), metrics_, dns_, previous);
     EXPECT_TRUE(cluster.ok()) << cluster.status();
     return cluster.ok() ? *std::move(cluster) : nullptr;
   }
@@ -481,6 +483,8 @@ routes:
   }
 
   Metrics metrics_{"test"};
+  SystemResolver resolver_;
+  DnsCache dns_{resolver_};
 };
 
 constexpr char kTwoEndpoints[] = R"(
