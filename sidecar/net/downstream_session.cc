@@ -131,11 +131,23 @@ struct DownstreamCallbacks {
   }
 
   static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id,
-                              uint8_t* buf, size_t length, uint32_t* flags,
+                              uint8_t*, size_t length, uint32_t* flags,
                               nghttp2_data_source*, void*) {
     DownstreamStream* stream = StreamOf(session, stream_id);
     if (stream == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    return stream->ReadResponseBody(buf, length, flags);
+    const ssize_t n = stream->ReadResponseBody(length, flags);
+    if (n >= 0) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    return n;
+  }
+
+  static int SendData(nghttp2_session* session, nghttp2_frame* frame,
+                      const uint8_t* framehd, size_t length,
+                      nghttp2_data_source*, void* user_data) {
+    DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+    return static_cast<DownstreamSession*>(user_data)->AppendDataFrame(
+        frame, framehd, length, [stream](size_t n, std::string& out) {
+          if (stream != nullptr) stream->CopyResponseBody(n, out);
+        });
   }
 
   static nghttp2_session_callbacks* Get() {
@@ -151,6 +163,7 @@ struct DownstreamCallbacks {
       nghttp2_session_callbacks_set_on_stream_close_callback(cb,
                                                              &OnStreamClose);
       nghttp2_session_callbacks_set_on_frame_send_callback(cb, &OnFrameSend);
+      nghttp2_session_callbacks_set_send_data_callback(cb, &SendData);
       return cb;
     }();
     return callbacks;
@@ -393,17 +406,9 @@ void DownstreamStream::OnRequestEnd() {
   }
 }
 
-ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length,
-                                          uint32_t* flags) {
+ssize_t DownstreamStream::ReadRequestBody(size_t length, uint32_t* flags) {
   const size_t n = std::min(length, request_body_.size());
-  if (n > 0) {
-    std::memcpy(buf, request_body_.data(), n);
-    request_body_.Consume(n);
-    // Only now the client may send more: end-to-end flow control.
-    nghttp2_session_consume_stream(down(), stream_id_, n);
-    session_.MarkDirty();
-  }
-  if (request_body_.empty()) {
+  if (n == request_body_.size()) {  // the queue is empty after this frame
     if (request_ended_) {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
     } else if (n == 0) {
@@ -412,6 +417,15 @@ ssize_t DownstreamStream::ReadRequestBody(uint8_t* buf, size_t length,
     }
   }
   return static_cast<ssize_t>(n);
+}
+
+void DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
+  const size_t n = std::min(length, request_body_.size());
+  if (n == 0) return;
+  request_body_.MoveTo(n, out);
+  // Only now the client may send more: end-to-end flow control.
+  nghttp2_session_consume_stream(down(), stream_id_, n);
+  session_.MarkDirty();
 }
 
 void DownstreamStream::AddResponseHeader(std::string_view name,
@@ -486,30 +500,18 @@ void DownstreamStream::OnResponseEnd() {
   ResumeResponse();
 }
 
-ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length,
-                                           uint32_t* flags) {
+ssize_t DownstreamStream::ReadResponseBody(size_t length, uint32_t* flags) {
   if (shared_response_ != nullptr) {
     const std::string& body = shared_response_->body;
     const size_t n = std::min(length, body.size() - shared_offset_);
-    std::memcpy(buf, body.data() + shared_offset_, n);
-    shared_offset_ += n;
-    if (shared_offset_ == body.size()) {
+    if (shared_offset_ + n == body.size()) {
       *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
       SubmitTrailers(shared_response_->trailers);
     }
     return static_cast<ssize_t>(n);
   }
   const size_t n = std::min(length, response_body_.size());
-  if (n > 0) {
-    std::memcpy(buf, response_body_.data(), n);
-    response_body_.Consume(n);
-    if (upstream_ != nullptr) {
-      nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_,
-                                     n);
-      upstream_->MarkDirty();
-    }
-  }
-  if (response_body_.empty()) {
+  if (n == response_body_.size()) {  // the queue is empty after this frame
     if (response_ended_) {
       *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
       SubmitTrailers(response_trailers_);
@@ -519,6 +521,24 @@ ssize_t DownstreamStream::ReadResponseBody(uint8_t* buf, size_t length,
     }
   }
   return static_cast<ssize_t>(n);
+}
+
+void DownstreamStream::CopyResponseBody(size_t length, std::string& out) {
+  if (shared_response_ != nullptr) {
+    const std::string& body = shared_response_->body;
+    const size_t n = std::min(length, body.size() - shared_offset_);
+    out.append(body, shared_offset_, n);
+    shared_offset_ += n;
+    return;
+  }
+  const size_t n = std::min(length, response_body_.size());
+  if (n == 0) return;
+  response_body_.MoveTo(n, out);
+  if (upstream_ != nullptr) {
+    nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_,
+                                   n);
+    upstream_->MarkDirty();
+  }
 }
 
 void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {

@@ -57,11 +57,15 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   void OnRequestData(const uint8_t* data, size_t len);
   void OnRequestEnd();
   void OnDownstreamClosed(uint32_t error_code);
-  ssize_t ReadResponseBody(uint8_t* buf, size_t length, uint32_t* flags);
+  // The response's data provider (NGHTTP2_DATA_FLAG_NO_COPY): how many bytes
+  // the next DATA frame carries (and EOF, trailers); CopyResponseBody then
+  // writes them into the frame.
+  ssize_t ReadResponseBody(size_t length, uint32_t* flags);
+  void CopyResponseBody(size_t length, std::string& out);
 
   // --- upstream connection events ---
-  ssize_t ReadRequestBody(uint8_t* buf, size_t length,
-                          uint32_t* flags) override;
+  ssize_t ReadRequestBody(size_t length, uint32_t* flags) override;
+  void CopyRequestBody(size_t length, std::string& out) override;
   void AddResponseHeader(std::string_view name,
                          std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;

@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 
 #include "sidecar/net/tls.h"
@@ -144,6 +145,72 @@ void H2Connection::HandleReadable() {
     if (ssl_ == nullptr && static_cast<size_t>(n) < cap) break;
   }
   MarkDirty();
+}
+
+void ByteQueue::Append(const uint8_t* bytes, size_t len) {
+  if (len == 0) return;
+  if (chunks_.empty() ||
+      chunks_.back().capacity() - chunks_.back().size() < len) {
+    last_chunk_capacity_ =
+        std::max(len, std::min(kMaxChunk, 2 * last_chunk_capacity_));
+    chunks_.emplace_back();
+    chunks_.back().reserve(last_chunk_capacity_);
+  }
+  chunks_.back().append(reinterpret_cast<const char*>(bytes), len);
+  size_ += len;
+}
+
+void ByteQueue::MoveTo(size_t len, std::string& out) {
+  len = std::min(len, size_);
+  size_ -= len;
+  while (len > 0) {
+    std::string& head = chunks_.front();
+    const size_t n = std::min(len, head.size() - head_offset_);
+    out.append(head, head_offset_, n);
+    head_offset_ += n;
+    len -= n;
+    if (head_offset_ == head.size()) {
+      head_offset_ = 0;
+      if (chunks_.size() == 1) {
+        head.clear();  // keep its memory for the next bytes
+      } else {
+        chunks_.erase(chunks_.begin());
+      }
+    }
+  }
+}
+
+void ByteQueue::Clear() {
+  chunks_.clear();
+  head_offset_ = 0;
+  size_ = 0;
+}
+
+std::string ByteQueue::Take() {
+  std::string out;
+  if (chunks_.size() == 1 && head_offset_ == 0) {
+    out = std::move(chunks_.front());
+  } else {
+    out.reserve(size_);
+    MoveTo(size_, out);
+  }
+  Clear();
+  return out;
+}
+
+int H2Connection::AppendDataFrame(
+    const nghttp2_frame* frame, const uint8_t* framehd, size_t length,
+    absl::FunctionRef<void(size_t, std::string&)> fill) {
+  out_.append(reinterpret_cast<const char*>(framehd), 9);
+  const size_t padlen = frame->data.padlen;
+  if (padlen > 0) out_.push_back(static_cast<char>(padlen - 1));
+  const size_t before = out_.size();
+  fill(length, out_);
+  // The frame header promised `length` bytes: whatever happened to the source,
+  // keep the framing intact (the stream is being reset if it fell short).
+  out_.resize(before + length, '\0');
+  if (padlen > 1) out_.append(padlen - 1, '\0');
+  return 0;
 }
 
 void H2Connection::Flush() {

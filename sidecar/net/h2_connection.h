@@ -20,6 +20,9 @@
 #include <string>
 #include <string_view>
 
+#include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
+
 struct event;
 typedef struct ssl_st SSL;
 
@@ -27,42 +30,32 @@ namespace bulwark::net {
 
 class Worker;
 
-// A byte queue with cheap consumption from the front; bounded by the HTTP/2
-// windows the sidecar advertises, never by itself.
+// The bytes of one stream direction waiting for the other side's window: a
+// short list of chunks, so appending never moves what is already queued (a
+// growing contiguous buffer copied a 64 KiB message about twice over as it
+// grew). A lone chunk's memory is reused once it is consumed. Bounded by the
+// HTTP/2 windows the sidecar advertises, never by itself.
 class ByteQueue {
  public:
-  size_t size() const { return data_.size() - offset_; }
-  bool empty() const { return size() == 0; }
-  const uint8_t* data() const {
-    return reinterpret_cast<const uint8_t*>(data_.data()) + offset_;
-  }
-  void Append(const uint8_t* bytes, size_t len) {
-    data_.append(reinterpret_cast<const char*>(bytes), len);
-  }
-  void Consume(size_t len) {
-    offset_ += len;
-    if (offset_ == data_.size()) {
-      data_.clear();
-      offset_ = 0;
-    } else if (offset_ > 64 * 1024 && offset_ * 2 > data_.size()) {
-      data_.erase(0, offset_);
-      offset_ = 0;
-    }
-  }
-  void Clear() {
-    data_.clear();
-    offset_ = 0;
-  }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void Append(const uint8_t* bytes, size_t len);
+  // Appends the first `len` bytes (len <= size()) to `out` and drops them.
+  void MoveTo(size_t len, std::string& out);
+  void Clear();
   // Moves everything out (for whole-message capture).
-  std::string Take() {
-    std::string out = offset_ == 0 ? std::move(data_) : data_.substr(offset_);
-    Clear();
-    return out;
-  }
+  std::string Take();
 
  private:
-  std::string data_;
-  size_t offset_ = 0;
+  // A new chunk gets room for its bytes or twice the previous chunk's, up to
+  // kMaxChunk: a small unary message takes one exact allocation (served from
+  // malloc's per-thread cache), while a stream of small messages fills a few
+  // growing chunks rather than one per DATA frame.
+  static constexpr size_t kMaxChunk = 16 * 1024;
+  absl::InlinedVector<std::string, 2> chunks_;
+  size_t last_chunk_capacity_ = 0;
+  size_t head_offset_ = 0;  // consumed bytes of chunks_.front()
+  size_t size_ = 0;
 };
 
 class H2Connection {
@@ -86,6 +79,14 @@ class H2Connection {
   void Close(std::string_view why);
   // Speaks TLS on the socket from now on (takes ownership); set before any I/O.
   void SetTls(SSL* ssl) { ssl_ = ssl; }
+
+  // nghttp2's send_data callback for NGHTTP2_DATA_FLAG_NO_COPY (set by the
+  // data providers' read callbacks): the DATA frame goes straight into the
+  // write buffer, `fill` appending the `length` payload bytes from the
+  // stream's own queue. This saves the copy into nghttp2's frame buffer.
+  int AppendDataFrame(const nghttp2_frame* frame, const uint8_t* framehd,
+                      size_t length,
+                      absl::FunctionRef<void(size_t, std::string&)> fill);
 
  protected:
   // Starts watching the socket for reads.

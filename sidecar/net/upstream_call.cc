@@ -92,13 +92,18 @@ void UpstreamCall::Detach(bool reset) {
   stream_id_ = -1;
 }
 
-ssize_t UpstreamCall::ReadRequestBody(uint8_t* buf, size_t length,
-                                      uint32_t* flags) {
+ssize_t UpstreamCall::ReadRequestBody(size_t length, uint32_t* flags) {
   const size_t n = std::min(length, request_.body.size() - request_offset_);
-  std::memcpy(buf, request_.body.data() + request_offset_, n);
-  request_offset_ += n;
-  if (request_offset_ == request_.body.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  if (request_offset_ + n == request_.body.size()) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+  }
   return static_cast<ssize_t>(n);
+}
+
+void UpstreamCall::CopyRequestBody(size_t length, std::string& out) {
+  const size_t n = std::min(length, request_.body.size() - request_offset_);
+  out.append(request_.body, request_offset_, n);
+  request_offset_ += n;
 }
 
 void UpstreamCall::AddResponseHeader(std::string_view name,

@@ -89,11 +89,23 @@ struct UpstreamCallbacks {
   }
 
   static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id,
-                             uint8_t* buf, size_t length, uint32_t* flags,
+                             uint8_t*, size_t length, uint32_t* flags,
                              nghttp2_data_source*, void*) {
     UpstreamPeer* peer = PeerOf(session, stream_id);
     if (peer == nullptr) return NGHTTP2_ERR_DEFERRED;  // reset is on its way
-    return peer->ReadRequestBody(buf, length, flags);
+    const ssize_t n = peer->ReadRequestBody(length, flags);
+    if (n >= 0) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    return n;
+  }
+
+  static int SendData(nghttp2_session* session, nghttp2_frame* frame,
+                      const uint8_t* framehd, size_t length,
+                      nghttp2_data_source*, void* user_data) {
+    UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
+    return static_cast<UpstreamConnection*>(user_data)->AppendDataFrame(
+        frame, framehd, length, [peer](size_t n, std::string& out) {
+          if (peer != nullptr) peer->CopyRequestBody(n, out);
+        });
   }
 
   static nghttp2_session_callbacks* Get() {
@@ -106,6 +118,7 @@ struct UpstreamCallbacks {
                                                                 &OnDataChunk);
       nghttp2_session_callbacks_set_on_stream_close_callback(cb,
                                                              &OnStreamClose);
+      nghttp2_session_callbacks_set_send_data_callback(cb, &SendData);
       return cb;
     }();
     return callbacks;

@@ -5,6 +5,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -220,6 +221,7 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
 
 void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   all_upstream_.erase(conn);
+  ScheduleMemoryTrim();
   auto it = upstream_.find(conn->key());
   if (it == upstream_.end()) return;
   UpstreamSlot& slot = it->second;
@@ -246,6 +248,21 @@ void Worker::RetainUpstreams(absl::flat_hash_set<std::string> keys) {
 
 void Worker::OnDownstreamClosed(DownstreamSession* session) {
   downstream_.erase(session);
+  ScheduleMemoryTrim();
+}
+
+void Worker::ScheduleMemoryTrim() {
+  if (trim_scheduled_) return;
+  trim_scheduled_ = true;
+  // A closed connection may have freed megabytes of queued stream data (a
+  // client that stopped reading holds up to a stream window per stream) in
+  // chunks spread over glibc's heap, which keeps such memory mapped. One
+  // malloc_trim per second at most, off the I/O path, hands the free pages
+  // back to the kernel (madvise), so RSS follows the load back down.
+  timers_.Schedule(absl::Now() + kMemoryTrimDelay, [this] {
+    trim_scheduled_ = false;
+    malloc_trim(0);
+  });
 }
 
 void Worker::AddDirty(H2Connection* conn) {

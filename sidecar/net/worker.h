@@ -120,6 +120,10 @@ class Worker {
   static void OnAccept(evconnlistener* listener, int fd, sockaddr* addr,
                        int len, void* arg);
   void FlushDirty();
+  // After a connection closed: malloc_trim once kMemoryTrimDelay has passed
+  // (coalescing closes in between).
+  void ScheduleMemoryTrim();
+  static constexpr absl::Duration kMemoryTrimDelay = absl::Seconds(1);
 
   WorkerOptions options_;
   EventLoop loop_;
@@ -130,6 +134,7 @@ class Worker {
   uint16_t listen_port_ = 0;
   evconnlistener* listener_ = nullptr;
   bool draining_ = false;
+  bool trim_scheduled_ = false;
   std::vector<uint8_t> scratch_;
   uint64_t last_call_id_ = 0;
   std::atomic<int64_t> open_streams_{0};
