@@ -201,6 +201,12 @@ std::string ByteQueue::Take() {
 int H2Connection::AppendDataFrame(
     const nghttp2_frame* frame, const uint8_t* framehd, size_t length,
     absl::FunctionRef<void(size_t, std::string&)> fill) {
+  if (out_.size() - out_offset_ >= kMaxPendingOut) {
+    // nghttp2 keeps the frame and asks again on the next mem_send (which then
+    // returns 0 for now); Flush writes first, as it does at the cap below.
+    send_blocked_ = true;
+    return NGHTTP2_ERR_WOULDBLOCK;
+  }
   out_.append(reinterpret_cast<const char*>(framehd), 9);
   const size_t padlen = frame->data.padlen;
   if (padlen > 0) out_.push_back(static_cast<char>(padlen - 1));
@@ -231,7 +237,12 @@ void H2Connection::Flush() {
         Close(nghttp2_strerror(static_cast<int>(n)));
         return;
       }
-      if (n == 0) break;
+      if (n == 0) {
+        // A DATA frame refused at the cap (AppendDataFrame) waits in nghttp2.
+        capped = send_blocked_;
+        send_blocked_ = false;
+        break;
+      }
       out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
     WriteOut();

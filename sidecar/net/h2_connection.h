@@ -83,7 +83,9 @@ class H2Connection {
   // nghttp2's send_data callback for NGHTTP2_DATA_FLAG_NO_COPY (set by the
   // data providers' read callbacks): the DATA frame goes straight into the
   // write buffer, `fill` appending the `length` payload bytes from the
-  // stream's own queue. This saves the copy into nghttp2's frame buffer.
+  // stream's own queue. This saves the copy into nghttp2's frame buffer. With
+  // the write buffer at its cap it returns NGHTTP2_ERR_WOULDBLOCK (nghttp2
+  // keeps the frame until the next flush).
   int AppendDataFrame(const nghttp2_frame* frame, const uint8_t* framehd,
                       size_t length,
                       absl::FunctionRef<void(size_t, std::string&)> fill);
@@ -123,6 +125,7 @@ class H2Connection {
   bool handshake_done_ = false;
   std::string out_;
   size_t out_offset_ = 0;
+  bool send_blocked_ = false;  // AppendDataFrame refused a frame at the cap
 };
 
 }  // namespace bulwark::net
