@@ -21,10 +21,38 @@ macro(bulwark_skip_if_missing name)
   endif()
 endmacro()
 
+# -DBULWARK_SKIP_GRPC_TARGETS=ON builds only the targets that do not link gRPC: the sidecar
+# (which never does), the unit tests, the fuzz replays, the microbenchmarks and the gRPC-free
+# integration tests. The ThreadSanitizer build (scripts/test.sh) needs it: it links an Abseil
+# rebuilt with -fsanitize=thread (scripts/build-absl-tsan.sh), while Debian's gRPC is built
+# against Debian's uninstrumented libabsl, and one process cannot hold both. A target whose
+# DEPS name gRPC::* or a target already skipped for that reason is skipped (with a
+# message), and counts as gRPC for the targets declared after it.
+option(BULWARK_SKIP_GRPC_TARGETS "Build only the targets that do not link gRPC" OFF)
+# bulwark_mark_grpc_target(name): `name` links gRPC (or was skipped for it).
+function(bulwark_mark_grpc_target name)
+  set_property(GLOBAL APPEND PROPERTY BULWARK_GRPC_TARGETS ${name})
+endfunction()
+# Returns from the calling function (a macro) if BULWARK_SKIP_GRPC_TARGETS is on and a dep
+# links gRPC.
+macro(bulwark_skip_if_grpc name)
+  if(BULWARK_SKIP_GRPC_TARGETS)
+    get_property(_bulwark_grpc_targets GLOBAL PROPERTY BULWARK_GRPC_TARGETS)
+    foreach(f ${ARGN})
+      if(f MATCHES "^gRPC::" OR f IN_LIST _bulwark_grpc_targets)
+        message(STATUS "skipping ${name}: links gRPC (BULWARK_SKIP_GRPC_TARGETS)")
+        bulwark_mark_grpc_target(${name})
+        return()
+      endif()
+    endforeach()
+  endif()
+endmacro()
+
 # bulwark_cc_library(NAME n SRCS a.cc HDRS a.h DEPS x y)
 function(bulwark_cc_library)
   cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS" ${ARGN})
   bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_HDRS} ${ARG_DEPS})
+  bulwark_skip_if_grpc(${ARG_NAME} ${ARG_DEPS})
   if(ARG_SRCS)
     add_library(${ARG_NAME} STATIC ${ARG_SRCS} ${ARG_HDRS})
     target_link_libraries(${ARG_NAME} PUBLIC ${ARG_DEPS})
@@ -41,6 +69,7 @@ endfunction()
 function(bulwark_cc_binary)
   cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS" ${ARGN})
   bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_DEPS})
+  bulwark_skip_if_grpc(${ARG_NAME} ${ARG_DEPS})
   add_executable(${ARG_NAME} ${ARG_SRCS})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS})
   target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
@@ -48,9 +77,13 @@ function(bulwark_cc_binary)
 endfunction()
 
 # bulwark_cc_test(NAME n SRCS t.cc DEPS x y [LABELS l]): a GoogleTest binary run by ctest.
+# Tests without LABELS are labelled unit, and `ninja bulwark_unit_tests` builds them all (what
+# `ctest -L unit` runs).
+add_custom_target(bulwark_unit_tests)
 function(bulwark_cc_test)
   cmake_parse_arguments(ARG "" "NAME;TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
   bulwark_skip_if_missing(${ARG_NAME} ${ARG_SRCS} ${ARG_DEPS})
+  bulwark_skip_if_grpc(${ARG_NAME} ${ARG_DEPS})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 120)
   endif()
@@ -60,6 +93,9 @@ function(bulwark_cc_test)
   bulwark_apply_warnings(${ARG_NAME})
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
+  endif()
+  if(ARG_LABELS STREQUAL "unit")
+    add_dependencies(bulwark_unit_tests ${ARG_NAME})
   endif()
   gtest_discover_tests(${ARG_NAME}
     DISCOVERY_TIMEOUT 60

@@ -30,6 +30,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -163,6 +164,24 @@ ExitStatus DecodeWaitStatus(int status) {
   return exit;
 }
 
+// The first ThreadSanitizer report in `log` (from its "WARNING:
+// ThreadSanitizer:" line through its SUMMARY line, at most 200 lines), or ""
+// if there is none.
+std::string ThreadSanitizerReport(absl::string_view log) {
+  size_t start = log.find("WARNING: ThreadSanitizer:");
+  if (start == absl::string_view::npos) return "";
+  start = log.rfind('\n', start);
+  start = start == absl::string_view::npos ? 0 : start + 1;
+  absl::string_view rest = log.substr(start);
+  size_t end = rest.find("SUMMARY: ThreadSanitizer");
+  end = end == absl::string_view::npos ? rest.size() : rest.find('\n', end);
+  if (end == absl::string_view::npos) end = rest.size();
+  std::vector<absl::string_view> lines =
+      absl::StrSplit(rest.substr(0, end), '\n');
+  if (lines.size() > 200) lines.resize(200);
+  return absl::StrCat(absl::StrJoin(lines, "\n"), "\n");
+}
+
 std::string TestLabel() {
   const ::testing::TestInfo* info =
       ::testing::UnitTest::GetInstance()->current_test_info();
@@ -236,6 +255,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
 
 ChildProcess::~ChildProcess() {
   if (!reaped_) Stop(stop_grace_);
+  if (std::string report = ThreadSanitizerReport(Log()); !report.empty()) {
+    ADD_FAILURE() << Basename(path_) << " (pid " << pid_ << ", "
+                  << exit_status_.ToString() << ") reported:\n"
+                  << report << "(its whole log: " << log_path_ << ")";
+  }
   if (::testing::Test::HasFailure()) {
     std::string log = Log();
     constexpr size_t kMaxShown = 64 << 10;
@@ -310,6 +334,10 @@ ExitStatus ChildProcess::Stop(absl::Duration grace) {
 
 std::string BinaryPath(std::string_view name_view) {
   const absl::string_view name = ToAbsl(name_view);
+  if (const char* sidecar = std::getenv("BULWARK_SIDECAR_BINARY");
+      name == "bulwark" && sidecar != nullptr && *sidecar != '\0') {
+    return sidecar;
+  }
   std::string dir;
   if (const char* env = std::getenv("BULWARK_BINARY_DIR");
       env != nullptr && *env != '\0') {
@@ -335,6 +363,15 @@ std::string BinaryPath(std::string_view name_view) {
   }
   return candidates
       .front();  // Missing: Start's exec error will name this path.
+}
+
+bool SidecarUnderThreadSanitizer() {
+  // The TSan runtime's messages are in every binary that links it.
+  static const bool tsan = [] {
+    absl::StatusOr<std::string> binary = ReadFile(BinaryPath("bulwark"));
+    return binary.ok() && absl::StrContains(*binary, "ThreadSanitizer: ");
+  }();
+  return tsan;
 }
 
 namespace {

@@ -50,9 +50,12 @@ struct ChildOptions {
 
 // A child process started with fork/exec, its stdout and stderr captured in a
 // log file. The destructor stops it (SIGTERM, then SIGKILL after stop_grace)
-// and reaps it; only its own pid is ever signalled or waited for. If the
-// current test has failed, the destructor prints the child's log, so a failing
-// test shows what its processes said.
+// and reaps it; only its own pid is ever signalled or waited for. If the log
+// holds a ThreadSanitizer report (scripts/test.sh runs these tests against a
+// TSan sidecar, see BinaryPath), the destructor fails the current test with
+// it, whether or not the child went on running. If the current test has
+// failed, the destructor prints the child's log, so a failing test shows what
+// its processes said.
 //
 // The child gets PR_SET_PDEATHSIG(SIGKILL), so it dies with the test even if
 // the test is killed. Linux ties that to the thread that forked: start children
@@ -108,8 +111,17 @@ class ChildProcess {
 // The path of a built binary: BULWARK_BINARY_DIR (set by ctest) joined with
 // `name`, also tried under tools/ and sidecar/ for a bare name
 // ("bulwark-demo-upstream", "bulwark"). Without BULWARK_BINARY_DIR, the build
-// directory is guessed from this test's location.
+// directory is guessed from this test's location. For "bulwark" only,
+// BULWARK_SIDECAR_BINARY (a path) wins: scripts/test.sh runs a release
+// build's integration tests against the ThreadSanitizer build's sidecar, since
+// the TSan build cannot link gRPC and so has no tests of its own that need it.
 std::string BinaryPath(std::string_view name);
+
+// Whether BinaryPath("bulwark") is built with ThreadSanitizer (its runtime is
+// linked in). Its RSS then counts TSan's shadow memory and allocator caches,
+// so tests that measure the sidecar's memory skip those checks; the release
+// run keeps them.
+bool SidecarUnderThreadSanitizer();
 
 // A fresh, empty directory for the current test (under TEST_TMPDIR or /tmp).
 // Removed at exit if the test passed, kept (for its logs) if it failed or if

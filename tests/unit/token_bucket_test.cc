@@ -7,17 +7,26 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/config.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "policies/clock.h"
 
 // Counts every allocation in this test binary, so a test can assert that a hot
-// path makes none.
+// path makes none. Not under ThreadSanitizer: its runtime, linked statically,
+// defines operator new and delete itself, so the allocation tests skip there
+// (every other build runs them).
 namespace {
 std::atomic<int64_t> g_allocations{0};
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+constexpr bool kCountsAllocations = false;
+#else
+constexpr bool kCountsAllocations = true;
+#endif
 }  // namespace
 
+#ifndef ABSL_HAVE_THREAD_SANITIZER
 [[gnu::noinline]] void* operator new(std::size_t size) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
@@ -27,6 +36,7 @@ std::atomic<int64_t> g_allocations{0};
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
   std::free(p);
 }
+#endif  // ABSL_HAVE_THREAD_SANITIZER
 
 namespace bulwark {
 namespace {
@@ -198,6 +208,7 @@ TEST(TokenBucketTest, ConcurrentTakesAdmitExactlyTheTokensThereAre) {
 }
 
 TEST(TokenBucketTest, TakeDoesNotAllocate) {
+  if (!kCountsAllocations) GTEST_SKIP() << "no allocation counting under TSan";
   FakeClock clock;
   const absl::Time now = clock.Now();
   TokenBucket bucket({.rate_per_second = 1000, .burst = 10}, clock);
