@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# Instructions per call in the sidecar, counted by callgrind (repeatable on a
-# noisy machine: it counts instructions, not time).
+# Instructions per call in a proxy, counted by callgrind (repeatable on a noisy machine: it
+# counts instructions, not time), for Bulwark or nghttpx on the same load.
 #
-#   BUILD_DIR=build bench/profile.sh [PAYLOAD_BYTES] [CALLS]     (defaults 100, 5000)
+#   BUILD_DIR=build bench/profile.sh [PAYLOAD_BYTES] [CALLS] [bulwark|bulwark-policies|nghttpx]
+#                                    (defaults 100, 5000, bulwark)
 #
-# Starts the demo upstream and a one-worker sidecar under valgrind --tool=callgrind on
-# loopback, warms up with 200 unary Echo calls (h2load, 8 connections x 8 streams), zeroes
-# the counters, sends CALLS more, dumps, and prints instructions per call for the whole
-# process plus the top functions by inclusive and self cost. Everything it starts is
-# stopped by PID at the end; the measured dump is kept as bench/results/profile-DATE-PAYLOADB.callgrind.
+# bulwark-policies is bench/peers/bulwark-policies.yaml (every policy, singleflight in shadow).
+# Starts the demo upstream, then runs the proxy (one worker, configs from bench/peers/) under
+# valgrind --tool=callgrind twice on loopback: once for CALLS/5 unary Echo calls and once for
+# CALLS + CALLS/5 (h2load, 8 connections x 8 streams, so 64 in flight). Instructions per call
+# = the difference between the two runs' totals / CALLS, so start-up, warm-up and shutdown
+# cancel out. For nghttpx the worker process is counted (its master only forks and waits).
+# Prints that figure and the top functions of the larger run, whose dump is kept as
+# bench/results/profile-DATE-PROXY-PAYLOADB.callgrind. Everything it starts is stopped by PID.
+#
+# glibc's memcpy uses `rep movsb` for large copies, which callgrind counts once per byte, so
+# for large payloads memcpy's count is the number of bytes copied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 payload=${1:-100}
 calls=${2:-5000}
-for tool in valgrind callgrind_control callgrind_annotate h2load python3; do
+proxy=${3:-bulwark}
+for tool in valgrind callgrind_annotate h2load python3; do
   command -v "$tool" >/dev/null || { echo "profile.sh: $tool is missing" >&2; exit 1; }
 done
+[ "$proxy" = nghttpx ] && { command -v nghttpx >/dev/null || { echo "profile.sh: nghttpx is missing" >&2; exit 1; }; }
 
 tmp=$(mktemp -d)
 pids=()
@@ -34,17 +43,6 @@ for _ in $(seq 100); do [ -s "$tmp/upstream.port" ] && break; sleep 0.1; done
 upstream=$(cat "$tmp/upstream.port")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-admin=$(free_port)
-cat >"$tmp/bulwark.yaml" <<EOF
-listener: { address: "127.0.0.1:$port", max_message_bytes: 1048576 }
-admin: { address: "127.0.0.1:$admin" }
-workers: 1
-clusters:
-  - { name: demo, endpoints: ["127.0.0.1:$upstream"] }
-routes:
-  - { name: all, cluster: demo }
-EOF
 
 # One gRPC message: 5-byte prefix + an EchoRequest whose field 1 (payload) holds the bytes.
 python3 - "$payload" "$tmp/body" <<'EOF'
@@ -60,37 +58,77 @@ msg = b"\x0a" + varint + data
 open(path, "wb").write(b"\x00" + struct.pack(">I", len(msg)) + msg)
 EOF
 
-out="bench/results/profile-$(date +%Y%m%d-%H%M%S)-${payload}B.callgrind"
-valgrind --tool=callgrind --callgrind-out-file="$out" \
-  "$BUILD_DIR/sidecar/bulwark" --config "$tmp/bulwark.yaml" >"$tmp/bulwark.log" 2>&1 &
-vg=$!
-pids+=("$vg")
-for _ in $(seq 300); do
-  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
-  sleep 0.2
-done
-
-load() {
-  h2load -t 1 -c 8 -m 8 -n "$1" -d "$tmp/body" \
+# run N -> prints the callgrind total of the proxy's worker for N calls; dump in $tmp/cg.N.*
+run() {
+  local n=$1 port admin vg
+  port=$(free_port)
+  admin=$(free_port)
+  if [ "$proxy" != nghttpx ]; then
+    local peer=bench/peers/bulwark-plain.yaml
+    [ "$proxy" = bulwark-policies ] && peer=bench/peers/bulwark-policies.yaml
+    sed -e "s/\${PORT}/$port/; s/\${ADMIN_PORT}/$admin/; s/\${UPSTREAM_PORT}/$upstream/" \
+      -e "s/\${SF_SHADOW}/true/" "$peer" >"$tmp/proxy.yaml"
+    python3 - "$tmp/proxy.yaml" <<'EOF'
+import sys
+p = sys.argv[1]
+s = open(p).read().replace("listener:\n", "listener:\n  max_message_bytes: 16777216\n", 1)
+open(p, "w").write(s)
+EOF
+    valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$n.%p" \
+      "$BUILD_DIR/sidecar/bulwark" --config "$tmp/proxy.yaml" >"$tmp/proxy.$n.log" 2>&1 &
+  else
+    sed -e "s/\${PORT}/$port/; s/\${UPSTREAM_PORT}/$upstream/; s|\${TMP}|$tmp|g" \
+      bench/peers/nghttpx.conf >"$tmp/proxy.conf"
+    valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$tmp/cg.$n.%p" \
+      nghttpx --conf "$tmp/proxy.conf" >"$tmp/proxy.$n.log" 2>&1 &
+  fi
+  vg=$!
+  pids+=("$vg")
+  for _ in $(seq 300); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
+    sleep 0.2
+  done
+  h2load -t 1 -c 8 -m 8 -n "$n" -d "$tmp/body" \
     -H "content-type: application/grpc" -H "te: trailers" \
-    "http://127.0.0.1:$port/bulwark.demo.v1.Demo/Echo" | grep -E "^requests:|status codes:"
+    "http://127.0.0.1:$port/bulwark.demo.v1.Demo/Echo" >"$tmp/h2load.$n.log"
+  grep -q "^requests: $n total, $n started, $n done, $n succeeded" "$tmp/h2load.$n.log" || {
+    echo "profile.sh: not every call succeeded:" >&2; cat "$tmp/h2load.$n.log" >&2; exit 1; }
+  if [ "$proxy" != nghttpx ]; then
+    kill -TERM "$vg"
+  else
+    kill -TERM "$(cat "$tmp/nghttpx.pid")"
+  fi
+  wait "$vg" || true
+  if [ "$proxy" = nghttpx ]; then
+    # The worker is a child valgrind of its own: wait for its dump to appear and settle.
+    local sizes="" prev="x"
+    for _ in $(seq 120); do
+      sizes=$(ls -l "$tmp"/cg."$n".* 2>/dev/null | awk '{print $5}' | tr '\n' ' ')
+      [ "$(ls "$tmp"/cg."$n".* 2>/dev/null | wc -l)" -ge 2 ] && [ "$sizes" = "$prev" ] && break
+      prev=$sizes
+      sleep 0.5
+    done
+  fi
+  # The worker is the process with the most instructions (nghttpx's master only forks).
+  local best=0 f total
+  for f in "$tmp"/cg."$n".*; do
+    total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+    if [ "$total" -gt "$best" ]; then best=$total; cp "$f" "$tmp/worker.$n"; fi
+  done
+  echo "$best"
 }
-echo "== warm-up: 200 calls"
-load 200
-callgrind_control -z "$vg" >/dev/null
-echo "== measured: $calls calls of $payload payload bytes"
-load "$calls"
-callgrind_control -d "$vg" >/dev/null
-kill -TERM "$vg"; wait "$vg" || true
 
-# The dump after zeroing is "$out.1"; the one written at exit ("$out") also counts the
-# warm-up and the start: keep the measured one under the plain name.
-mv "$out.1" "$out"
-dump="$out"
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
-echo "== $((total / calls)) instructions per call (whole process, $total over $calls calls)"
-echo "== top inclusive"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '/^-----.*$/,$p' | grep -E "^ *[0-9,]+ " | head -25
+small=$((calls / 5))
+large=$((calls + small))
+echo "== $proxy: $small and $large calls of $payload payload bytes under callgrind"
+a=$(run "$small")
+b=$(run "$large")
+echo "== $proxy: $(( (b - a) / calls )) instructions per call ($b - $a over $calls calls)"
+out="bench/results/profile-$(date +%Y%m%d-%H%M%S)-$proxy-${payload}B.callgrind"
+cp "$tmp/worker.$large" "$out"
+echo "== top inclusive ($large-call run)"
+{ callgrind_annotate --inclusive=yes "$out" 2>/dev/null | grep -E "^ *[0-9,]+ " | sed -n '2,26p'; } || true
 echo "== top self"
-callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E "^ *[0-9,]+ " | grep -vE "\((100\.0|9[0-9]\.[0-9]+)%\)" | head -20
-echo "callgrind file: $dump"
+{ callgrind_annotate --threshold=100 "$out" 2>/dev/null | grep -E "^ *[0-9,]+ " \
+  | grep -vE "\((100\.0|9[0-9]\.[0-9]+)%\)" | head -20; } || true
+echo "callgrind file: $out"

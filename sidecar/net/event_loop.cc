@@ -55,7 +55,9 @@ EventLoop::EventLoop() {
                           &EventLoop::OnPosted, this);
   event_add(post_event_, nullptr);
   flush_event_ = event_new(base_, -1, 0, &EventLoop::OnFlush, this);
+  local_event_ = event_new(base_, -1, 0, &EventLoop::OnLocalPosted, this);
   event_priority_set(post_event_, 0);
+  event_priority_set(local_event_, 0);
   event_priority_set(flush_event_, 1);
 }
 
@@ -64,13 +66,16 @@ EventLoop::~EventLoop() {
   timers_.clear();
   event_free(post_event_);
   event_free(flush_event_);
+  event_free(local_event_);
   event_base_free(base_);
   close(wake_fd_);
 }
 
 void EventLoop::Run() {
+  loop_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
   // The wake-up event is always pending, so dispatch runs until loopbreak.
   event_base_dispatch(base_);
+  loop_thread_.store(std::thread::id(), std::memory_order_relaxed);
 }
 
 void EventLoop::Stop() {
@@ -78,6 +83,17 @@ void EventLoop::Stop() {
 }
 
 void EventLoop::Post(absl::AnyInvocable<void()> task) {
+  // Only the loop thread itself can find its own id here (it stored it), so a
+  // relaxed load suffices.
+  if (loop_thread_.load(std::memory_order_relaxed) ==
+      std::this_thread::get_id()) {
+    local_posted_.push_back(std::move(task));
+    if (!local_active_) {
+      local_active_ = true;
+      event_active(local_event_, 0, 0);
+    }
+    return;
+  }
   bool wake = false;
   {
     absl::MutexLock lock(&mu_);
@@ -90,6 +106,15 @@ void EventLoop::Post(absl::AnyInvocable<void()> task) {
     // nothing lost.
     [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
   }
+}
+
+void EventLoop::OnLocalPosted(int, short, void* arg) {
+  auto* self = static_cast<EventLoop*>(arg);
+  self->local_active_ = false;
+  std::vector<absl::AnyInvocable<void()>> tasks;
+  tasks.swap(self->local_posted_);
+  // Tasks these post go to the next activation.
+  for (auto& task : tasks) task();
 }
 
 void EventLoop::OnPosted(int, short, void* arg) {

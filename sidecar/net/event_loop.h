@@ -11,7 +11,9 @@
 #ifndef BULWARK_SIDECAR_NET_EVENT_LOOP_H_
 #define BULWARK_SIDECAR_NET_EVENT_LOOP_H_
 
+#include <atomic>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -39,7 +41,11 @@ class EventLoop {
   // Makes Run() return after the current iteration. Thread-safe.
   void Stop();
 
-  // Runs `task` on the loop thread soon. Thread-safe; tasks run in post order.
+  // Runs `task` on the loop thread soon. Thread-safe; the tasks one thread
+  // posts run in that thread's post order. From the loop thread itself the
+  // task waits in a local queue that runs later in the same iteration (before
+  // the flush), with no lock and no eventfd wake-up; from other threads it
+  // goes through a mutex-guarded queue and the eventfd.
   void Post(absl::AnyInvocable<void()> task) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Asks for `hook` to run once all I/O callbacks of the current iteration are
@@ -56,6 +62,7 @@ class EventLoop {
 
  private:
   static void OnPosted(int, short, void* arg);
+  static void OnLocalPosted(int, short, void* arg);
   static void OnFlush(int, short, void* arg);
   static void OnTimer(int, short, void* arg);
 
@@ -63,7 +70,12 @@ class EventLoop {
   int wake_fd_ = -1;
   event* post_event_ = nullptr;
   event* flush_event_ = nullptr;
+  event* local_event_ = nullptr;  // activated by Post on the loop thread
   bool flush_requested_ = false;
+  // Set while Run runs: whose Post calls may use the local queue.
+  std::atomic<std::thread::id> loop_thread_{};
+  std::vector<absl::AnyInvocable<void()>> local_posted_;  // loop thread only
+  bool local_active_ = false;                               // loop thread only
   absl::AnyInvocable<void()> flush_hook_;
 
   absl::Mutex mu_;
