@@ -71,6 +71,20 @@ absl::StatusOr<std::vector<ResolvedAddress>> Lookup(const HostPort& address,
     out.push_back(std::move(r));
   }
   freeaddrinfo(res);
+  // One family, as most resolvers of proxies do by default (IPv4 preferred): a
+  // name such as localhost answers ::1 and 127.0.0.1, and a server listening on
+  // 0.0.0.0 only would fail every call sent to ::1.
+  const bool any_v4 =
+      std::any_of(out.begin(), out.end(), [](const ResolvedAddress& a) {
+        return a.addr.ss_family == AF_INET;
+      });
+  if (any_v4) {
+    out.erase(std::remove_if(out.begin(), out.end(),
+                             [](const ResolvedAddress& a) {
+                               return a.addr.ss_family != AF_INET;
+                             }),
+              out.end());
+  }
   Normalize(out);
   if (out.empty()) return NoAddress(address);
   return out;
@@ -238,12 +252,14 @@ void DnsRefresher::Start() {
   thread_ = std::thread([this] { Loop(); });
 }
 
+void DnsRefresher::RequestStop() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  wake_.Signal();
+}
+
 void DnsRefresher::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    wake_.Signal();
-  }
+  RequestStop();
   if (thread_.joinable()) thread_.join();
 }
 

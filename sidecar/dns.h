@@ -63,7 +63,10 @@ class Resolver {
       const HostPort& address) = 0;
 };
 
-// getaddrinfo(3): /etc/hosts, then DNS, as the system is configured.
+// getaddrinfo(3): /etc/hosts, then DNS, as the system is configured. One
+// address family per name: its IPv4 addresses if it has any, else its IPv6
+// ones (localhost answers both, and a server on 0.0.0.0 alone would fail every
+// call sent to ::1).
 class SystemResolver final : public Resolver {
  public:
   absl::StatusOr<std::vector<ResolvedAddress>> Resolve(
@@ -88,6 +91,7 @@ class DnsCache {
 
   // Forgets every answer: the next Get of each name looks it up again.
   void Clear() ABSL_LOCKS_EXCLUDED(mu_);
+
 
  private:
   Resolver& resolver_;
@@ -122,9 +126,11 @@ class DnsRefresher {
   // When the next name is due; InfiniteFuture with no names.
   absl::Time NextDue() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // A thread calling RefreshDue whenever a name is due (real time). Stop
-  // wakes it and joins; a lookup in progress is waited for.
+  // A thread calling RefreshDue whenever a name is due (real time).
+  // RequestStop asks it to end without waiting; Stop also joins it (a lookup
+  // in progress is waited for). Both are idempotent.
   void Start();
+  void RequestStop() ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:

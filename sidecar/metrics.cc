@@ -318,14 +318,14 @@ std::shared_ptr<EndpointMetrics> ClusterMetrics::ForEndpoint(
 void ClusterMetrics::Release(EndpointMetrics* endpoint) {
   {
     absl::MutexLock lock(&endpoints_mu_);
-    // Under the same mutex as ForEndpoint: either the slot still names this
-    // (expired) object and the series go, or a new holder already replaced it
-    // and shares the series (Family::Add returned the same ones), which then
-    // stay.
+    // Under the same mutex as ForEndpoint, where every live holder of this
+    // name is the slot's occupant: if the slot holds a live object, it shares
+    // these series (Family::Add returned the same ones) and they stay;
+    // otherwise nobody uses them and they go (removing one twice is a no-op).
     auto it = endpoints_.find(endpoint->name());
-    if (it != endpoints_.end() && it->second.expired()) {
+    if (it == endpoints_.end() || it->second.expired()) {
       endpoint->RemoveSeries();
-      endpoints_.erase(it);
+      if (it != endpoints_.end()) endpoints_.erase(it);
     }
   }
   delete endpoint;

@@ -1,5 +1,6 @@
 #include "sidecar/sidecar.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -202,13 +203,15 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
       std::make_unique<UpstreamHealthProbeTransport>(*sidecar->workers_[0]);
   for (auto& worker : sidecar->workers_) worker->Start();
   sidecar->StartHealthChecks(*snapshot);
+  const pthread_t main_thread = pthread_self();
   sidecar->dns_refresher_ = std::make_unique<DnsRefresher>(
       sidecar->dns_, RealClock::Get(),
-      [] {
+      [main_thread] {
         // The main thread's loop rebuilds; wake it now rather than at its
-        // next one-second tick. Every thread blocks the signal, so the
-        // sigtimedwait of Run takes it.
-        kill(getpid(), WakeSignal());
+        // next one-second tick. Sent to that thread alone, which blocks it
+        // (BlockSignals), so it stays pending for Run's sigtimedwait and can
+        // never take the process down.
+        pthread_kill(main_thread, WakeSignal());
       });
   sidecar->dns_refresher_->SetNames(DnsNames(**snapshot));
   sidecar->dns_refresher_->Start();
@@ -267,8 +270,18 @@ int Sidecar::Run() {
 void Sidecar::Reload(std::string_view why) {
   config_text_ = ReadFileOrEmpty(config_path_);
   auto loaded = LoadConfigFile(config_path_);
-  // A reload resolves every endpoint name afresh (as at start-up).
-  dns_.Clear();
+  if (loaded.ok()) {
+    // A reload looks every endpoint name up afresh; a name whose lookup fails
+    // keeps its last answer (a name never resolved fails the build below).
+    for (const auto& cluster : loaded->proto.clusters()) {
+      for (const std::string& text : cluster.endpoints()) {
+        auto address = ParseHostPort(text);
+        if (address.ok() && !IsIpLiteral(address->host)) {
+          (void)dns_.Refresh(*address);
+        }
+      }
+    }
+  }
   auto fail = [&](std::string_view message) {
     // Logged first: whoever sees the counter grow can also find the reason.
     Log(LogLevel::kError,
@@ -353,9 +366,11 @@ void Sidecar::RefreshEndpoints() {
 }
 
 void Sidecar::Drain() {
-  if (dns_refresher_ != nullptr) dns_refresher_->Stop();
   draining_ = true;
   for (auto& worker : workers_) worker->BeginDrain();
+  // Not joined yet: a lookup in progress may take the resolver's timeout, and
+  // the drain must not wait for it.
+  if (dns_refresher_ != nullptr) dns_refresher_->RequestStop();
   const absl::Duration budget =
       ToAbslDuration(current()->config.proto.drain_timeout());
   const absl::Time until = absl::Now() + budget;
@@ -373,6 +388,7 @@ void Sidecar::Drain() {
   for (auto& worker : workers_) worker->ForceCloseAndStop();
   for (auto& worker : workers_) worker->Join();
   admin_->Stop();
+  if (dns_refresher_ != nullptr) dns_refresher_->Stop();
   Log(LogLevel::kInfo, "stopped");
 }
 

@@ -146,7 +146,7 @@ struct DownstreamCallbacks {
     DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
     return static_cast<DownstreamSession*>(user_data)->AppendDataFrame(
         frame, framehd, length, [stream](size_t n, std::string& out) {
-          if (stream != nullptr) stream->CopyResponseBody(n, out);
+          return stream != nullptr && stream->CopyResponseBody(n, out);
         });
   }
 
@@ -419,13 +419,14 @@ ssize_t DownstreamStream::ReadRequestBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-void DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
-  const size_t n = std::min(length, request_body_.size());
-  if (n == 0) return;
-  request_body_.MoveTo(n, out);
+bool DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
+  if (request_body_.size() < length) return false;
+  if (length == 0) return true;
+  request_body_.MoveTo(length, out);
   // Only now the client may send more: end-to-end flow control.
-  nghttp2_session_consume_stream(down(), stream_id_, n);
+  nghttp2_session_consume_stream(down(), stream_id_, length);
   session_.MarkDirty();
+  return true;
 }
 
 void DownstreamStream::AddResponseHeader(std::string_view name,
@@ -523,22 +524,23 @@ ssize_t DownstreamStream::ReadResponseBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-void DownstreamStream::CopyResponseBody(size_t length, std::string& out) {
+bool DownstreamStream::CopyResponseBody(size_t length, std::string& out) {
   if (shared_response_ != nullptr) {
     const std::string& body = shared_response_->body;
-    const size_t n = std::min(length, body.size() - shared_offset_);
-    out.append(body, shared_offset_, n);
-    shared_offset_ += n;
-    return;
+    if (body.size() - shared_offset_ < length) return false;
+    out.append(body, shared_offset_, length);
+    shared_offset_ += length;
+    return true;
   }
-  const size_t n = std::min(length, response_body_.size());
-  if (n == 0) return;
-  response_body_.MoveTo(n, out);
+  if (response_body_.size() < length) return false;
+  if (length == 0) return true;
+  response_body_.MoveTo(length, out);
   if (upstream_ != nullptr) {
     nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_,
-                                   n);
+                                   length);
     upstream_->MarkDirty();
   }
+  return true;
 }
 
 void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {

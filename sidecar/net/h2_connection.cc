@@ -200,21 +200,22 @@ std::string ByteQueue::Take() {
 
 int H2Connection::AppendDataFrame(
     const nghttp2_frame* frame, const uint8_t* framehd, size_t length,
-    absl::FunctionRef<void(size_t, std::string&)> fill) {
+    absl::FunctionRef<bool(size_t, std::string&)> fill) {
   if (out_.size() - out_offset_ >= kMaxPendingOut) {
     // nghttp2 keeps the frame and asks again on the next mem_send (which then
     // returns 0 for now); Flush writes first, as it does at the cap below.
     send_blocked_ = true;
     return NGHTTP2_ERR_WOULDBLOCK;
   }
+  const size_t start = out_.size();
   out_.append(reinterpret_cast<const char*>(framehd), 9);
   const size_t padlen = frame->data.padlen;
   if (padlen > 0) out_.push_back(static_cast<char>(padlen - 1));
   const size_t before = out_.size();
-  fill(length, out_);
-  // The frame header promised `length` bytes: whatever happened to the source,
-  // keep the framing intact (the stream is being reset if it fell short).
-  out_.resize(before + length, '\0');
+  if (!fill(length, out_) || out_.size() - before != length) {
+    out_.resize(start);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
   if (padlen > 1) out_.append(padlen - 1, '\0');
   return 0;
 }

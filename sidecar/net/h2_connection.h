@@ -85,10 +85,14 @@ class H2Connection {
   // write buffer, `fill` appending the `length` payload bytes from the
   // stream's own queue. This saves the copy into nghttp2's frame buffer. With
   // the write buffer at its cap it returns NGHTTP2_ERR_WOULDBLOCK (nghttp2
-  // keeps the frame until the next flush).
+  // keeps the frame until the next flush). `fill` returns false, appending
+  // nothing, when the source no longer holds the bytes the frame promised (its
+  // stream or peer went away, or a deadline discarded them while the frame
+  // waited): the frame is then dropped and nghttp2 resets the stream
+  // (NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE), rather than sending stand-in bytes.
   int AppendDataFrame(const nghttp2_frame* frame, const uint8_t* framehd,
                       size_t length,
-                      absl::FunctionRef<void(size_t, std::string&)> fill);
+                      absl::FunctionRef<bool(size_t, std::string&)> fill);
 
  protected:
   // Starts watching the socket for reads.

@@ -105,10 +105,11 @@ ssize_t UpstreamCall::ReadRequestBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-void UpstreamCall::CopyRequestBody(size_t length, std::string& out) {
-  const size_t n = std::min(length, request_.body.size() - request_offset_);
-  out.append(request_.body, request_offset_, n);
-  request_offset_ += n;
+bool UpstreamCall::CopyRequestBody(size_t length, std::string& out) {
+  if (request_.body.size() - request_offset_ < length) return false;
+  out.append(request_.body, request_offset_, length);
+  request_offset_ += length;
+  return true;
 }
 
 void UpstreamCall::AddResponseHeader(std::string_view name,

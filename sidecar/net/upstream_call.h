@@ -74,7 +74,7 @@ class UpstreamCall final : public UpstreamPeer {
 
   // --- UpstreamPeer ---
   ssize_t ReadRequestBody(size_t length, uint32_t* flags) override;
-  void CopyRequestBody(size_t length, std::string& out) override;
+  bool CopyRequestBody(size_t length, std::string& out) override;
   void AddResponseHeader(std::string_view name,
                          std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;

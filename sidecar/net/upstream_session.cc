@@ -92,7 +92,10 @@ struct UpstreamCallbacks {
                              uint8_t*, size_t length, uint32_t* flags,
                              nghttp2_data_source*, void*) {
     UpstreamPeer* peer = PeerOf(session, stream_id);
-    if (peer == nullptr) return NGHTTP2_ERR_DEFERRED;  // reset is on its way
+    // Nobody will send the rest of this request (the caller left, or the
+    // upstream already answered): reset the stream rather than defer it
+    // forever, which would keep it, and its connection, open.
+    if (peer == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     const ssize_t n = peer->ReadRequestBody(length, flags);
     if (n >= 0) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
     return n;
@@ -104,7 +107,7 @@ struct UpstreamCallbacks {
     UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
     return static_cast<UpstreamConnection*>(user_data)->AppendDataFrame(
         frame, framehd, length, [peer](size_t n, std::string& out) {
-          if (peer != nullptr) peer->CopyRequestBody(n, out);
+          return peer != nullptr && peer->CopyRequestBody(n, out);
         });
   }
 

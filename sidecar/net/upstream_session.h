@@ -29,9 +29,10 @@ class UpstreamPeer {
   // The request's data provider (NGHTTP2_DATA_FLAG_NO_COPY): how many bytes
   // (<= length) the next DATA frame carries, EOF in `flags`, or
   // NGHTTP2_ERR_DEFERRED; CopyRequestBody then appends exactly those bytes to
-  // the frame in `out`.
+  // the frame in `out`, or returns false (appending nothing) if it no longer
+  // has them.
   virtual ssize_t ReadRequestBody(size_t length, uint32_t* flags) = 0;
-  virtual void CopyRequestBody(size_t length, std::string& out) = 0;
+  virtual bool CopyRequestBody(size_t length, std::string& out) = 0;
   virtual void AddResponseHeader(std::string_view name,
                                  std::string_view value) = 0;
   virtual void OnResponseHeadersDone(bool end_stream) = 0;

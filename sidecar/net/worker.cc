@@ -216,6 +216,18 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
   }
   slot.conn = conn;
   all_upstream_.insert(conn);
+  if (retained_.has_value() && !retained_->contains(address.key)) {
+    // A call still holding an older snapshot reached an endpoint that has left
+    // since: serve it, then let the connection go once its streams are done
+    // (the task runs after the caller has submitted its stream).
+    Post([this, key = address.key] {
+      if (retained_.has_value() && retained_->contains(key)) return;
+      auto it = upstream_.find(key);
+      if (it == upstream_.end()) return;
+      if (it->second.conn != nullptr) it->second.conn->Retire();
+      upstream_.erase(it);
+    });
+  }
   return conn;
 }
 
@@ -225,7 +237,10 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   auto it = upstream_.find(conn->key());
   if (it == upstream_.end()) return;
   UpstreamSlot& slot = it->second;
-  if (slot.conn == conn) slot.conn = nullptr;
+  // A connection that is no longer the slot's (drained after GOAWAY, or
+  // retired before its key came back) says nothing about the current one.
+  if (slot.conn != conn) return;
+  slot.conn = nullptr;
   if (connect_failed) {
     slot.backoff =
         std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
@@ -237,12 +252,13 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
 }
 
 void Worker::RetainUpstreams(absl::flat_hash_set<std::string> keys) {
-  Post([this, keys = std::move(keys)] {
+  Post([this, keys = std::move(keys)]() mutable {
     absl::erase_if(upstream_, [&](const auto& entry) {
       if (keys.contains(entry.first)) return false;
       if (entry.second.conn != nullptr) entry.second.conn->Retire();
       return true;
     });
+    retained_ = std::move(keys);
   });
 }
 
@@ -259,8 +275,15 @@ void Worker::ScheduleMemoryTrim() {
   // chunks spread over glibc's heap, which keeps such memory mapped. One
   // malloc_trim per second at most, off the I/O path, hands the free pages
   // back to the kernel (madvise), so RSS follows the load back down.
+  // malloc_trim walks every arena, so one per second for the whole process:
+  // whichever worker's timer fires first does it for all.
   timers_.Schedule(absl::Now() + kMemoryTrimDelay, [this] {
     trim_scheduled_ = false;
+    static std::atomic<int64_t> last_trim_ns{0};
+    const int64_t now = absl::GetCurrentTimeNanos();
+    int64_t last = last_trim_ns.load(std::memory_order_relaxed);
+    if (now - last < absl::ToInt64Nanoseconds(kMemoryTrimDelay)) return;
+    if (!last_trim_ns.compare_exchange_strong(last, now)) return;
     malloc_trim(0);
   });
 }

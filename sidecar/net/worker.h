@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -149,6 +150,9 @@ class Worker {
   };
   absl::flat_hash_map<std::string, UpstreamSlot> upstream_;
   absl::flat_hash_set<UpstreamConnection*> all_upstream_;
+  // The upstream keys of the current configuration (RetainUpstreams); unset
+  // until the first call.
+  std::optional<absl::flat_hash_set<std::string>> retained_;
   std::vector<H2Connection*> dirty_;
   std::vector<H2Connection*> to_delete_;
 };
