@@ -33,8 +33,8 @@
 namespace bulwark {
 
 struct Endpoint {
-  HostPort address;      // as configured (a DNS name or an IP literal)
-  std::string resolved;  // "10.0.0.4:50051": identity and metric label
+  HostPort address;               // as configured (a DNS name or an IP literal)
+  std::string resolved;           // "10.0.0.4:50051": identity and metric label
   net::UpstreamAddress upstream;  // socket address, connection key
   EndpointLoad load;              // healthy flag and calls in flight (atomics)
   std::shared_ptr<EndpointMetrics> metrics;

@@ -74,10 +74,9 @@ absl::StatusOr<std::vector<ResolvedAddress>> Lookup(const HostPort& address,
   // One family, as most resolvers of proxies do by default (IPv4 preferred): a
   // name such as localhost answers ::1 and 127.0.0.1, and a server listening on
   // 0.0.0.0 only would fail every call sent to ::1.
-  const bool any_v4 =
-      std::any_of(out.begin(), out.end(), [](const ResolvedAddress& a) {
-        return a.addr.ss_family == AF_INET;
-      });
+  const bool any_v4 = std::any_of(
+      out.begin(), out.end(),
+      [](const ResolvedAddress& a) { return a.addr.ss_family == AF_INET; });
   if (any_v4) {
     out.erase(std::remove_if(out.begin(), out.end(),
                              [](const ResolvedAddress& a) {
@@ -91,10 +90,9 @@ absl::StatusOr<std::vector<ResolvedAddress>> Lookup(const HostPort& address,
 }
 
 std::string JoinTexts(const std::vector<ResolvedAddress>& addresses) {
-  return absl::StrJoin(addresses, ", ",
-                       [](std::string* out, const ResolvedAddress& a) {
-                         out->append(a.text);
-                       });
+  return absl::StrJoin(
+      addresses, ", ",
+      [](std::string* out, const ResolvedAddress& a) { out->append(a.text); });
 }
 
 }  // namespace
@@ -244,7 +242,8 @@ absl::Time DnsRefresher::NextDue() const {
 
 absl::Time DnsRefresher::NextDueLocked() const {
   absl::Time next = absl::InfiniteFuture();
-  for (const auto& [key, entry] : names_) next = std::min(next, entry.second.due);
+  for (const auto& [key, entry] : names_)
+    next = std::min(next, entry.second.due);
   return next;
 }
 

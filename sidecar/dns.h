@@ -58,7 +58,8 @@ absl::StatusOr<ResolvedAddress> LiteralAddress(const HostPort& address);
 class Resolver {
  public:
   virtual ~Resolver() = default;
-  // Every address of `address.host` (TCP), in any order. Blocking. Errors are Unavailable and name the host.
+  // Every address of `address.host` (TCP), in any order. Blocking. Errors are
+  // Unavailable and name the host.
   virtual absl::StatusOr<std::vector<ResolvedAddress>> Resolve(
       const HostPort& address) = 0;
 };
@@ -91,7 +92,6 @@ class DnsCache {
 
   // Forgets every answer: the next Get of each name looks it up again.
   void Clear() ABSL_LOCKS_EXCLUDED(mu_);
-
 
  private:
   Resolver& resolver_;

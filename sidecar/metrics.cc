@@ -304,8 +304,8 @@ prometheus::Histogram& ClusterMetrics::UpstreamDuration() {
 std::shared_ptr<EndpointMetrics> ClusterMetrics::ForEndpoint(
     std::string_view endpoint) {
   absl::MutexLock lock(&endpoints_mu_);
-  std::weak_ptr<EndpointMetrics>& slot = endpoints_[absl::string_view(
-      endpoint.data(), endpoint.size())];
+  std::weak_ptr<EndpointMetrics>& slot =
+      endpoints_[absl::string_view(endpoint.data(), endpoint.size())];
   if (std::shared_ptr<EndpointMetrics> live = slot.lock()) return live;
   // Private constructor: make_shared cannot reach it.
   std::shared_ptr<EndpointMetrics> created(

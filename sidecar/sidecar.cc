@@ -205,8 +205,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   sidecar->StartHealthChecks(*snapshot);
   const pthread_t main_thread = pthread_self();
   sidecar->dns_refresher_ = std::make_unique<DnsRefresher>(
-      sidecar->dns_, RealClock::Get(),
-      [main_thread] {
+      sidecar->dns_, RealClock::Get(), [main_thread] {
         // The main thread's loop rebuilds; wake it now rather than at its
         // next one-second tick. Sent to that thread alone, which blocks it
         // (BlockSignals), so it stays pending for Run's sigtimedwait and can
@@ -347,8 +346,7 @@ void Sidecar::Install(std::shared_ptr<const Snapshot> snapshot) {
 void Sidecar::RefreshEndpoints() {
   if (draining_) return;
   std::shared_ptr<const Snapshot> old = current();
-  auto snapshot =
-      BuildSnapshot(old->config, old.get(), /*reread_tls=*/false);
+  auto snapshot = BuildSnapshot(old->config, old.get(), /*reread_tls=*/false);
   if (!snapshot.ok()) {
     // The answers are cached, so only a name that left the cache can fail
     // here; the endpoints stay as they are.

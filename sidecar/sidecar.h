@@ -87,7 +87,7 @@ class Sidecar {
   struct RunningHealthCheck {
     std::unique_ptr<HealthChecker> checker;
     std::string cluster;
-    std::string config;               // the health_check block, serialized
+    std::string config;                // the health_check block, serialized
     std::vector<Endpoint*> endpoints;  // what it probes (kept alive by it)
   };
   std::vector<RunningHealthCheck> health_checkers_;

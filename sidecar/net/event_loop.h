@@ -75,7 +75,7 @@ class EventLoop {
   // Set while Run runs: whose Post calls may use the local queue.
   std::atomic<std::thread::id> loop_thread_{};
   std::vector<absl::AnyInvocable<void()>> local_posted_;  // loop thread only
-  bool local_active_ = false;                               // loop thread only
+  bool local_active_ = false;                             // loop thread only
   absl::AnyInvocable<void()> flush_hook_;
 
   absl::Mutex mu_;

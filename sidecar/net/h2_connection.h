@@ -89,7 +89,8 @@ class H2Connection {
   // nothing, when the source no longer holds the bytes the frame promised (its
   // stream or peer went away, or a deadline discarded them while the frame
   // waited): the frame is then dropped and nghttp2 resets the stream
-  // (NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE), rather than sending stand-in bytes.
+  // (NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE), rather than sending stand-in
+  // bytes.
   int AppendDataFrame(const nghttp2_frame* frame, const uint8_t* framehd,
                       size_t length,
                       absl::FunctionRef<bool(size_t, std::string&)> fill);

@@ -554,11 +554,10 @@ TEST_F(RunningSidecarTest, RoutesListsEveryRouteAndEndpointAsJson) {
   EXPECT_THAT(r.body, HasSubstr("\"name\": \"all\""));
   EXPECT_THAT(r.body, HasSubstr("\"name\": \"demo\""));
   EXPECT_THAT(r.body, HasSubstr("\"tokens\": 10"));
-  EXPECT_THAT(r.body,
-              HasSubstr(absl::StrCat("\"address\": \"", upstream_->address(),
-                                     "\", \"resolved\": \"",
-                                     upstream_->address(),
-                                     "\", \"healthy\": true")));
+  EXPECT_THAT(r.body, HasSubstr(absl::StrCat(
+                          "\"address\": \"", upstream_->address(),
+                          "\", \"resolved\": \"", upstream_->address(),
+                          "\", \"healthy\": true")));
   ExpectValidJson(r.body, "/routes");
 }
 

@@ -32,8 +32,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bulwark/demo/v1/demo.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/process.h"
 
@@ -164,12 +164,11 @@ class DnsTest : public ::testing::Test {
   std::string ConfigYaml(absl::Duration refresh) const {
     return absl::StrCat(
         "listener: { address: \"127.0.0.1:", port_, "\" }\n",
-        "admin: { address: \"127.0.0.1:", admin_port_, "\" }\n",
-        "workers: 2\n", "drain_timeout: 5s\n", "clusters:\n",
-        "  - name: orders\n", "    endpoints: [\"", kName, ":", upstream_port_,
-        "\"]\n", "    dns_refresh_interval: ",
-        absl::ToInt64Milliseconds(refresh), "ms\n", "routes:\n",
-        "  - name: all\n", "    cluster: orders\n");
+        "admin: { address: \"127.0.0.1:", admin_port_, "\" }\n", "workers: 2\n",
+        "drain_timeout: 5s\n", "clusters:\n", "  - name: orders\n",
+        "    endpoints: [\"", kName, ":", upstream_port_, "\"]\n",
+        "    dns_refresh_interval: ", absl::ToInt64Milliseconds(refresh),
+        "ms\n", "routes:\n", "  - name: all\n", "    cluster: orders\n");
   }
 
   // Serving counts of `calls` calls, by upstream ("failed: ..." for errors).
@@ -193,8 +192,7 @@ class DnsTest : public ::testing::Test {
     }
     std::string seen;
     for (const auto& [k, v] : last) absl::StrAppend(&seen, k, "=", v, " ");
-    return absl::DeadlineExceededError(
-        absl::StrCat("still served by: ", seen));
+    return absl::DeadlineExceededError(absl::StrCat("still served by: ", seen));
   }
 
   std::string Admin(const std::string& path) {
@@ -239,9 +237,9 @@ TEST_F(DnsTest, NameStandsForEveryAddressAndFollowsItsChanges) {
   ASSERT_NO_FATAL_FAILURE(StartSidecar());
   ASSERT_TRUE(WaitForServers({"a"}).ok());
   EXPECT_THAT(Admin("/routes"),
-              ::testing::HasSubstr(absl::StrCat(
-                  "\"address\": \"", kName, ":", upstream_port_,
-                  "\", \"resolved\": \"", Resolved("a"), "\"")));
+              ::testing::HasSubstr(
+                  absl::StrCat("\"address\": \"", kName, ":", upstream_port_,
+                               "\", \"resolved\": \"", Resolved("a"), "\"")));
 
   // A second address: both serve, both are endpoints with their own series.
   SetHosts({"a", "b"});
@@ -274,11 +272,9 @@ TEST_F(DnsTest, NameStandsForEveryAddressAndFollowsItsChanges) {
       << ConnectionsTo("a") << " connections to the removed address remain";
   EXPECT_THAT(Admin("/routes"),
               ::testing::Not(::testing::HasSubstr(Resolved("a"))));
-  EXPECT_THAT(sidecar_->Log(),
-              ::testing::HasSubstr(absl::StrCat("dns: ", kName, ":",
-                                                upstream_port_,
-                                                " now resolves to ",
-                                                Resolved("b"))));
+  EXPECT_THAT(sidecar_->Log(), ::testing::HasSubstr(absl::StrCat(
+                                   "dns: ", kName, ":", upstream_port_,
+                                   " now resolves to ", Resolved("b"))));
 }
 
 TEST_F(DnsTest, ChangingAnswersUnderLoadFailNoCall) {
@@ -292,9 +288,9 @@ TEST_F(DnsTest, ChangingAnswersUnderLoadFailNoCall) {
   std::vector<std::thread> load;
   for (int t = 0; t < 4; ++t) {
     load.emplace_back([&, t] {
-      auto stub = Demo::NewStub(grpc::CreateChannel(
-          absl::StrCat("127.0.0.1:", port_),
-          grpc::InsecureChannelCredentials()));
+      auto stub = Demo::NewStub(
+          grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
+                              grpc::InsecureChannelCredentials()));
       while (!stop.load()) {
         std::string served = Call(*stub);
         absl::MutexLock lock(&mu);
@@ -345,8 +341,8 @@ TEST_F(DnsTest, FailedLookupKeepsTheEndpoints) {
   SetHosts({"b"});
   ASSERT_TRUE(WaitForServers({"b"}).ok());
   EXPECT_THAT(sidecar_->Log(),
-              ::testing::HasSubstr(absl::StrCat(kName, ":", upstream_port_,
-                                                " resolves again")));
+              ::testing::HasSubstr(
+                  absl::StrCat(kName, ":", upstream_port_, " resolves again")));
 }
 
 TEST_F(DnsTest, WithoutRefreshNamesAreResolvedAtReload) {

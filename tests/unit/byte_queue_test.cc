@@ -25,8 +25,8 @@ TEST(ByteQueueTest, MovesBytesOutInOrderAcrossChunks) {
   }
   EXPECT_EQ(q.size(), expected.size());
   std::string out = "prefix:";
-  q.MoveTo(5, out);        // inside the first chunk
-  q.MoveTo(10'000, out);   // across chunk boundaries
+  q.MoveTo(5, out);       // inside the first chunk
+  q.MoveTo(10'000, out);  // across chunk boundaries
   EXPECT_EQ(out, "prefix:" + expected.substr(0, 10'005));
   EXPECT_EQ(q.size(), expected.size() - 10'005);
   out.clear();

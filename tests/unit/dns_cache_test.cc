@@ -1,8 +1,6 @@
 // DNS for cluster endpoints (sidecar/dns.h) and how clusters follow the
 // answers (sidecar/cluster.h): a fake resolver answers, a FakeClock decides
 // what is due; nothing sleeps and nothing leaves the process.
-#include "sidecar/dns.h"
-
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -19,6 +17,7 @@
 #include "policies/clock.h"
 #include "sidecar/cluster.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/dns.h"
 #include "sidecar/metrics.h"
 
 namespace bulwark {
@@ -48,11 +47,13 @@ class FakeResolver final : public Resolver {
     ++lookups_[address.host];
     auto it = ips_.find(address.host);
     if (it == ips_.end()) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot resolve ", address.ToString(), ": Name or service not known"));
+      return absl::UnavailableError(
+          absl::StrCat("cannot resolve ", address.ToString(),
+                       ": Name or service not known"));
     }
     std::vector<ResolvedAddress> out;
-    for (const std::string& ip : it->second) out.push_back(V4(ip, address.port));
+    for (const std::string& ip : it->second)
+      out.push_back(V4(ip, address.port));
     return out;
   }
   void Set(const std::string& host, std::vector<std::string> ips) {
@@ -167,7 +168,8 @@ TEST_F(RefresherTest, NamesAreLookedUpEveryIntervalAndChangesReported) {
   ASSERT_TRUE(cache_.Get(orders_).ok());
   ASSERT_TRUE(cache_.Get(users_).ok());
   const absl::Time start = clock_.Now();
-  refresher_.SetNames({{orders_, absl::Seconds(5)}, {users_, absl::Seconds(2)}});
+  refresher_.SetNames(
+      {{orders_, absl::Seconds(5)}, {users_, absl::Seconds(2)}});
   EXPECT_EQ(refresher_.NextDue(), start + absl::Seconds(2));
 
   // Nothing due yet.
@@ -273,8 +275,9 @@ TEST_F(ClusterDnsTest, NameIsOneEndpointPerAddress) {
   resolver_.Set("orders", {"10.0.0.1", "10.0.0.2"});
   auto cluster = Build(Config("\"orders:50051\", \"10.0.0.9:50051\""), nullptr);
   ASSERT_NE(cluster, nullptr);
-  EXPECT_THAT(Resolved(*cluster),
-              ElementsAre("10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.9:50051"));
+  EXPECT_THAT(
+      Resolved(*cluster),
+      ElementsAre("10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.9:50051"));
   const Endpoint& first = *cluster->endpoints()[0];
   EXPECT_EQ(first.address.ToString(), "orders:50051");
   // Connections are per address; the configured name stays the authority and
@@ -293,10 +296,11 @@ TEST_F(ClusterDnsTest, AddressReachedTwiceIsOneEndpoint) {
 }
 
 TEST_F(ClusterDnsTest, UnresolvableNameFailsTheBuildWithItsName) {
-  auto cluster = Cluster::Create(Config("\"nowhere:1\""), metrics_, cache_,
-                                 nullptr);
+  auto cluster =
+      Cluster::Create(Config("\"nowhere:1\""), metrics_, cache_, nullptr);
   ASSERT_FALSE(cluster.ok());
-  EXPECT_THAT(cluster.status().message(), HasSubstr("cannot resolve nowhere:1"));
+  EXPECT_THAT(cluster.status().message(),
+              HasSubstr("cannot resolve nowhere:1"));
 }
 
 TEST_F(ClusterDnsTest, NewAnswerKeepsStateOfRemainingAddresses) {
@@ -313,7 +317,8 @@ TEST_F(ClusterDnsTest, NewAnswerKeepsStateOfRemainingAddresses) {
   ASSERT_TRUE(cache_.Refresh({.host = "orders", .port = 50051}).value());
   auto after = Build(config, before.get());
   ASSERT_NE(after, nullptr);
-  EXPECT_THAT(Resolved(*after), ElementsAre("10.0.0.2:50051", "10.0.0.3:50051"));
+  EXPECT_THAT(Resolved(*after),
+              ElementsAre("10.0.0.2:50051", "10.0.0.3:50051"));
   // The address that stayed is the same endpoint: health, load, probe state.
   EXPECT_EQ(after->endpoints()[0].get(), kept);
   EXPECT_FALSE(after->endpoints()[0]->load.healthy.load());
