@@ -84,7 +84,8 @@ absl::StatusOr<std::vector<ResolvedAddress>> Lookup(const HostPort& address,
                              }),
               out.end());
   }
-  Normalize(out);
+  // Sorting and duplicates are DnsCache's business (it normalizes every
+  // resolver's answer).
   if (out.empty()) return NoAddress(address);
   return out;
 }

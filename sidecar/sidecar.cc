@@ -66,6 +66,16 @@ std::string HealthResultJson(const std::optional<ProbeResult>& result) {
 // wakes the main thread's sigtimedwait.
 int WakeSignal() { return SIGRTMIN + 1; }
 
+// The endpoints of `cluster` given as DNS names (IP literals left out).
+std::vector<HostPort> NamedEndpoints(const config::v1::Cluster& cluster) {
+  std::vector<HostPort> names;
+  for (const std::string& text : cluster.endpoints()) {
+    auto address = ParseHostPort(text);
+    if (address.ok() && !IsIpLiteral(address->host)) names.push_back(*address);
+  }
+  return names;
+}
+
 // The endpoint names of `snapshot` to keep fresh, with their clusters'
 // intervals (0 = never refreshed).
 std::vector<DnsRefresher::Name> DnsNames(const Snapshot& snapshot) {
@@ -74,10 +84,8 @@ std::vector<DnsRefresher::Name> DnsNames(const Snapshot& snapshot) {
     const absl::Duration interval =
         ToAbslDuration(cluster->config().dns_refresh_interval());
     if (interval <= absl::ZeroDuration()) continue;
-    for (const std::string& text : cluster->config().endpoints()) {
-      auto address = ParseHostPort(text);
-      if (!address.ok() || IsIpLiteral(address->host)) continue;
-      names.push_back({.address = *address, .interval = interval});
+    for (HostPort& address : NamedEndpoints(cluster->config())) {
+      names.push_back({.address = std::move(address), .interval = interval});
     }
   }
   return names;
@@ -273,11 +281,8 @@ void Sidecar::Reload(std::string_view why) {
     // A reload looks every endpoint name up afresh; a name whose lookup fails
     // keeps its last answer (a name never resolved fails the build below).
     for (const auto& cluster : loaded->proto.clusters()) {
-      for (const std::string& text : cluster.endpoints()) {
-        auto address = ParseHostPort(text);
-        if (address.ok() && !IsIpLiteral(address->host)) {
-          (void)dns_.Refresh(*address);
-        }
+      for (const HostPort& address : NamedEndpoints(cluster)) {
+        (void)dns_.Refresh(address);
       }
     }
   }
