@@ -7,6 +7,8 @@
 #ifndef BULWARK_POLICIES_CLOCK_H_
 #define BULWARK_POLICIES_CLOCK_H_
 
+#include <time.h>
+
 #include <cstdint>
 #include <map>
 #include <utility>
@@ -31,6 +33,24 @@ class RealClock final : public Clock {
   // One process-wide instance; RealClock has no state.
   static RealClock& Get() {
     static RealClock clock;
+    return clock;
+  }
+};
+
+// The data plane's clock: CLOCK_MONOTONIC as an absl::Time (epoch + time since
+// boot), so a wall-clock step never refills a bucket, holds a breaker open or
+// moves a deadline. Its instants are comparable only with each other, never
+// with absl::Now(): wall time is for logs and "seconds since" views only.
+class MonotonicClock final : public Clock {
+ public:
+  absl::Time Now() override {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return absl::UnixEpoch() + absl::Seconds(ts.tv_sec) +
+           absl::Nanoseconds(ts.tv_nsec);
+  }
+  static MonotonicClock& Get() {
+    static MonotonicClock clock;
     return clock;
   }
 };

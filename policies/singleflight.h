@@ -99,8 +99,10 @@ class Singleflight {
   // The leader's "nobody wants this any more": invoked exactly once, on the
   // thread of the caller that left last, if every interested caller (the
   // leader's own included) leaves before the flight ends; the sidecar then
-  // cancels the upstream call. Never invoked under the lock.
-  using OnUnwanted = absl::AnyInvocable<void()>;
+  // cancels the upstream call. `deadline_expired`: the last caller left
+  // because its deadline passed (the flight's outcome is then a deadline
+  // expiry, not a cancellation). Never invoked under the lock.
+  using OnUnwanted = absl::AnyInvocable<void(bool deadline_expired)>;
 
   enum class LeaveStatus : uint8_t {
     // Removed; other callers still wait and the flight goes on.
@@ -136,11 +138,12 @@ class Singleflight {
     }
     ~Membership() { Leave(); }
 
-    LeaveStatus Leave() {
+    // `deadline_expired`: the caller leaves because its deadline passed.
+    LeaveStatus Leave(bool deadline_expired = false) {
       Singleflight* owner = std::exchange(owner_, nullptr);
       if (owner == nullptr) return LeaveStatus::kAlreadyEnded;
       std::shared_ptr<Flight> flight = std::move(flight_);
-      return owner->LeaveFlight(*flight, slot_);
+      return owner->LeaveFlight(*flight, slot_, deadline_expired);
     }
 
    private:
@@ -352,7 +355,7 @@ class Singleflight {
     return delivered;
   }
 
-  LeaveStatus LeaveFlight(Flight& flight, size_t slot)
+  LeaveStatus LeaveFlight(Flight& flight, size_t slot, bool deadline_expired)
       ABSL_LOCKS_EXCLUDED(mu_) {
     // The usual case, a caller leaving after delivery, takes no lock.
     if (flight.ended.load(std::memory_order_acquire)) {
@@ -374,7 +377,7 @@ class Singleflight {
       if (last) remains = EndLocked(flight);
     }
     if (!last) return LeaveStatus::kLeft;
-    if (remains.on_unwanted) remains.on_unwanted();
+    if (remains.on_unwanted) remains.on_unwanted(deadline_expired);
     return LeaveStatus::kLastLeft;
   }
 

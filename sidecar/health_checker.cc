@@ -220,7 +220,7 @@ UpstreamHealthProbeTransport::Check(
     absl::Duration timeout, absl::AnyInvocable<void(ProbeResult)> done) {
   auto probe = std::make_unique<CheckProbe>(std::move(done));
   probe->Begin(worker_, endpoint,
-               HealthRequest("Check", service, absl::Now() + timeout));
+               HealthRequest("Check", service, worker_.clock().Now() + timeout));
   return probe;
 }
 

@@ -24,57 +24,20 @@ std::string Fingerprint(const config::v1::Route& route) {
 
 std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
                                      RouteMetrics* metrics,
-                                     std::string fingerprint) {
+                                     std::string fingerprint, Clock& clock) {
   auto state = std::make_shared<RouteState>();
   state->fingerprint = std::move(fingerprint);
-  Clock& clock = RealClock::Get();
   if (config.has_rate_limit()) {
-    const auto& rl = config.rate_limit();
-    if (rl.key_header().empty()) {
-      state->bucket = std::make_unique<TokenBucket>(
-          TokenBucketOptions{.rate_per_second = rl.requests_per_second(),
-                             .burst = static_cast<int64_t>(rl.burst())},
-          clock);
-    } else {
-      state->keyed = std::make_unique<KeyedRateLimiter>(
-          KeyedRateLimiterOptions{.rate_per_second = rl.requests_per_second(),
-                                  .burst = static_cast<int64_t>(rl.burst()),
-                                  .max_keys = rl.max_keys()},
-          clock);
-    }
+    state->rate_limit =
+        chain::RateLimitStage::NewState(config.rate_limit(), clock);
   }
   if (config.has_circuit_breaker()) {
-    const auto& cb = config.circuit_breaker();
-    const std::string route = config.name();
-    metrics->SetBreakerState(RouteMetrics::BreakerState::kClosed);
-    state->breaker = std::make_unique<CircuitBreaker>(
-        CircuitBreakerOptions{
-            .consecutive_failures = cb.consecutive_failures(),
-            .failure_rate = cb.failure_rate(),
-            .minimum_requests = cb.minimum_requests(),
-            .window = ToAbslDuration(cb.window()),
-            .open_duration = ToAbslDuration(cb.open_duration()),
-            .half_open_requests = cb.half_open_requests(),
-            .slow_call_duration = ToAbslDuration(cb.slow_call_duration()),
-            .slow_call_rate = cb.slow_call_rate(),
-        },
-        clock,
-        [metrics, route](CircuitBreaker::State from, CircuitBreaker::State to) {
-          metrics->SetBreakerState(ToMetricState(to));
-          metrics->BreakerTransitions(ToMetricState(to)).Increment();
-          Log(LogLevel::kWarning, "route %s: circuit breaker %s -> %s", route,
-              std::string(CircuitBreaker::StateName(from)),
-              std::string(CircuitBreaker::StateName(to)));
-        });
+    state->breaker = chain::BreakerStage::NewState(
+        config.circuit_breaker(), config.name(), clock, metrics);
   }
   if (config.has_concurrency()) {
-    const auto& c = config.concurrency();
-    state->limiter = std::make_unique<ConcurrencyLimiter>(
-        ConcurrencyLimiter::Options{
-            .max_in_flight = c.max_in_flight(),
-            .max_queued = c.max_queued(),
-            .queue_timeout = ToAbslDuration(c.queue_timeout())},
-        clock);
+    state->limiter =
+        chain::ConcurrencyStage::NewState(config.concurrency(), clock);
   }
   if (config.has_singleflight() && config.singleflight().enabled()) {
     state->flights = std::make_unique<Flights>();
@@ -84,22 +47,11 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
 
 }  // namespace
 
-RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
-  switch (state) {
-    case CircuitBreaker::State::kOpen:
-      return RouteMetrics::BreakerState::kOpen;
-    case CircuitBreaker::State::kHalfOpen:
-      return RouteMetrics::BreakerState::kHalfOpen;
-    default:
-      return RouteMetrics::BreakerState::kClosed;
-  }
-}
-
 absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     const config::v1::Config& config,
     const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
     Metrics& metrics, const RouteTable* previous,
-    const absl::flat_hash_set<std::string>* unary_methods) {
+    const absl::flat_hash_set<std::string>* unary_methods, Clock& clock) {
   std::unique_ptr<RouteTable> table(new RouteTable());
   for (const config::v1::Route& rc : config.routes()) {
     auto route = std::make_unique<Route>();
@@ -122,28 +74,27 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
       }
     }
     if (route->state == nullptr) {
-      route->state = NewState(rc, route->metrics, std::move(fingerprint));
+      route->state =
+          NewState(rc, route->metrics, std::move(fingerprint), clock);
     }
-    if (rc.has_circuit_breaker()) {
-      for (int code : rc.circuit_breaker().failure_codes()) {
-        if (code >= 0 && code < 17) route->failure_codes.set(code);
-      }
-      route->breaker_shadow = rc.circuit_breaker().shadow();
+    RouteState& state = *route->state;
+    if (state.rate_limit != nullptr) {
+      route->rate_limit = std::make_unique<chain::RateLimitStage>(
+          rc.rate_limit(), rc.name(), *state.rate_limit, *route->metrics);
     }
-    if (rc.has_rate_limit()) {
-      route->key_header = rc.rate_limit().key_header();
-      route->rate_limit_shadow = rc.rate_limit().shadow();
+    if (state.breaker != nullptr) {
+      route->breaker = std::make_unique<chain::BreakerStage>(
+          rc.circuit_breaker(), rc.name(), *state.breaker, *route->metrics);
     }
-    if (rc.has_concurrency())
-      route->concurrency_shadow = rc.concurrency().shadow();
-    if (rc.has_singleflight() && rc.singleflight().enabled()) {
-      route->singleflight_shadow = rc.singleflight().shadow();
-      route->key_headers.assign(rc.singleflight().key_headers().begin(),
-                                rc.singleflight().key_headers().end());
-      route->exact_method =
-          !rc.match().service().empty() && !rc.match().method().empty();
-      route->unary_methods = unary_methods;
+    if (state.flights != nullptr) {
+      route->singleflight = std::make_unique<chain::SingleflightStage>(
+          rc, *state.flights, *route->metrics, unary_methods);
     }
+    if (state.limiter != nullptr) {
+      route->concurrency = std::make_unique<chain::ConcurrencyStage>(
+          rc.concurrency(), rc.name(), *state.limiter, *route->metrics);
+    }
+    route->upstream = std::make_unique<chain::UpstreamStage>(route->cluster);
 
     const size_t index = table->routes_.size();
     const auto& match = rc.match();

@@ -31,22 +31,27 @@
 #include "policies/keyed_rate_limiter.h"
 #include "policies/singleflight.h"
 #include "policies/token_bucket.h"
+#include "sidecar/chain/breaker_stage.h"
+#include "sidecar/chain/concurrency_stage.h"
+#include "sidecar/chain/rate_limit_stage.h"
+#include "sidecar/chain/singleflight_stage.h"
+#include "sidecar/chain/upstream_stage.h"
 #include "sidecar/cluster.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/stream_handler.h"
 
 namespace bulwark {
 
-using Flights = Singleflight<net::CapturedResponse>;
+using Flights = chain::Flights;
 
-// The breaker state as the metrics label it.
-RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state);
-
-// Policy state of one route that outlives a snapshot.
+// Policy state of one route that outlives a snapshot (SPEC section 6): kept
+// by the next snapshot when the route's name and policy settings are
+// unchanged. Everything posted across workers that holds a token of these
+// (a permit, a membership) also holds a shared_ptr to this state, so a
+// reload can never free it under them.
 struct RouteState {
-  std::string fingerprint;              // the policy settings it was built from
-  std::unique_ptr<TokenBucket> bucket;  // rate_limit without key_header
-  std::unique_ptr<KeyedRateLimiter> keyed;  // rate_limit with key_header
+  std::string fingerprint;  // the policy settings it was built from
+  std::unique_ptr<chain::RateLimitState> rate_limit;
   std::unique_ptr<CircuitBreaker> breaker;
   std::unique_ptr<ConcurrencyLimiter> limiter;
   std::unique_ptr<Flights> flights;  // singleflight enabled
@@ -55,6 +60,8 @@ struct RouteState {
   std::atomic<int64_t> active_calls{0};
 };
 
+// One route of a snapshot: immutable config plus the stages of its chain, in
+// SPEC order; an unconfigured policy has no stage.
 struct Route {
   std::string name;
   config::v1::Route config;
@@ -62,26 +69,11 @@ struct Route {
   absl::Duration timeout = absl::InfiniteDuration();
   RouteMetrics* metrics = nullptr;
   std::shared_ptr<RouteState> state;
-  std::bitset<17> failure_codes;
-  std::string key_header;  // rate_limit.key_header
-  bool rate_limit_shadow = false;
-  bool breaker_shadow = false;
-  bool concurrency_shadow = false;
-  bool singleflight_shadow = false;
-  std::vector<std::string> key_headers;  // singleflight.key_headers
-  // Singleflight on a route that matches one exact method coalesces every call
-  // of it; otherwise only methods known unary from descriptor_sets (the
-  // snapshot's set).
-  bool exact_method = false;
-  const absl::flat_hash_set<std::string>* unary_methods = nullptr;
-
-  // Whether a call to `path` on this route may be coalesced.
-  bool Coalescable(std::string_view path) const {
-    if (state->flights == nullptr) return false;
-    if (exact_method) return true;
-    return unary_methods != nullptr &&
-           unary_methods->contains(absl::string_view(path.data(), path.size()));
-  }
+  std::unique_ptr<chain::RateLimitStage> rate_limit;
+  std::unique_ptr<chain::BreakerStage> breaker;
+  std::unique_ptr<chain::SingleflightStage> singleflight;
+  std::unique_ptr<chain::ConcurrencyStage> concurrency;
+  std::unique_ptr<chain::UpstreamStage> upstream;
 };
 
 class RouteTable {
@@ -92,7 +84,8 @@ class RouteTable {
       const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>&
           clusters,
       Metrics& metrics, const RouteTable* previous,
-      const absl::flat_hash_set<std::string>* unary_methods = nullptr);
+      const absl::flat_hash_set<std::string>* unary_methods = nullptr,
+      Clock& clock = MonotonicClock::Get());
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
   const Route* Match(std::string_view path) const;

@@ -190,7 +190,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
     // Port 0: the first worker's ephemeral port is shared by the others
     // (SO_REUSEPORT).
     options.listen_port = (*worker)->listen_port();
-    auto handler = std::make_unique<ProxyHandler>(**worker, *snapshot);
+    auto handler = std::make_unique<chain::ProxyHandler>(**worker, *snapshot);
     (*worker)->SetHandler(handler.get());
     sidecar->handlers_.push_back(std::move(handler));
     sidecar->workers_.push_back(std::move(*worker));
@@ -338,7 +338,7 @@ void Sidecar::Install(std::shared_ptr<const Snapshot> snapshot) {
       keys.insert(endpoint->upstream.key);
   }
   for (size_t i = 0; i < workers_.size(); ++i) {
-    ProxyHandler* handler = handlers_[i].get();
+    chain::ProxyHandler* handler = handlers_[i].get();
     workers_[i]->Post([handler, snapshot] { handler->SetSnapshot(snapshot); });
     // After the new snapshot (posts run in order): new calls no longer pick
     // the endpoints that left, calls in progress on them finish.
@@ -426,7 +426,7 @@ void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
       if (check.checker == nullptr) {
         check.checker = std::make_unique<HealthChecker>(
             cluster->name(), cluster->config().health_check(),
-            cluster->endpoints(), worker->timers(), RealClock::Get(),
+            cluster->endpoints(), worker->timers(), worker->clock(),
             *health_transport_, seed + n++);
         check.checker->Start();
       }
@@ -458,19 +458,17 @@ AdminServer::Readiness Sidecar::Readiness() {
 void Sidecar::RefreshGauges() {
   std::shared_ptr<const Snapshot> snapshot = current();
   for (const auto& route : snapshot->routes->routes()) {
-    RouteState& state = *route->state;
-    if (state.bucket != nullptr)
-      route->metrics->Tokens().Set(state.bucket->TokensApprox());
-    if (state.keyed != nullptr) {
-      route->metrics->Tokens().Set(state.keyed->SharedTokensApprox());
+    if (route->rate_limit != nullptr) {
+      route->metrics->Tokens().Set(route->rate_limit->TokensApprox());
     }
-    if (state.breaker != nullptr) {
-      route->metrics->SetBreakerState(
-          ToMetricState(state.breaker->SnapshotApprox().state));
+    if (route->breaker != nullptr) {
+      route->metrics->SetBreakerState(chain::ToMetricState(
+          route->breaker->breaker().SnapshotApprox().state));
     }
-    if (state.limiter != nullptr) {
-      route->metrics->InFlight().Set(state.limiter->InFlightApprox());
-      route->metrics->Queued().Set(state.limiter->QueuedApprox());
+    if (route->concurrency != nullptr) {
+      const ConcurrencyLimiter& limiter = route->concurrency->limiter();
+      route->metrics->InFlight().Set(limiter.InFlightApprox());
+      route->metrics->Queued().Set(limiter.QueuedApprox());
     }
   }
   for (const auto& cluster : snapshot->cluster_list) {
@@ -486,39 +484,30 @@ std::string Sidecar::RoutesJson() {
   std::string out = "{\n  \"routes\": [";
   bool first = true;
   for (const auto& route : snapshot->routes->routes()) {
-    RouteState& state = *route->state;
     absl::StrAppend(&out, first ? "\n" : ",\n",
                     "    {\"name\": ", JsonString(route->name),
                     ", \"cluster\": ", JsonString(route->cluster->name()));
     first = false;
-    if (state.bucket != nullptr) {
-      absl::StrAppend(&out, ", \"tokens\": ", state.bucket->TokensApprox());
-    } else if (state.keyed != nullptr) {
-      absl::StrAppend(&out, ", \"tokens\": ", state.keyed->SharedTokensApprox(),
-                      ", \"keyed_buckets\": ", state.keyed->KeyCount());
+    // One object per configured policy, named as its config block (SPEC
+    // section 4).
+    if (route->rate_limit != nullptr) {
+      absl::StrAppend(&out, ", \"rate_limit\": ",
+                      route->rate_limit->DescribeJson());
     }
-    if (state.breaker != nullptr) {
-      const CircuitBreaker::Snapshot b = state.breaker->SnapshotApprox();
-      absl::StrAppend(&out, ", \"breaker\": {\"state\": ",
-                      JsonString(CircuitBreaker::StateName(b.state)),
-                      ", \"consecutive_failures\": ", b.consecutive_failures,
-                      ", \"window_requests\": ", b.window_requests,
-                      ", \"window_failures\": ", b.window_failures,
-                      ", \"seconds_until_half_open\": ",
-                      absl::ToDoubleSeconds(b.time_until_half_open), "}");
+    if (route->breaker != nullptr) {
+      absl::StrAppend(&out, ", \"circuit_breaker\": ",
+                      route->breaker->DescribeJson());
     }
-    if (state.limiter != nullptr) {
-      absl::StrAppend(&out,
-                      ", \"in_flight\": ", state.limiter->InFlightApprox(),
-                      ", \"queued\": ", state.limiter->QueuedApprox());
+    if (route->concurrency != nullptr) {
+      absl::StrAppend(&out, ", \"concurrency\": ",
+                      route->concurrency->DescribeJson());
     }
-    if (state.flights != nullptr) {
-      absl::StrAppend(
-          &out, ", \"flights_open\": ", state.flights->FlightsOpenApprox(),
-          ", \"followers_waiting\": ", state.flights->FollowersWaitingApprox());
+    if (route->singleflight != nullptr) {
+      absl::StrAppend(&out, ", \"singleflight\": ",
+                      route->singleflight->DescribeJson());
     }
     absl::StrAppend(&out, ", \"active_calls\": ",
-                    state.active_calls.load(std::memory_order_relaxed));
+                    route->state->active_calls.load(std::memory_order_relaxed));
     out += "}";
   }
   out += "\n  ],\n  \"clusters\": [";
@@ -544,7 +533,7 @@ std::string Sidecar::RoutesJson() {
             &out, ", \"last_probe_result\": ", HealthResultJson(h.last_result),
             ", \"seconds_since_last_probe\": ",
             h.last_result.has_value() ? absl::StrCat(absl::ToDoubleSeconds(
-                                            absl::Now() - h.last_probe_time))
+                                            workers_[0]->clock().Now() - h.last_probe_time))
                                       : "null");
       }
       out += "}";

@@ -24,7 +24,8 @@
 #include "sidecar/health_checker.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/worker.h"
-#include "sidecar/proxy_stream.h"
+#include "sidecar/chain/chain.h"
+#include "sidecar/snapshot.h"
 
 namespace bulwark {
 
@@ -78,7 +79,7 @@ class Sidecar {
   absl::Mutex mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<net::Worker>> workers_;
-  std::vector<std::unique_ptr<ProxyHandler>> handlers_;
+  std::vector<std::unique_ptr<chain::ProxyHandler>> handlers_;
   std::unique_ptr<AdminServer> admin_;
   // Health checks run on worker 0 over its upstream connections. The checkers
   // are touched only on worker 0's thread (created, replaced and stopped by

@@ -16,6 +16,9 @@ constexpr int kDeadlineExceeded = 4;
 constexpr int kResourceExhausted = 8;
 constexpr int kInternal = 13;
 constexpr int kUnavailable = 14;
+// How far before its grpc-timeout deadline (as the sidecar counts it from the
+// headers' arrival) a client's reset still counts as its deadline firing.
+constexpr absl::Duration kClientDeadlineSlack = absl::Milliseconds(5);
 
 DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
   return static_cast<DownstreamStream*>(
@@ -179,7 +182,7 @@ DownstreamStream::DownstreamStream(DownstreamSession& session,
     : session_(session),
       stream_id_(stream_id),
       call_id_(call_id),
-      start_(absl::Now()),
+      start_(session.worker().clock().Now()),
       request_scanner_(max_message_bytes) {
   // Typical gRPC header counts: one allocation each instead of a growth series.
   request_headers_.reserve(12);
@@ -189,6 +192,8 @@ DownstreamStream::DownstreamStream(DownstreamSession& session,
 DownstreamStream::~DownstreamStream() = default;
 
 Worker& DownstreamStream::worker() { return session_.worker(); }
+
+Executor& DownstreamStream::executor() { return session_.worker(); }
 
 nghttp2_session* DownstreamStream::down() const { return session_.session(); }
 
@@ -259,7 +264,8 @@ void DownstreamStream::SetDeadline(absl::Time deadline) {
     deadline_timer_ = 0;
   }
   if (deadline == absl::InfiniteFuture()) return;
-  deadline_timer_ = worker().loop().AddTimer(deadline - absl::Now(), [this] {
+  deadline_timer_ = worker().loop().AddTimer(
+      deadline - worker().clock().Now(), [this] {
     deadline_timer_ = 0;
     OnDeadline();
   });
@@ -328,7 +334,7 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
   }
   std::string timeout;
   if (deadline_ != absl::InfiniteFuture()) {
-    timeout = EncodeGrpcTimeout(deadline_ - absl::Now());
+    timeout = EncodeGrpcTimeout(deadline_ - worker().clock().Now());
     nv.push_back(MakeNv("grpc-timeout", timeout));
   }
   const int32_t id = conn->Submit(this, nv.data(), nv.size());
@@ -341,7 +347,7 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
   }
   upstream_ = conn;
   upstream_stream_id_ = id;
-  upstream_start_ = absl::Now();
+  upstream_start_ = worker().clock().Now();
   result_.forwarded = true;
   conn->MarkDirty();
 }
@@ -369,19 +375,18 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
   }
   request_body_.Append(data, len);
   if (collecting_) {
-    // Held whole for the key: consume now (bounded by the size check above and
-    // below).
+    // Held whole for the key: consume now (bounded by the limit below).
     nghttp2_session_consume_stream(down(), stream_id_, len);
     session_.MarkDirty();
-    if (request_body_.size() > worker().options().max_message_bytes + 5) {
+    request_preconsumed_ += len;
+    if (request_body_.size() > collect_limit_) {
+      // Too large to hold: the call goes on as a plain one, and what was
+      // held so far is forwarded first (already consumed).
       collecting_ = false;
-      collect_done_ = nullptr;
-      request_body_.Clear();
       request_held_ = false;
-      RespondLocal({.grpc_code = kResourceExhausted,
-                    .message = "unary request larger than max_message_bytes",
-                    .reason = "message_too_large"});
-      result_.reason = "message_too_large";
+      auto done = std::move(collect_done_);
+      collect_done_ = nullptr;
+      done(std::nullopt);
     }
     return;
   }
@@ -397,6 +402,7 @@ void DownstreamStream::OnRequestEnd() {
     collecting_ = false;
     auto done = std::move(collect_done_);
     collect_done_ = nullptr;
+    request_preconsumed_ = 0;
     done(request_body_.Take());
     return;
   }
@@ -424,8 +430,12 @@ bool DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
   if (length == 0) return true;
   request_body_.MoveTo(length, out);
   // Only now the client may send more: end-to-end flow control.
-  nghttp2_session_consume_stream(down(), stream_id_, length);
-  session_.MarkDirty();
+  const size_t preconsumed = std::min(length, request_preconsumed_);
+  request_preconsumed_ -= preconsumed;
+  if (length > preconsumed) {
+    nghttp2_session_consume_stream(down(), stream_id_, length - preconsumed);
+    session_.MarkDirty();
+  }
   return true;
 }
 
@@ -570,19 +580,39 @@ void DownstreamStream::RespondWith(
 }
 
 void DownstreamStream::CollectRequest(
-    absl::AnyInvocable<void(std::string body)> done) {
+    uint64_t limit,
+    absl::AnyInvocable<void(std::optional<std::string> body)> done) {
+  if (request_body_.size() > limit) {
+    done(std::nullopt);
+    return;
+  }
   request_held_ = true;
-  if (!request_body_.empty()) {
+  if (request_body_.size() > request_preconsumed_) {
     // Bytes that arrived before: they are held too, so consume them now.
-    nghttp2_session_consume_stream(down(), stream_id_, request_body_.size());
+    nghttp2_session_consume_stream(down(), stream_id_,
+                                   request_body_.size() - request_preconsumed_);
+    request_preconsumed_ = request_body_.size();
     session_.MarkDirty();
   }
   if (request_ended_) {
+    request_preconsumed_ = 0;
     done(request_body_.Take());
     return;
   }
   collecting_ = true;
+  collect_limit_ = limit;
   collect_done_ = std::move(done);
+}
+
+void DownstreamStream::ForwardHeld(const UpstreamAddress& upstream,
+                                   std::string body) {
+  // The held bytes were consumed as they arrived; the request has ended.
+  request_held_ = false;
+  request_body_.Clear();
+  request_preconsumed_ = body.size();
+  request_body_.Append(reinterpret_cast<const uint8_t*>(body.data()),
+                       body.size());
+  Forward(upstream);
 }
 
 void DownstreamStream::ResumeResponse() {
@@ -645,7 +675,7 @@ void DownstreamStream::FinishWithStatus(int grpc_code, std::string_view message,
 
 void DownstreamStream::DetachUpstream(bool reset) {
   if (upstream_ == nullptr) return;
-  result_.upstream_duration = absl::Now() - upstream_start_;
+  result_.upstream_duration = worker().clock().Now() - upstream_start_;
   if (reset) upstream_->Reset(upstream_stream_id_, NGHTTP2_CANCEL);
   upstream_->Forget(this, upstream_stream_id_);
   upstream_ = nullptr;
@@ -655,13 +685,16 @@ void DownstreamStream::DetachUpstream(bool reset) {
 void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
   // The upstream connection already forgot us; what's buffered is ours to
   // deliver.
-  result_.upstream_duration = absl::Now() - upstream_start_;
+  result_.upstream_duration = worker().clock().Now() - upstream_start_;
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_ || response_state_ == ResponseState::kFinished) return;
   // Reset by the upstream before the response ended: pass the reset on to the
-  // client.
-  result_.ending = CallResult::Ending::kUpstreamReset;
+  // client. Refused unseen (REFUSED_STREAM before any response): not the
+  // endpoint's failure.
+  result_.ending = error_code == NGHTTP2_REFUSED_STREAM && !response_headers_done_
+                       ? CallResult::Ending::kUpstreamRefused
+                       : CallResult::Ending::kUpstreamReset;
   result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
   response_ended_ = true;
   response_state_ = ResponseState::kFinished;
@@ -674,7 +707,7 @@ void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
 
 void DownstreamStream::OnUpstreamFailed(std::string_view why) {
   if (upstream_ != nullptr)
-    result_.upstream_duration = absl::Now() - upstream_start_;
+    result_.upstream_duration = worker().clock().Now() - upstream_start_;
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_) return;
@@ -694,8 +727,17 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
       response_state_ == ResponseState::kFinished && response_ended_;
   if (!completed && result_.ending == CallResult::Ending::kCompleted) {
     (void)error_code;  // any reset or disconnect before the response ended
-    result_.ending = CallResult::Ending::kClientCancelled;
-    result_.grpc_code = 1;  // CANCELLED
+    // gRPC clients reset the stream as their own deadline fires: that is a
+    // deadline expiry, not a cancellation. The client started its deadline
+    // a little before the sidecar saw the headers, hence the slack.
+    if (client_deadline_ != absl::InfiniteFuture() &&
+        worker().clock().Now() >= client_deadline_ - kClientDeadlineSlack) {
+      result_.ending = CallResult::Ending::kDeadlineExceeded;
+      result_.grpc_code = 4;  // DEADLINE_EXCEEDED
+    } else {
+      result_.ending = CallResult::Ending::kClientCancelled;
+      result_.grpc_code = 1;  // CANCELLED
+    }
   }
   worker().UnregisterCall(call_id_);
   if (observer_ != nullptr) {

@@ -35,7 +35,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
 
   // --- Call ---
   uint64_t id() const override { return call_id_; }
-  Worker& worker() override;
+  Executor& executor() override;
+  Worker& worker();
   std::string_view path() const override { return path_; }
   std::string_view header(std::string_view name) const override;
   absl::Time start_time() const override { return start_; }
@@ -48,6 +49,7 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   CallObserver* observer() const override { return observer_.get(); }
   void RespondLocal(const LocalAnswer& answer) override;
   void Forward(const UpstreamAddress& upstream) override;
+  void ForwardHeld(const UpstreamAddress& upstream, std::string body) override;
 
   // --- downstream session events ---
   // Returns false when the header list grew past the limit.
@@ -77,7 +79,9 @@ class DownstreamStream final : public Call, public UpstreamPeer {
     return request_headers_;
   }
   void RespondWith(std::shared_ptr<const CapturedResponse> response) override;
-  void CollectRequest(absl::AnyInvocable<void(std::string body)> done) override;
+  void CollectRequest(
+      uint64_t limit,
+      absl::AnyInvocable<void(std::optional<std::string> body)> done) override;
   int32_t stream_id() const { return stream_id_; }
 
  private:
@@ -125,8 +129,12 @@ class DownstreamStream final : public Call, public UpstreamPeer {
 
   // CollectRequest: the body is gathered (and consumed downstream) until
   // END_STREAM.
-  absl::AnyInvocable<void(std::string body)> collect_done_;
+  absl::AnyInvocable<void(std::optional<std::string> body)> collect_done_;
+  uint64_t collect_limit_ = 0;
   bool collecting_ = false;
+  // Bytes at the head of request_body_ already consumed downstream (held
+  // while collecting), so forwarding them consumes nothing again.
+  size_t request_preconsumed_ = 0;
   bool request_held_ = false;  // request bytes are consumed as they arrive
 
   // Response direction.

@@ -182,7 +182,7 @@ TimerQueue::TimerId LoopTimerQueue::Schedule(
     id = ++next_id_;
   }
   const uint64_t loop_id = loop_.AddTimer(
-      when - absl::Now(), [this, id, cb = std::move(callback)]() mutable {
+      when - clock_.Now(), [this, id, cb = std::move(callback)]() mutable {
         {
           absl::MutexLock lock(&mu_);
           if (pending_.erase(id) == 0) return;  // cancelled meanwhile

@@ -91,7 +91,8 @@ class EventLoop {
 // waiter's timer).
 class LoopTimerQueue final : public TimerQueue {
  public:
-  explicit LoopTimerQueue(EventLoop& loop) : loop_(loop) {}
+  // `clock` is the one `when` is read on (the worker's).
+  LoopTimerQueue(EventLoop& loop, Clock& clock) : loop_(loop), clock_(clock) {}
   TimerId Schedule(absl::Time when,
                    absl::AnyInvocable<void()> callback) override
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -99,6 +100,7 @@ class LoopTimerQueue final : public TimerQueue {
 
  private:
   EventLoop& loop_;
+  Clock& clock_;
   absl::Mutex mu_;
   TimerId next_id_ ABSL_GUARDED_BY(mu_) = 0;
   // Pending timers: id -> the loop timer carrying it. Erased when fired or

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -29,6 +30,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
+#include "policies/clock.h"
 
 namespace bulwark::net {
 
@@ -46,6 +48,9 @@ struct CapturedResponse {
   HeaderList trailers;
   bool trailers_only = false;
   int grpc_code = 2;
+  // The answer outgrew what the sidecar keeps for sharing: nothing is kept,
+  // and each caller sends its call upstream on its own.
+  bool too_large_to_share = false;
 };
 
 class TlsContext;
@@ -69,6 +74,9 @@ struct LocalAnswer {
   std::string_view reason;  // x-bulwark-reason; empty = not sent
   int64_t retry_pushback_ms = -1;  // grpc-retry-pushback-ms; < 0 = not sent
   int http_status = 200;           // 415 for a non-gRPC content-type, else 200
+  // The route that answered (ErrorInfo metadata in grpc-status-details-bin);
+  // empty = none.
+  std::string_view route;
 };
 
 // How a call ended, as seen by the transport.
@@ -80,7 +88,11 @@ struct CallResult {
     kClientCancelled,   // the client reset the stream or went away
     kDeadlineExceeded,  // the call's deadline fired in the sidecar
     kUpstreamReset,     // the upstream reset the stream
-    kUpstreamFailed,    // connection to the upstream failed or broke
+    kUpstreamFailed,    // the endpoint could not be reached (refused,
+                        // reset, a connect held back by backoff) or the
+                        // connection broke
+    kUpstreamRefused,   // the upstream refused the stream unseen
+                        // (REFUSED_STREAM, or above its GOAWAY's last id)
   };
   Ending ending = Ending::kCompleted;
   int grpc_code = 2;       // the status the client got (or would have got)
@@ -101,12 +113,15 @@ class CallObserver {
   virtual void OnClose(const CallResult& result) = 0;
 };
 
+class Executor;
+
 class Call {
  public:
   virtual ~Call() = default;
 
   virtual uint64_t id() const = 0;
-  virtual Worker& worker() = 0;
+  // The worker this call lives on, as the chain sees it.
+  virtual Executor& executor() = 0;
   // ":path", e.g. "/pkg.Service/Method".
   virtual std::string_view path() const = 0;
   // The value of a request header (lower-case name), or empty.
@@ -124,18 +139,93 @@ class Call {
   virtual CallObserver* observer() const = 0;
   virtual void RespondLocal(const LocalAnswer& answer) = 0;
   virtual void Forward(const UpstreamAddress& upstream) = 0;
+  // Forwards a request the sidecar holds whole (CollectRequest gave it out):
+  // `body` is sent as the request, and the response streams to the client as
+  // for Forward.
+  virtual void ForwardHeld(const UpstreamAddress& upstream,
+                           std::string body) = 0;
   // Answers with a response captured from another call (singleflight).
   virtual void RespondWith(
       std::shared_ptr<const CapturedResponse> response) = 0;
   // Holds the request until the client half-closes, then calls `done` with its
-  // body (the framed bytes). The body is bounded by max_message_bytes plus one
-  // prefix; a larger one is refused with message_too_large. Used for unary
-  // calls only.
+  // body (the framed bytes). Past `limit` bytes before the half-close, stops
+  // holding and calls `done(std::nullopt)`: the bytes received so far stay
+  // queued and the call may then be Forward()ed as a plain call. Used for
+  // unary calls only.
   virtual void CollectRequest(
-      absl::AnyInvocable<void(std::string body)> done) = 0;
+      uint64_t limit,
+      absl::AnyInvocable<void(std::optional<std::string> body)> done) = 0;
   // The request headers (regular ones and :authority), for building a shared
   // upstream call.
   virtual const HeaderList& request_headers() const = 0;
+};
+
+// --- Upstream calls owned by the core (singleflight flights, health probes)
+// ---
+
+struct UpstreamRequest {
+  std::string path;  // "/pkg.Service/Method"
+  HeaderList
+      headers;       // regular headers (and :authority, if the caller has one)
+  std::string body;  // framed gRPC messages
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct UpstreamCallResult {
+  int grpc_code = 2;
+  std::string grpc_message;
+  // Never reached the upstream, or the connection broke.
+  bool transport_failure = false;
+  // The upstream refused the stream unseen (REFUSED_STREAM, GOAWAY).
+  bool refused = false;
+  bool deadline_exceeded = false;
+  // The captured response outgrew max_response_bytes (it was not kept).
+  bool too_large = false;
+  absl::Duration duration = absl::ZeroDuration();
+  // Set with `capture`: what to answer every caller of the flight with.
+  std::shared_ptr<CapturedResponse> response;
+};
+
+class UpstreamCallListener {
+ public:
+  virtual ~UpstreamCallListener() = default;
+  // One whole message payload (without the 5-byte prefix), as it arrives.
+  virtual void OnMessage(std::string_view /*payload*/) {}
+  virtual void OnFinish(const UpstreamCallResult& result) = 0;
+};
+
+struct UpstreamCallOptions {
+  bool capture = false;
+  // Report each whole message through OnMessage (health probes); off for a
+  // capture-only call, which then never splits the body into messages.
+  bool deliver_messages = true;
+  uint64_t max_response_bytes = 4 * 1024 * 1024;
+};
+
+// A started upstream call; destroying it cancels the call (RST_STREAM) and no
+// callback runs after that.
+class UpstreamCallHandle {
+ public:
+  virtual ~UpstreamCallHandle() = default;
+};
+
+// What the chain needs of the worker a call lives on: post to it, find a call
+// by id (a continuation's call may have left), its timers and clock, and
+// upstream calls of its own. net::Worker implements it; tests fake it.
+// Thread-safety: Post from any thread; the rest on the worker's thread.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void Post(absl::AnyInvocable<void()> task) = 0;
+  virtual Call* FindCall(uint64_t id) = 0;
+  virtual TimerQueue& timers() = 0;
+  // Monotonic: deadlines, buckets, breakers and timers all read this clock.
+  virtual Clock& clock() = 0;
+  // Failures (no connection) are reported through OnFinish on a later loop
+  // iteration, never from inside the call.
+  virtual std::unique_ptr<UpstreamCallHandle> StartUpstreamCall(
+      const UpstreamAddress& address, UpstreamRequest request,
+      UpstreamCallListener* listener, const UpstreamCallOptions& options) = 0;
 };
 
 // Implemented by the core, one per worker; called on the worker's thread.

@@ -15,7 +15,7 @@ UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
       request_(std::move(request)),
       listener_(listener),
       options_(options),
-      start_(absl::Now()),
+      start_(worker.clock().Now()),
       alive_(std::make_shared<bool>(true)) {
   // Typical gRPC header counts: one allocation each instead of a growth series.
   headers_.reserve(4);
@@ -61,10 +61,11 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(
   if (!have_te) nv.push_back(MakeNv("te", "trailers"));
   std::string timeout;
   if (self->request_.deadline != absl::InfiniteFuture()) {
-    timeout = EncodeGrpcTimeout(self->request_.deadline - absl::Now());
+    timeout = EncodeGrpcTimeout(self->request_.deadline - worker.clock().Now());
     nv.push_back(MakeNv("grpc-timeout", timeout));
     self->deadline_timer_ =
-        worker.loop().AddTimer(self->request_.deadline - absl::Now(), [self] {
+        worker.loop().AddTimer(
+            self->request_.deadline - worker.clock().Now(), [self] {
           self->deadline_timer_ = 0;
           self->Detach(/*reset=*/true);
           self->Finish(4, "deadline exceeded in the sidecar", false,
@@ -145,6 +146,9 @@ void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
   received_ += len;
   if (received_ > options_.max_response_bytes + 5) {
     Detach(/*reset=*/true);
+    too_large_ = true;
+    body_.clear();
+    body_.shrink_to_fit();
     Finish(8, "upstream response larger than the sidecar keeps for sharing",
            false, false);
     return;
@@ -178,6 +182,9 @@ void UpstreamCall::OnUpstreamClosed(uint32_t error_code) {
   conn_ = nullptr;
   stream_id_ = -1;
   if (finished_) return;
+  // Refused unseen (REFUSED_STREAM, or above the last id of a GOAWAY): the
+  // upstream never processed it, so it is not the endpoint's failure.
+  refused_ = error_code == NGHTTP2_REFUSED_STREAM && !headers_done_;
   Finish(GrpcCodeFromHttp2Error(error_code), "upstream reset the stream", true,
          false);
 }
@@ -202,7 +209,9 @@ void UpstreamCall::Finish(int code, std::string message, bool transport_failure,
   result.grpc_message = message;
   result.transport_failure = transport_failure;
   result.deadline_exceeded = deadline;
-  result.duration = absl::Now() - start_;
+  result.refused = refused_;
+  result.too_large = too_large_;
+  result.duration = worker_.clock().Now() - start_;
   if (options_.capture) {
     auto response = std::make_shared<CapturedResponse>();
     response->grpc_code = code;

@@ -26,42 +26,9 @@
 
 namespace bulwark::net {
 
-struct UpstreamRequest {
-  std::string path;  // "/pkg.Service/Method"
-  HeaderList
-      headers;       // regular headers (and :authority, if the caller has one)
-  std::string body;  // framed gRPC messages
-  absl::Time deadline = absl::InfiniteFuture();
-};
-
-struct UpstreamCallResult {
-  int grpc_code = 2;
-  std::string grpc_message;
-  bool transport_failure =
-      false;  // never reached the upstream, or the connection broke
-  bool deadline_exceeded = false;
-  absl::Duration duration = absl::ZeroDuration();
-  // Set with `capture`: what to answer every caller of the flight with.
-  std::shared_ptr<CapturedResponse> response;
-};
-
-class UpstreamCallListener {
+class UpstreamCall final : public UpstreamPeer, public UpstreamCallHandle {
  public:
-  virtual ~UpstreamCallListener() = default;
-  // One whole message payload (without the 5-byte prefix), as it arrives.
-  virtual void OnMessage(std::string_view /*payload*/) {}
-  virtual void OnFinish(const UpstreamCallResult& result) = 0;
-};
-
-class UpstreamCall final : public UpstreamPeer {
- public:
-  struct Options {
-    bool capture = false;
-    // Report each whole message through OnMessage (health probes); off for a
-    // capture-only call, which then never splits the body into messages.
-    bool deliver_messages = true;
-    uint64_t max_response_bytes = 4 * 1024 * 1024;
-  };
+  using Options = UpstreamCallOptions;
 
   // Starts the call. Failures (no connection) are reported through OnFinish on
   // a later loop iteration, never from inside Start.
@@ -101,6 +68,8 @@ class UpstreamCall final : public UpstreamPeer {
   uint64_t deadline_timer_ = 0;
   bool finished_ = false;
   bool headers_done_ = false;
+  bool refused_ = false;
+  bool too_large_ = false;
   HeaderList headers_;
   HeaderList trailers_;
   std::string body_;     // raw framed bytes (captured)

@@ -20,6 +20,7 @@
 #include "sidecar/net/downstream_session.h"
 #include "sidecar/net/h2_connection.h"
 #include "sidecar/net/tls.h"
+#include "sidecar/net/upstream_call.h"
 #include "sidecar/net/upstream_session.h"
 
 namespace bulwark::net {
@@ -88,7 +89,9 @@ absl::StatusOr<int> BindListener(const std::string& host, uint16_t port,
 }  // namespace
 
 Worker::Worker(const WorkerOptions& options)
-    : options_(options), scratch_(64 * 1024) {
+    : options_(options),
+      clock_(options.clock != nullptr ? *options.clock : MonotonicClock::Get()),
+      scratch_(64 * 1024) {
   loop_.SetFlushHook([this] { FlushDirty(); });
 }
 
@@ -179,6 +182,13 @@ void Worker::ForceCloseAndStop() {
   });
 }
 
+std::unique_ptr<UpstreamCallHandle> Worker::StartUpstreamCall(
+    const UpstreamAddress& address, UpstreamRequest request,
+    UpstreamCallListener* listener, const UpstreamCallOptions& options) {
+  return UpstreamCall::Start(*this, address, std::move(request), listener,
+                             options);
+}
+
 Call* Worker::FindCall(uint64_t id) {
   auto it = calls_.find(id);
   return it == calls_.end() ? nullptr : it->second;
@@ -198,7 +208,7 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
     return slot.conn;
   }
   slot.conn = nullptr;
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_.Now();
   if (now < slot.retry_after) {
     *error = absl::StrCat("upstream ", address.key,
                           " is unreachable (next connect attempt in ",
@@ -244,7 +254,7 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   if (connect_failed) {
     slot.backoff =
         std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
-    slot.retry_after = absl::Now() + slot.backoff;
+    slot.retry_after = clock_.Now() + slot.backoff;
   } else {
     slot.backoff = absl::ZeroDuration();
     slot.retry_after = absl::InfinitePast();
@@ -277,7 +287,7 @@ void Worker::ScheduleMemoryTrim() {
   // back to the kernel (madvise), so RSS follows the load back down.
   // malloc_trim walks every arena, so one per second for the whole process:
   // whichever worker's timer fires first does it for all.
-  timers_.Schedule(absl::Now() + kMemoryTrimDelay, [this] {
+  timers_.Schedule(clock_.Now() + kMemoryTrimDelay, [this] {
     trim_scheduled_ = false;
     static std::atomic<int64_t> last_trim_ns{0};
     const int64_t now = absl::GetCurrentTimeNanos();

@@ -54,22 +54,26 @@ struct WorkerOptions {
   uint32_t connection_window_bytes = 8 << 20;
   // Listener TLS (null: h2c). Replaced on reload through SetListenerTls.
   std::shared_ptr<const TlsContext> tls;
+  // The data plane's clock (null: MonotonicClock); it must be monotonic.
+  Clock* clock = nullptr;
 };
 
-class Worker {
+class Worker final : public Executor {
  public:
   // Binds the listening socket (SO_REUSEPORT) so address errors surface before
   // start.
   static absl::StatusOr<std::unique_ptr<Worker>> Create(
       const WorkerOptions& options);
-  ~Worker();
+  ~Worker() override;
 
   // The handler must be set before Start and outlive the worker's thread.
   void SetHandler(CallHandler* handler) { handler_ = handler; }
   void Start();
   void Join();
 
-  void Post(absl::AnyInvocable<void()> task) { loop_.Post(std::move(task)); }
+  void Post(absl::AnyInvocable<void()> task) override {
+    loop_.Post(std::move(task));
+  }
   // New client connections use `tls` (re-read certificates after a reload).
   // Thread-safe.
   void SetListenerTls(std::shared_ptr<const TlsContext> tls);
@@ -89,13 +93,18 @@ class Worker {
 
   // --- worker-thread API ---
   EventLoop& loop() { return loop_; }
-  TimerQueue& timers() { return timers_; }
+  TimerQueue& timers() override { return timers_; }
+  Clock& clock() override { return clock_; }
+  std::unique_ptr<UpstreamCallHandle> StartUpstreamCall(
+      const UpstreamAddress& address, UpstreamRequest request,
+      UpstreamCallListener* listener,
+      const UpstreamCallOptions& options) override;
   CallHandler* handler() { return handler_; }
   uint8_t* scratch() { return scratch_.data(); }
   size_t scratch_size() const { return scratch_.size(); }
   uint64_t NextCallId() { return ++last_call_id_; }
   // The live call with this id, or nullptr if it ended (for continuations).
-  Call* FindCall(uint64_t id);
+  Call* FindCall(uint64_t id) override;
   void RegisterCall(uint64_t id, DownstreamStream* stream);
   void UnregisterCall(uint64_t id);
   void StreamOpened() { open_streams_.fetch_add(1, std::memory_order_relaxed); }
@@ -127,8 +136,9 @@ class Worker {
   static constexpr absl::Duration kMemoryTrimDelay = absl::Seconds(1);
 
   WorkerOptions options_;
+  Clock& clock_;
   EventLoop loop_;
-  LoopTimerQueue timers_{loop_};
+  LoopTimerQueue timers_{loop_, clock_};
   CallHandler* handler_ = nullptr;
   std::thread thread_;
   int listen_fd_ = -1;

@@ -97,13 +97,17 @@ class FuzzHandler final : public net::CallHandler {
     call.SetObserver(std::make_unique<CountingObserver>(&closed_));
     call.SetDeadline(call.client_deadline());
     const std::string_view path = call.path();
-    net::Worker* worker = &call.worker();
+    net::Executor* worker = &call.executor();
     const uint64_t id = call.id();
     if (path.ends_with("/Collect")) {
-      call.CollectRequest([worker, id](std::string body) {
+      call.CollectRequest(1024, [worker, id](std::optional<std::string> body) {
         if (net::Call* c = worker->FindCall(id)) {
-          c->RespondLocal({.grpc_code = static_cast<int>(body.size() % 17),
-                           .message = std::move(body),
+          if (!body.has_value()) {
+            c->RespondLocal({.grpc_code = 8, .message = "too large to hold"});
+            return;
+          }
+          c->RespondLocal({.grpc_code = static_cast<int>(body->size() % 17),
+                           .message = std::move(*body),
                            .reason = "collected"});
         }
       });

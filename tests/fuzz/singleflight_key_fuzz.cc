@@ -258,7 +258,7 @@ class FlightsModelCheck {
         [this, index](typename Flights::Outcome outcome) {
           OnOutcome(index, std::move(outcome));
         },
-        [this, flight] { ++flights_model_[flight].unwanted_calls; });
+        [this, flight](bool) { ++flights_model_[flight].unwanted_calls; });
     FUZZ_CHECK(joined.role ==
                (open.has_value() ? Role::kFollower : Role::kLeader));
     FUZZ_CHECK(joined.leadership.Held() == !open.has_value());

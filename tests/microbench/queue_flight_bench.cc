@@ -82,7 +82,7 @@ void BM_SingleflightJoinCompleteUniqueKey(benchmark::State& state) {
         [](Singleflight<Response>::Outcome outcome) {
           benchmark::DoNotOptimize(outcome.result);
         },
-        [] {});
+        [](bool) {});
     benchmark::DoNotOptimize(joined.leadership.Complete(result));
   }
   state.SetItemsProcessed(state.iterations());

@@ -47,7 +47,7 @@ Flights::OnOutcome Ignore() {
 }
 
 Flights::OnUnwanted CountInto(int& unwanted) {
-  return [&unwanted] { ++unwanted; };
+  return [&unwanted](bool) { ++unwanted; };
 }
 
 std::string Key(absl::string_view message) {
@@ -63,8 +63,8 @@ std::shared_ptr<const Response> Ok(absl::string_view body) {
 TEST(SingleflightTest, FirstCallerLeadsAndAnIdenticalOneFollows) {
   Flights flights;
   Received leader_got, follower_got;
-  auto leader = flights.Join(Key("id=1"), Into(leader_got), [] {});
-  auto follower = flights.Join(Key("id=1"), Into(follower_got), [] {});
+  auto leader = flights.Join(Key("id=1"), Into(leader_got), [](bool) {});
+  auto follower = flights.Join(Key("id=1"), Into(follower_got), [](bool) {});
   EXPECT_EQ(leader.role, Role::kLeader);
   EXPECT_TRUE(leader.leadership.Held());
   EXPECT_EQ(follower.role, Role::kFollower);
@@ -81,8 +81,8 @@ TEST(SingleflightTest, FirstCallerLeadsAndAnIdenticalOneFollows) {
 
 TEST(SingleflightTest, DifferentKeysFlyApart) {
   Flights flights;
-  auto one = flights.Join(Key("id=1"), Ignore(), [] {});
-  auto two = flights.Join(Key("id=2"), Ignore(), [] {});
+  auto one = flights.Join(Key("id=1"), Ignore(), [](bool) {});
+  auto two = flights.Join(Key("id=2"), Ignore(), [](bool) {});
   EXPECT_EQ(one.role, Role::kLeader);
   EXPECT_EQ(two.role, Role::kLeader);
   EXPECT_EQ(flights.FlightsOpenApprox(), 2u);
@@ -91,11 +91,11 @@ TEST(SingleflightTest, DifferentKeysFlyApart) {
 TEST(SingleflightTest, SingleflightThousandFollowersGetOneResult) {
   Flights flights;
   Received leader_got;
-  auto leader = flights.Join(Key("hot"), Into(leader_got), [] {});
+  auto leader = flights.Join(Key("hot"), Into(leader_got), [](bool) {});
   std::vector<Received> got(1000);
   std::vector<Flights::Membership> members;
   for (Received& received : got) {
-    auto joined = flights.Join(Key("hot"), Into(received), [] {});
+    auto joined = flights.Join(Key("hot"), Into(received), [](bool) {});
     ASSERT_EQ(joined.role, Role::kFollower);
     members.push_back(std::move(joined.membership));
   }
@@ -129,7 +129,7 @@ TEST(SingleflightTest, ConcurrentJoinsElectExactlyOneLeader) {
       start.arrive_and_wait();
       joined[t] = flights.Join(
           Key("same"), [&](Flights::Outcome) { delivered.fetch_add(1); },
-          [] {});
+          [](bool) {});
     });
   }
   for (std::thread& thread : threads) thread.join();
@@ -146,9 +146,9 @@ TEST(SingleflightTest, ConcurrentJoinsElectExactlyOneLeader) {
 TEST(SingleflightTest, LeaderFailureFansOutToAll) {
   Flights flights;
   Received leader_got, a, b;
-  auto leader = flights.Join(Key("q"), Into(leader_got), [] {});
-  auto follower_a = flights.Join(Key("q"), Into(a), [] {});
-  auto follower_b = flights.Join(Key("q"), Into(b), [] {});
+  auto leader = flights.Join(Key("q"), Into(leader_got), [](bool) {});
+  auto follower_a = flights.Join(Key("q"), Into(a), [](bool) {});
+  auto follower_b = flights.Join(Key("q"), Into(b), [](bool) {});
   const auto failure = std::make_shared<const Response>(
       Response{"UNAVAILABLE", "connection reset"});
   EXPECT_EQ(leader.leadership.Complete(failure), 3u);
@@ -162,8 +162,8 @@ TEST(SingleflightTest, DroppedLeadershipAbandonsTheFlightToItsFollowers) {
   Flights flights;
   Received follower_got;
   auto follower = [&] {
-    auto leader = flights.Join(Key("q"), Ignore(), [] {});
-    return flights.Join(Key("q"), Into(follower_got), [] {});
+    auto leader = flights.Join(Key("q"), Ignore(), [](bool) {});
+    return flights.Join(Key("q"), Into(follower_got), [](bool) {});
   }();  // the leader's Leadership and Membership die here without a result
   EXPECT_EQ(follower_got.calls, 1);
   EXPECT_EQ(follower_got.end, FlightEnd::kAbandoned);
@@ -177,8 +177,8 @@ TEST(SingleflightTest, FollowerLeavingKeepsFlightForOthers) {
   int unwanted = 0;
   Received leaving, staying;
   auto leader = flights.Join(Key("q"), Ignore(), CountInto(unwanted));
-  auto follower_leaving = flights.Join(Key("q"), Into(leaving), [] {});
-  auto follower_staying = flights.Join(Key("q"), Into(staying), [] {});
+  auto follower_leaving = flights.Join(Key("q"), Into(leaving), [](bool) {});
+  auto follower_staying = flights.Join(Key("q"), Into(staying), [](bool) {});
 
   EXPECT_EQ(follower_leaving.membership.Leave(), LeaveStatus::kLeft);
   EXPECT_EQ(flights.FollowersWaitingApprox(), 1u);
@@ -194,7 +194,7 @@ TEST(SingleflightTest, LeaderCallerLeavingKeepsFlightWhileFollowersWait) {
   int unwanted = 0;
   Received leader_got, follower_got;
   auto leader = flights.Join(Key("q"), Into(leader_got), CountInto(unwanted));
-  auto follower = flights.Join(Key("q"), Into(follower_got), [] {});
+  auto follower = flights.Join(Key("q"), Into(follower_got), [](bool) {});
 
   // The leader's client cancels; its upstream call (holding the Leadership)
   // goes on.
@@ -203,7 +203,7 @@ TEST(SingleflightTest, LeaderCallerLeavingKeepsFlightWhileFollowersWait) {
   EXPECT_EQ(flights.FlightsOpenApprox(), 1u);
   // A newcomer still joins the running flight.
   Received newcomer_got;
-  auto newcomer = flights.Join(Key("q"), Into(newcomer_got), [] {});
+  auto newcomer = flights.Join(Key("q"), Into(newcomer_got), [](bool) {});
   EXPECT_EQ(newcomer.role, Role::kFollower);
 
   EXPECT_EQ(leader.leadership.Complete(Ok("r")), 2u);
@@ -227,7 +227,7 @@ TEST(SingleflightTest, LastCallerLeavingReportsCancel) {
   EXPECT_EQ(flights.FlightsOpenApprox(), 0u);
 
   // The key left the map: the same call now starts a new flight.
-  auto next = flights.Join(Key("q"), Ignore(), [] {});
+  auto next = flights.Join(Key("q"), Ignore(), [](bool) {});
   EXPECT_EQ(next.role, Role::kLeader);
   // The cancelled upstream call's late answer reaches nobody.
   EXPECT_EQ(leader.leadership.Complete(Ok("late")), 0u);
@@ -249,12 +249,12 @@ TEST(SingleflightTest, LastCallerLeavingByDestructionReportsCancel) {
 
 TEST(SingleflightTest, FinishedKeyIsRemovedAtOnce) {
   Flights flights;
-  auto first = flights.Join(Key("q"), Ignore(), [] {});
+  auto first = flights.Join(Key("q"), Ignore(), [](bool) {});
   first.leadership.Complete(Ok("first"));
   EXPECT_EQ(flights.FlightsOpenApprox(), 0u);
 
   Received second_got;
-  auto second = flights.Join(Key("q"), Into(second_got), [] {});
+  auto second = flights.Join(Key("q"), Into(second_got), [](bool) {});
   EXPECT_EQ(second.role, Role::kLeader);  // no cached answer
   second.leadership.Complete(Ok("second"));
   EXPECT_EQ(second_got.result->body, "second");
@@ -271,11 +271,11 @@ TEST(SingleflightTest, HashCollisionNeverSharesAResult) {
   using Outcome = CollidingFlights::Outcome;
   std::shared_ptr<const Response> alice_got, bob_got, alice_twin_got;
   auto alice = flights.Join(
-      Key("user=alice"), [&](Outcome o) { alice_got = o.result; }, [] {});
+      Key("user=alice"), [&](Outcome o) { alice_got = o.result; }, [](bool) {});
   auto bob = flights.Join(
-      Key("user=bob"), [&](Outcome o) { bob_got = o.result; }, [] {});
+      Key("user=bob"), [&](Outcome o) { bob_got = o.result; }, [](bool) {});
   auto alice_twin = flights.Join(
-      Key("user=alice"), [&](Outcome o) { alice_twin_got = o.result; }, [] {});
+      Key("user=alice"), [&](Outcome o) { alice_twin_got = o.result; }, [](bool) {});
   EXPECT_EQ(alice.role, CollidingFlights::Role::kLeader);
   EXPECT_EQ(bob.role, CollidingFlights::Role::kLeader);
   EXPECT_EQ(alice_twin.role, CollidingFlights::Role::kFollower);

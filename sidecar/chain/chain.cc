@@ -1,0 +1,529 @@
+#include "sidecar/chain/chain.h"
+
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "sidecar/chain/verdict.h"
+
+namespace bulwark::chain {
+namespace {
+
+int64_t CeilMillis(absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return -1;
+  if (d <= absl::ZeroDuration()) return 0;
+  return absl::ToInt64Milliseconds(absl::Ceil(d, absl::Milliseconds(1)));
+}
+
+// How a forwarded (or answered) downstream call went, for the breaker.
+UpstreamOutcome OutcomeOfCall(const net::CallResult& result) {
+  using Ending = net::CallResult::Ending;
+  using Kind = UpstreamOutcome::Kind;
+  UpstreamOutcome outcome{.upstream_time = result.upstream_duration};
+  switch (result.ending) {
+    case Ending::kLocalAnswer:
+      outcome.kind = Kind::kNotSent;
+      break;
+    case Ending::kCompleted:
+      outcome.kind = result.forwarded ? Kind::kAnswered : Kind::kNotSent;
+      outcome.grpc_code = result.upstream_grpc_code >= 0
+                              ? result.upstream_grpc_code
+                              : result.grpc_code;
+      break;
+    case Ending::kClientCancelled:
+      outcome.kind = result.forwarded ? Kind::kClientCancelled : Kind::kNotSent;
+      break;
+    case Ending::kDeadlineExceeded:
+      outcome.kind = result.forwarded ? Kind::kDeadline : Kind::kNotSent;
+      break;
+    case Ending::kUpstreamReset:
+    case Ending::kUpstreamFailed:
+      // Unreachable (refused, reset, a connect held back by backoff) counts
+      // whether or not a stream was opened.
+      outcome.kind = Kind::kTransportFailure;
+      break;
+    case Ending::kUpstreamRefused:
+      outcome.kind = Kind::kRefused;
+      break;
+  }
+  return outcome;
+}
+
+UpstreamOutcome OutcomeOfFlight(const net::UpstreamCallResult& result) {
+  using Kind = UpstreamOutcome::Kind;
+  UpstreamOutcome outcome{.grpc_code = result.grpc_code,
+                          .upstream_time = result.duration};
+  if (result.refused) {
+    outcome.kind = Kind::kRefused;
+  } else if (result.deadline_exceeded) {
+    outcome.kind = Kind::kDeadline;
+  } else if (result.transport_failure) {
+    outcome.kind = Kind::kTransportFailure;
+  } else if (result.too_large) {
+    outcome.kind = Kind::kNotSent;  // answered, but not an outcome we saw
+  } else {
+    outcome.kind = Kind::kAnswered;
+  }
+  return outcome;
+}
+
+}  // namespace
+
+// The upstream call of a singleflight flight: owned by the leader's worker's
+// ProxyHandler, not by a caller. It settles what an upstream call holds
+// (breaker ticket, permit, endpoint load) and ends the flight with its
+// captured answer.
+class FlightCall final : public net::UpstreamCallListener {
+ public:
+  FlightCall(ProxyHandler& handler, uint64_t id,
+             std::shared_ptr<const Snapshot> snapshot, const Route& route,
+             Flights::Leadership leadership,
+             std::optional<CircuitBreaker::Ticket> ticket,
+             ConcurrencyLimiter::Permit permit, Endpoint* endpoint,
+             net::UpstreamRequest request)
+      : handler_(handler),
+        id_(id),
+        snapshot_(std::move(snapshot)),
+        route_(route),
+        leadership_(std::move(leadership)),
+        ticket_(ticket),
+        permit_(std::move(permit)),
+        endpoint_(endpoint),
+        request_(std::move(request)) {
+    endpoint_->load.in_flight.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  ~FlightCall() override {
+    if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
+    endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  void Start() {
+    start_ = handler_.executor().clock().Now();
+    call_ = handler_.executor().StartUpstreamCall(
+        endpoint_->upstream, request_, this,
+        {.capture = true,
+         .deliver_messages = false,
+         .max_response_bytes =
+             snapshot_->config.proto.listener().max_message_bytes()});
+  }
+
+  // Every caller left: the upstream call is cancelled (by destroying it).
+  void Cancelled(bool deadline_expired) {
+    if (route_.breaker == nullptr) return;
+    const UpstreamOutcome outcome{
+        .kind = deadline_expired ? UpstreamOutcome::Kind::kDeadline
+                                 : UpstreamOutcome::Kind::kClientCancelled,
+        .upstream_time = handler_.executor().clock().Now() - start_};
+    route_.breaker->Settle(ticket_, outcome, handler_.executor().clock().Now());
+  }
+
+  void OnFinish(const net::UpstreamCallResult& result) override {
+    if (result.refused && !resent_) {
+      // Refused unseen: not the endpoint's failure; sent once more (the
+      // worker opens a fresh connection if the old one is going away).
+      resent_ = true;
+      Start();  // destroys the finished call
+      return;
+    }
+    const absl::Time now = handler_.executor().clock().Now();
+    if (route_.breaker != nullptr) {
+      route_.breaker->Settle(ticket_, OutcomeOfFlight(result), now);
+    }
+    permit_.Release();
+    if (endpoint_->metrics != nullptr) {
+      endpoint_->metrics->UpstreamRequests(result.grpc_code).Increment();
+    }
+    if (route_.cluster->metrics() != nullptr) {
+      route_.cluster->metrics()->UpstreamDuration().Observe(
+          absl::ToDoubleSeconds(result.duration));
+    }
+    std::shared_ptr<net::CapturedResponse> response = result.response;
+    if (result.too_large || response == nullptr) {
+      response = std::make_shared<net::CapturedResponse>();
+      response->too_large_to_share = true;
+    }
+    leadership_.Complete(std::move(response));
+    handler_.EndFlight(id_, false, /*finished=*/true);  // destroys this
+  }
+
+ private:
+  ProxyHandler& handler_;
+  const uint64_t id_;
+  std::shared_ptr<const Snapshot> snapshot_;  // keeps route_ alive
+  const Route& route_;
+  Flights::Leadership leadership_;
+  std::optional<CircuitBreaker::Ticket> ticket_;
+  ConcurrencyLimiter::Permit permit_;
+  Endpoint* endpoint_;
+  net::UpstreamRequest request_;  // kept to send once more when refused
+  absl::Time start_;
+  bool resent_ = false;
+  std::unique_ptr<net::UpstreamCallHandle> call_;
+};
+
+namespace {
+
+// The per-call state of the chain; the transport owns it (Call::SetObserver)
+// and calls OnClose once when the downstream stream ends.
+class ChainCall final : public net::CallObserver {
+ public:
+  ChainCall(ProxyHandler& handler, std::shared_ptr<const Snapshot> snapshot,
+            const Route& route, net::Call& call)
+      : handler_(handler),
+        snapshot_(std::move(snapshot)),
+        route_(route),
+        call_(call),
+        executor_(call.executor()) {
+    route_.state->active_calls.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  ~ChainCall() override {
+    CancelWaits();  // shutdown with a waiter queued
+    route_.state->active_calls.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  void Start() {
+    if (route_.rate_limit != nullptr) {
+      Verdict verdict = route_.rate_limit->Decide(call_, Now());
+      if (verdict.kind == Verdict::Kind::kAnswer) {
+        Answer(std::move(verdict.rejection));
+        return;
+      }
+    }
+    RunFromBreaker();
+  }
+
+  void OnClose(const net::CallResult& result) override {
+    CancelWaits();
+    const absl::Time now = Now();
+    RouteMetrics& metrics = *route_.metrics;
+    if (result.reason == "message_too_large") {
+      metrics.Rejections(RejectReason::kMessageTooLarge).Increment();
+    }
+    if (route_.breaker != nullptr) {
+      route_.breaker->Settle(ticket_, OutcomeOfCall(result), now);
+    }
+    // A caller of a flight leaves alone; on its deadline, the flight's
+    // outcome (if it was the last) is a deadline expiry.
+    membership_.Leave(result.ending ==
+                      net::CallResult::Ending::kDeadlineExceeded);
+    if (endpoint_ != nullptr) {
+      endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
+      if (result.forwarded) {
+        const int upstream_code = result.upstream_grpc_code >= 0
+                                      ? result.upstream_grpc_code
+                                      : result.grpc_code;
+        if (endpoint_->metrics != nullptr) {
+          endpoint_->metrics->UpstreamRequests(upstream_code).Increment();
+        }
+        if (route_.cluster->metrics() != nullptr) {
+          route_.cluster->metrics()->UpstreamDuration().Observe(
+              absl::ToDoubleSeconds(result.upstream_duration));
+        }
+      }
+    }
+    metrics.Requests(result.grpc_code).Increment();
+    metrics.Duration().Observe(absl::ToDoubleSeconds(now - call_.start_time()));
+    permit_.Release();
+  }
+
+  // Continuation: the flight this call waited on ended.
+  void OnFlightOutcome(Flights::Outcome outcome) {
+    membership_ = Flights::Membership();
+    if (outcome.end == FlightEnd::kCompleted &&
+        !outcome.result->too_large_to_share) {
+      call_.RespondWith(std::move(outcome.result));
+      return;
+    }
+    // Completed too large to share: this caller's own upstream call. Or the
+    // leader left before going upstream: join again (possibly as leader).
+    if (outcome.end == FlightEnd::kCompleted) solo_ = true;
+    RunFromBreaker();
+  }
+
+  // Continuation: a booked wait for a concurrency slot ended.
+  void OnSlot(uint64_t acquisition, ConcurrencyStage::WaitResult result) {
+    if (acquisition != acquisition_) return;  // a stale booking: drop it
+    const ConcurrencyStage& stage = *route_.concurrency;
+    const Verdict verdict = stage.OnWaitEnded(result.status);
+    wait_.reset();
+    if (!parked_) {
+      // Shadow: the call went on already; a granted slot is held until it
+      // ends, as enforcing would.
+      if (result.permit.Held()) permit_ = std::move(result.permit);
+      return;
+    }
+    parked_ = false;
+    if (verdict.kind == Verdict::Kind::kAnswer) {
+      Answer(verdict.rejection);
+      return;
+    }
+    permit_ = std::move(result.permit);
+    RunUpstream();
+  }
+
+ private:
+  absl::Time Now() { return executor_.clock().Now(); }
+
+  void CancelWaits() {
+    if (wait_.has_value()) {
+      route_.concurrency->Cancel(*wait_);
+      wait_.reset();
+      parked_ = false;
+    }
+  }
+
+  void RunFromBreaker() {
+    if (route_.breaker != nullptr) {
+      Verdict verdict = route_.breaker->Admit(Now(), ticket_);
+      if (verdict.kind == Verdict::Kind::kAnswer) {
+        Answer(std::move(verdict.rejection));
+        return;
+      }
+    }
+    if (route_.singleflight != nullptr && !solo_ &&
+        route_.singleflight->Coalescable(call_.path())) {
+      if (body_.has_value()) {
+        JoinFlight();
+        return;
+      }
+      call_.CollectRequest(route_.singleflight->max_request_bytes(),
+                           [this](std::optional<std::string> body) {
+                             OnRequestHeld(std::move(body));
+                           });
+      return;
+    }
+    RunConcurrency();
+  }
+
+  void OnRequestHeld(std::optional<std::string> body) {
+    if (!body.has_value()) {
+      // Larger than max_request_bytes: never held, a plain call.
+      solo_ = true;
+      RunConcurrency();
+      return;
+    }
+    body_ = std::move(body);
+    JoinFlight();
+  }
+
+  void JoinFlight() {
+    const SingleflightStage& stage = *route_.singleflight;
+    net::Executor* executor = &executor_;
+    const uint64_t call_id = call_.id();
+    const uint64_t flight_id = handler_.NextFlightId();
+    ProxyHandler* handler = &handler_;
+    std::shared_ptr<RouteState> state = route_.state;
+    auto joined = stage.flights().Join(
+        stage.Key(call_, *body_),
+        [executor, call_id](Flights::Outcome outcome) {
+          executor->Post(
+              [executor, call_id, outcome = std::move(outcome)]() mutable {
+                if (net::Call* call = executor->FindCall(call_id)) {
+                  if (auto* self = static_cast<ChainCall*>(call->observer())) {
+                    self->OnFlightOutcome(std::move(outcome));
+                  }
+                }
+              });
+        },
+        [executor, handler, flight_id, state](bool deadline_expired) {
+          executor->Post([handler, flight_id, deadline_expired, state] {
+            handler->EndFlight(flight_id, deadline_expired);
+          });
+        });
+    const bool leader = joined.role == Flights::Role::kLeader;
+    if (stage.shadow()) {
+      // Shadow: count what would have been coalesced; every call goes
+      // upstream on its own. The leader keeps its flight open while its call
+      // runs, so identical calls meanwhile count as coalesced.
+      solo_ = true;
+      if (leader) {
+        membership_ = std::move(joined.membership);
+        shadow_leadership_ = std::move(joined.leadership);
+      } else {
+        stage.metrics().ShadowRejections(RejectReason::kCoalesced).Increment();
+      }
+      RunConcurrency();
+      return;
+    }
+    stage.metrics()
+        .Singleflight(leader ? RouteMetrics::SingleflightRole::kLeader
+                             : RouteMetrics::SingleflightRole::kFollower)
+        .Increment();
+    membership_ = std::move(joined.membership);
+    if (!leader) {
+      // A follower takes no slot and is not counted by the breaker: the
+      // flight is.
+      if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
+      return;
+    }
+    leadership_ = std::move(joined.leadership);
+    flight_id_ = flight_id;
+    RunConcurrency();
+  }
+
+  void RunConcurrency() {
+    if (route_.concurrency == nullptr) {
+      RunUpstream();
+      return;
+    }
+    net::Executor* executor = &executor_;
+    const uint64_t call_id = call_.id();
+    const uint64_t acquisition = ++acquisition_;
+    std::shared_ptr<RouteState> state = route_.state;
+    auto acquired = route_.concurrency->Acquire(
+        executor_.timers(), call_.deadline(),
+        [executor, call_id, acquisition,
+         state](ConcurrencyStage::WaitResult result) mutable {
+          // Any thread: hop to the call's worker. If the call is gone, the
+          // permit in `result` is released there (`state` keeps the limiter
+          // alive until then).
+          executor->Post([executor, call_id, acquisition,
+                          state = std::move(state),
+                          result = std::move(result)]() mutable {
+            if (net::Call* call = executor->FindCall(call_id)) {
+              if (auto* self = static_cast<ChainCall*>(call->observer())) {
+                self->OnSlot(acquisition, std::move(result));
+              }
+            }
+          });
+        });
+    wait_ = acquired.wait;
+    switch (acquired.verdict.kind) {
+      case Verdict::Kind::kContinue:
+        permit_ = std::move(acquired.permit);
+        RunUpstream();
+        return;
+      case Verdict::Kind::kPark:
+        parked_ = true;
+        return;
+      case Verdict::Kind::kAnswer:
+        Answer(std::move(acquired.verdict.rejection));
+        return;
+    }
+  }
+
+  void RunUpstream() {
+    Endpoint* endpoint = route_.upstream->Pick();
+    if (endpoint == nullptr) {
+      Answer(route_.upstream->NoHealthyEndpoint());
+      return;
+    }
+    if (leadership_.Held()) {
+      // The flight's upstream call runs to the route timeout (callers leave
+      // at their own deadlines; the last one leaving cancels it).
+      const absl::Time deadline = route_.timeout == absl::InfiniteDuration()
+                                      ? absl::InfiniteFuture()
+                                      : call_.start_time() + route_.timeout;
+      auto flight = std::make_unique<FlightCall>(
+          handler_, flight_id_, snapshot_, route_, std::move(leadership_),
+          ticket_, std::move(permit_), endpoint,
+          net::UpstreamRequest{.path = std::string(call_.path()),
+                               .headers = call_.request_headers(),
+                               .body = *body_,
+                               .deadline = deadline});
+      ticket_.reset();
+      FlightCall* raw = flight.get();
+      handler_.AddFlight(flight_id_, std::move(flight));
+      raw->Start();
+      return;
+    }
+    endpoint_ = endpoint;
+    endpoint_->load.in_flight.fetch_add(1, std::memory_order_relaxed);
+    if (body_.has_value()) {
+      std::string body = std::move(*body_);
+      body_.reset();
+      call_.ForwardHeld(endpoint->upstream, std::move(body));
+      return;
+    }
+    call_.Forward(endpoint->upstream);
+  }
+
+  // The only place a call is answered by the sidecar.
+  void Answer(const Rejection& rejection) {
+    if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
+    permit_.Release();
+    if (leadership_.Held()) {
+      // Rejected while leading, before going upstream: the followers run the
+      // chain again, one of them as the new leader; this caller's answer is
+      // its own.
+      membership_.Leave();
+      leadership_.Abandon();
+    }
+    std::string_view reason;
+    if (rejection.reason.has_value()) {
+      route_.metrics->Rejections(*rejection.reason).Increment();
+      reason = RejectReasonName(*rejection.reason);
+    }
+    call_.RespondLocal({.grpc_code = static_cast<int>(rejection.code),
+                        .message = rejection.message,
+                        .reason = reason,
+                        .retry_pushback_ms = CeilMillis(rejection.pushback),
+                        .route = route_.name});
+  }
+
+  ProxyHandler& handler_;
+  std::shared_ptr<const Snapshot> snapshot_;  // keeps route_ alive
+  const Route& route_;
+  net::Call& call_;
+  net::Executor& executor_;
+  std::optional<std::string> body_;  // a held unary request (singleflight)
+  bool solo_ = false;                // held, but not (or no longer) coalesced
+  Flights::Membership membership_;
+  Flights::Leadership leadership_;         // leading, until upstream
+  Flights::Leadership shadow_leadership_;  // a shadow flight's, while it runs
+  uint64_t flight_id_ = 0;
+  std::optional<CircuitBreaker::Ticket> ticket_;
+  ConcurrencyLimiter::Permit permit_;
+  std::optional<ConcurrencyLimiter::WaitHandle> wait_;  // booked in the queue
+  bool parked_ = false;       // waiting for that booking (enforcing)
+  uint64_t acquisition_ = 0;  // tells a stale booking's answer apart
+  Endpoint* endpoint_ = nullptr;
+};
+
+}  // namespace
+
+ProxyHandler::ProxyHandler(net::Executor& executor,
+                           std::shared_ptr<const Snapshot> snapshot)
+    : executor_(executor), snapshot_(std::move(snapshot)) {}
+
+ProxyHandler::~ProxyHandler() = default;
+
+void ProxyHandler::AddFlight(uint64_t id, std::unique_ptr<FlightCall> flight) {
+  flights_[id] = std::move(flight);
+}
+
+void ProxyHandler::EndFlight(uint64_t id, bool deadline_expired,
+                             bool finished) {
+  // Moved out first: destroying it may post or touch the map through callbacks.
+  auto it = flights_.find(id);
+  if (it == flights_.end()) return;
+  std::unique_ptr<FlightCall> flight = std::move(it->second);
+  flights_.erase(it);
+  if (!finished) flight->Cancelled(deadline_expired);
+}
+
+void ProxyHandler::OnCall(net::Call& call) {
+  const Route* route = snapshot_->routes->Match(call.path());
+  if (route == nullptr) {
+    call.RespondLocal(
+        {.grpc_code = static_cast<int>(absl::StatusCode::kUnimplemented),
+         .message = absl::StrCat(
+             "no route for method ",
+             absl::string_view(call.path().data(), call.path().size()))});
+    return;
+  }
+  absl::Time deadline = call.client_deadline();
+  if (route->timeout != absl::InfiniteDuration()) {
+    deadline = std::min(deadline, call.start_time() + route->timeout);
+  }
+  call.SetDeadline(deadline);
+  auto chain = std::make_unique<ChainCall>(*this, snapshot_, *route, call);
+  ChainCall* self = chain.get();
+  call.SetObserver(std::move(chain));
+  self->Start();
+}
+
+}  // namespace bulwark::chain

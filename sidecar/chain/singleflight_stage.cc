@@ -1,0 +1,74 @@
+#include "sidecar/chain/singleflight_stage.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+
+namespace bulwark::chain {
+namespace {
+
+// Headers that shape the answer: a caller must never get an encoding or a
+// content type it did not ask for.
+constexpr std::string_view kShapingHeaders[] = {"content-type", "grpc-encoding",
+                                                "grpc-accept-encoding"};
+
+}  // namespace
+
+SingleflightStage::SingleflightStage(
+    const config::v1::Route& route, Flights& flights, RouteMetrics& metrics,
+    const absl::flat_hash_set<std::string>* unary_methods)
+    : exact_method_(!route.match().service().empty() &&
+                    !route.match().method().empty()),
+      unary_methods_(unary_methods),
+      shadow_(route.singleflight().shadow()),
+      max_request_bytes_(route.singleflight().has_max_request_bytes()
+                             ? route.singleflight().max_request_bytes()
+                             : kDefaultMaxRequestBytes),
+      flights_(flights),
+      metrics_(metrics) {
+  for (std::string_view name : kShapingHeaders) {
+    key_headers_.emplace_back(name);
+  }
+  for (const std::string& name : route.singleflight().key_headers()) {
+    if (std::find(key_headers_.begin(), key_headers_.end(), name) ==
+        key_headers_.end()) {
+      key_headers_.push_back(name);
+    }
+  }
+}
+
+bool SingleflightStage::Coalescable(std::string_view path) const {
+  if (exact_method_) return true;
+  return unary_methods_ != nullptr &&
+         unary_methods_->contains(absl::string_view(path.data(), path.size()));
+}
+
+std::string SingleflightStage::Key(const net::Call& call,
+                                   std::string_view body) const {
+  const net::HeaderList& headers = call.request_headers();
+  std::vector<SingleflightKeyHeader> parts;
+  parts.reserve(key_headers_.size() + 1);
+  for (const std::string& name : key_headers_) {
+    bool sent = false;
+    for (const auto& [header, value] : headers) {
+      if (header != name) continue;
+      parts.push_back({.name = name, .value = absl::string_view(value)});
+      sent = true;
+    }
+    if (!sent) parts.push_back({.name = name, .value = std::nullopt});
+  }
+  const std::string_view path = call.path();
+  return EncodeSingleflightKey(absl::string_view(path.data(), path.size()),
+                               absl::string_view(body.data(), body.size()),
+                               parts);
+}
+
+std::string SingleflightStage::DescribeJson() const {
+  return absl::StrCat(
+      "{\"flights_open\": ", flights_.FlightsOpenApprox(),
+      ", \"followers_waiting\": ", flights_.FollowersWaitingApprox(),
+      ", \"shadow\": ", shadow_ ? "true" : "false", "}");
+}
+
+}  // namespace bulwark::chain

@@ -1,0 +1,834 @@
+// The call chain against a fake call, a fake executor and a fake clock: no
+// sockets, no sleeps. Each test drives calls through the real stages of a
+// route built from YAML, plays the transport's part (how a call ends, what an
+// upstream call answers) and asserts what the chain did: answered, forwarded,
+// coalesced, parked, and what the breaker and the metrics counted.
+#include "sidecar/chain/chain.h"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "policies/clock.h"
+#include "sidecar/config_loader.h"
+#include "sidecar/dns.h"
+#include "sidecar/metrics.h"
+#include "sidecar/snapshot.h"
+
+namespace bulwark::chain {
+namespace {
+
+using net::CallResult;
+using Ending = net::CallResult::Ending;
+
+class NoResolver final : public Resolver {
+ public:
+  absl::StatusOr<std::vector<ResolvedAddress>> Resolve(
+      const HostPort& address) override {
+    return absl::NotFoundError(address.ToString());
+  }
+};
+
+class FakeExecutor;
+
+// An upstream call the chain started for a flight: the test answers it.
+struct FakeUpstreamCall {
+  net::UpstreamRequest request;
+  net::UpstreamCallListener* listener = nullptr;
+  bool cancelled = false;
+  bool finished = false;
+};
+
+class FakeUpstreamHandle final : public net::UpstreamCallHandle {
+ public:
+  explicit FakeUpstreamHandle(std::shared_ptr<FakeUpstreamCall> call)
+      : call_(std::move(call)) {}
+  ~FakeUpstreamHandle() override {
+    if (!call_->finished) call_->cancelled = true;
+  }
+
+ private:
+  std::shared_ptr<FakeUpstreamCall> call_;
+};
+
+class FakeExecutor final : public net::Executor {
+ public:
+  FakeExecutor() : timers_(clock_) {}
+
+  void Post(absl::AnyInvocable<void()> task) override {
+    tasks_.push_back(std::move(task));
+  }
+  net::Call* FindCall(uint64_t id) override {
+    auto it = calls_.find(id);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+  TimerQueue& timers() override { return timers_; }
+  Clock& clock() override { return clock_; }
+  std::unique_ptr<net::UpstreamCallHandle> StartUpstreamCall(
+      const net::UpstreamAddress&, net::UpstreamRequest request,
+      net::UpstreamCallListener* listener,
+      const net::UpstreamCallOptions&) override {
+    auto call = std::make_shared<FakeUpstreamCall>();
+    call->request = std::move(request);
+    call->listener = listener;
+    upstream_.push_back(call);
+    return std::make_unique<FakeUpstreamHandle>(call);
+  }
+
+  // Runs posted tasks (and what they post) until none is left.
+  void RunPending() {
+    while (!tasks_.empty()) {
+      auto task = std::move(tasks_.front());
+      tasks_.pop_front();
+      task();
+    }
+  }
+  void AdvanceBy(absl::Duration d) {
+    timers_.AdvanceBy(d);
+    RunPending();
+  }
+  // Answers an upstream call the chain started.
+  void Finish(FakeUpstreamCall& call, net::UpstreamCallResult result) {
+    call.finished = true;
+    call.listener->OnFinish(result);
+    RunPending();
+  }
+
+  void Register(uint64_t id, net::Call* call) { calls_[id] = call; }
+  void Unregister(uint64_t id) { calls_.erase(id); }
+  const std::vector<std::shared_ptr<FakeUpstreamCall>>& upstream() const {
+    return upstream_;
+  }
+  FakeClock& fake_clock() { return clock_; }
+
+ private:
+  FakeClock clock_;
+  FakeTimerQueue timers_;
+  std::deque<absl::AnyInvocable<void()>> tasks_;
+  std::map<uint64_t, net::Call*> calls_;
+  std::vector<std::shared_ptr<FakeUpstreamCall>> upstream_;
+};
+
+// A downstream call as the transport would present it; records what the
+// chain decided.
+class FakeCall final : public net::Call {
+ public:
+  enum class Decision {
+    kNone,
+    kLocal,
+    kForwarded,
+    kForwardedHeld,
+    kShared,
+  };
+
+  FakeCall(FakeExecutor& executor, uint64_t id, std::string path,
+           net::HeaderList headers, absl::Duration timeout)
+      : executor_(executor),
+        id_(id),
+        path_(std::move(path)),
+        headers_(std::move(headers)),
+        start_(executor.clock().Now()),
+        client_deadline_(timeout == absl::InfiniteDuration()
+                             ? absl::InfiniteFuture()
+                             : start_ + timeout) {
+    executor_.Register(id_, this);
+  }
+  ~FakeCall() override { executor_.Unregister(id_); }
+
+  uint64_t id() const override { return id_; }
+  net::Executor& executor() override { return executor_; }
+  std::string_view path() const override { return path_; }
+  std::string_view header(std::string_view name) const override {
+    for (const auto& [n, v] : headers_) {
+      if (n == name) return v;
+    }
+    return {};
+  }
+  absl::Time start_time() const override { return start_; }
+  absl::Time client_deadline() const override { return client_deadline_; }
+  void SetDeadline(absl::Time deadline) override { deadline_ = deadline; }
+  absl::Time deadline() const override { return deadline_; }
+  void SetObserver(std::unique_ptr<net::CallObserver> observer) override {
+    observer_ = std::move(observer);
+  }
+  net::CallObserver* observer() const override { return observer_.get(); }
+  void RespondLocal(const net::LocalAnswer& answer) override {
+    decision_ = Decision::kLocal;
+    answer_ = answer;
+    reason_ = std::string(answer.reason);
+    route_ = std::string(answer.route);
+  }
+  void Forward(const net::UpstreamAddress&) override {
+    decision_ = Decision::kForwarded;
+  }
+  void ForwardHeld(const net::UpstreamAddress&, std::string body) override {
+    decision_ = Decision::kForwardedHeld;
+    forwarded_body_ = std::move(body);
+  }
+  void RespondWith(
+      std::shared_ptr<const net::CapturedResponse> response) override {
+    decision_ = Decision::kShared;
+    shared_ = std::move(response);
+  }
+  void CollectRequest(
+      uint64_t limit,
+      absl::AnyInvocable<void(std::optional<std::string>)> done) override {
+    collect_limit_ = limit;
+    collect_ = std::move(done);
+  }
+  const net::HeaderList& request_headers() const override { return headers_; }
+
+  // --- the test's side of the transport ---
+  bool collecting() const { return collect_ != nullptr; }
+  // The client half-closes after `body` (or sends more than the limit).
+  void SendRequest(std::string body) {
+    ASSERT_TRUE(collect_ != nullptr);
+    auto done = std::move(collect_);
+    collect_ = nullptr;
+    if (body.size() > collect_limit_) {
+      done(std::nullopt);
+    } else {
+      done(std::move(body));
+    }
+    executor_.RunPending();
+  }
+  // The stream ends (once): the observer settles.
+  void Close(CallResult result) {
+    ASSERT_FALSE(closed_);
+    closed_ = true;
+    executor_.Unregister(id_);
+    if (observer_ != nullptr) {
+      observer_->OnClose(result);
+      observer_.reset();
+    }
+    executor_.RunPending();
+  }
+  // The transport's ending for what the chain decided, as it would report it.
+  void CloseAnswered(int upstream_code = 0,
+                     absl::Duration upstream_time = absl::Milliseconds(1)) {
+    CallResult result;
+    switch (decision_) {
+      case Decision::kLocal:
+        result.ending = Ending::kLocalAnswer;
+        result.grpc_code = answer_.grpc_code;
+        break;
+      case Decision::kShared:
+        result.ending = Ending::kCompleted;
+        result.grpc_code = shared_->grpc_code;
+        break;
+      default:
+        result.ending = Ending::kCompleted;
+        result.forwarded = true;
+        result.grpc_code = upstream_code;
+        result.upstream_grpc_code = upstream_code;
+        result.upstream_duration = upstream_time;
+        break;
+    }
+    Close(result);
+  }
+
+  Decision decision() const { return decision_; }
+  const net::LocalAnswer& answer() const { return answer_; }
+  const std::string& reason() const { return reason_; }
+  const std::string& answered_route() const { return route_; }
+  const std::string& forwarded_body() const { return forwarded_body_; }
+  const net::CapturedResponse* shared() const { return shared_.get(); }
+  bool closed() const { return closed_; }
+
+ private:
+  FakeExecutor& executor_;
+  const uint64_t id_;
+  std::string path_;
+  net::HeaderList headers_;
+  absl::Time start_;
+  absl::Time client_deadline_;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  std::unique_ptr<net::CallObserver> observer_;
+  Decision decision_ = Decision::kNone;
+  net::LocalAnswer answer_;
+  std::string reason_;
+  std::string route_;
+  std::string forwarded_body_;
+  std::shared_ptr<const net::CapturedResponse> shared_;
+  uint64_t collect_limit_ = 0;
+  absl::AnyInvocable<void(std::optional<std::string>)> collect_;
+  bool closed_ = false;
+};
+
+constexpr char kMethod[] = "/shop.v1.Orders/GetOrder";
+
+net::CallResult Ended(Ending ending, int code, bool forwarded,
+                      absl::Duration upstream_time = absl::ZeroDuration()) {
+  CallResult result;
+  result.ending = ending;
+  result.grpc_code = code;
+  result.forwarded = forwarded;
+  result.upstream_duration = upstream_time;
+  return result;
+}
+
+net::UpstreamCallResult Answered(int code, std::string body = "payload") {
+  net::UpstreamCallResult result;
+  result.grpc_code = code;
+  result.duration = absl::Milliseconds(5);
+  result.response = std::make_shared<net::CapturedResponse>();
+  result.response->grpc_code = code;
+  result.response->headers = {{":status", "200"}};
+  result.response->body = std::move(body);
+  result.response->trailers = {{"grpc-status", std::to_string(code)}};
+  return result;
+}
+
+class ChainTest : public ::testing::Test {
+ protected:
+  // One route `r` on cluster `c` (one endpoint), with `policies` (YAML lines
+  // of the route, indented four spaces).
+  void Build(absl::string_view policies,
+             absl::string_view match =
+                 "{service: shop.v1.Orders, method: "
+                 "GetOrder}") {
+    const std::string yaml = absl::StrCat(R"(
+clusters:
+  - name: c
+    endpoints: ["127.0.0.1:1"]
+routes:
+  - name: r
+    match: )",
+                                          match, R"(
+    cluster: c
+)",
+                                          policies);
+    auto loaded = ParseConfigText(yaml, "chain_test.yaml", "");
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto snapshot = std::make_shared<Snapshot>();
+    snapshot->config = std::move(*loaded);
+    for (const auto& cc : snapshot->config.proto.clusters()) {
+      auto cluster = Cluster::Create(cc, metrics_, dns_, nullptr);
+      ASSERT_TRUE(cluster.ok()) << cluster.status();
+      snapshot->clusters[cc.name()] = *cluster;
+      snapshot->cluster_list.push_back(*cluster);
+    }
+    auto routes = RouteTable::Build(
+        snapshot->config.proto, snapshot->clusters, metrics_, nullptr,
+        &snapshot->config.unary_methods, executor_.clock());
+    ASSERT_TRUE(routes.ok()) << routes.status();
+    snapshot->routes = std::move(*routes);
+    snapshot_ = snapshot;
+    handler_ = std::make_unique<ProxyHandler>(executor_, snapshot_);
+  }
+
+  // A new downstream call, handed to the chain.
+  FakeCall& Call(net::HeaderList headers = {{"content-type",
+                                             "application/grpc"}},
+                 absl::Duration timeout = absl::InfiniteDuration(),
+                 std::string path = kMethod) {
+    calls_.push_back(std::make_unique<FakeCall>(
+        executor_, ++next_id_, std::move(path), std::move(headers), timeout));
+    FakeCall& call = *calls_.back();
+    handler_->OnCall(call);
+    executor_.RunPending();
+    return call;
+  }
+
+  const Route& route() const { return *snapshot_->routes->routes()[0]; }
+  RouteMetrics& metrics() { return *metrics_.ForRoute("r"); }
+  double Rejections(RejectReason reason) {
+    return metrics().Rejections(reason).Value();
+  }
+  double Shadow(RejectReason reason) {
+    return metrics().ShadowRejections(reason).Value();
+  }
+  double Requests(int code) { return metrics().Requests(code).Value(); }
+  CircuitBreaker::State BreakerState() {
+    return route().breaker->breaker().SnapshotApprox().state;
+  }
+  FakeUpstreamCall& Upstream(size_t i) { return *executor_.upstream().at(i); }
+  size_t UpstreamCalls() const { return executor_.upstream().size(); }
+
+  Metrics metrics_{"test"};
+  NoResolver resolver_;
+  DnsCache dns_{resolver_};
+  FakeExecutor executor_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::unique_ptr<ProxyHandler> handler_;
+  std::vector<std::unique_ptr<FakeCall>> calls_;
+  uint64_t next_id_ = 0;
+};
+
+// --- order and answers -------------------------------------------------------
+
+TEST_F(ChainTest, RateLimitComesFirstAndItsRejectionNeverReachesTheBreaker) {
+  Build(R"(    rate_limit: {requests_per_second: 1, burst: 1}
+    circuit_breaker: {consecutive_failures: 1}
+)");
+  FakeCall& first = Call();
+  EXPECT_EQ(first.decision(), FakeCall::Decision::kForwarded);
+  FakeCall& second = Call();
+  ASSERT_EQ(second.decision(), FakeCall::Decision::kLocal);
+  EXPECT_EQ(second.reason(), "rate_limited");
+  EXPECT_EQ(second.answer().grpc_code, 8);
+  EXPECT_EQ(second.answer().retry_pushback_ms, 1000);
+  EXPECT_EQ(second.answered_route(), "r");
+  second.CloseAnswered();
+  first.CloseAnswered(/*upstream_code=*/0);
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+  EXPECT_EQ(route().breaker->breaker().SnapshotApprox().window_requests, 1);
+  EXPECT_EQ(Rejections(RejectReason::kRateLimited), 1);
+}
+
+TEST_F(ChainTest, OpenBreakerAnswersWithTimeUntilHalfOpen) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1, open_duration: 30s}
+)");
+  Call().CloseAnswered(/*upstream_code=*/14);
+  ASSERT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+  executor_.AdvanceBy(absl::Seconds(10));
+  FakeCall& rejected = Call();
+  ASSERT_EQ(rejected.decision(), FakeCall::Decision::kLocal);
+  EXPECT_EQ(rejected.reason(), "circuit_open");
+  EXPECT_EQ(rejected.answer().grpc_code, 14);
+  EXPECT_EQ(rejected.answer().retry_pushback_ms, 20000);
+}
+
+TEST_F(ChainTest, BreakerRejectionComesBeforeTheSemaphore) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1}
+    concurrency: {max_in_flight: 1, max_queued: 0}
+)");
+  Call().CloseAnswered(14);
+  FakeCall& rejected = Call();
+  EXPECT_EQ(rejected.reason(), "circuit_open");
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, FullSemaphoreAnswersConcurrencyLimit) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 0}
+)");
+  FakeCall& holder = Call();
+  EXPECT_EQ(holder.decision(), FakeCall::Decision::kForwarded);
+  FakeCall& rejected = Call();
+  EXPECT_EQ(rejected.reason(), "concurrency_limit");
+  EXPECT_EQ(rejected.answer().grpc_code, 8);
+  holder.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, ParkedCallGoesOnWhenASlotIsReleased) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s}
+)");
+  FakeCall& holder = Call();
+  FakeCall& waiter = Call();
+  EXPECT_EQ(waiter.decision(), FakeCall::Decision::kNone);
+  holder.CloseAnswered();
+  EXPECT_EQ(waiter.decision(), FakeCall::Decision::kForwarded);
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 1u);
+  waiter.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, ParkedCallTimesOutWithQueueTimeout) {
+  Build(
+      R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 50ms}
+)");
+  Call();
+  FakeCall& waiter = Call();
+  executor_.AdvanceBy(absl::Milliseconds(50));
+  EXPECT_EQ(waiter.reason(), "queue_timeout");
+  EXPECT_EQ(Rejections(RejectReason::kQueueTimeout), 1);
+}
+
+TEST_F(ChainTest, ParkedCallsOwnDeadlineWinsOverTheQueueTimeout) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s}
+)");
+  Call();
+  FakeCall& waiter =
+      Call({{"content-type", "application/grpc"}}, absl::Milliseconds(20));
+  executor_.AdvanceBy(absl::Milliseconds(20));
+  ASSERT_EQ(waiter.decision(), FakeCall::Decision::kLocal);
+  EXPECT_EQ(waiter.answer().grpc_code, 4);
+  EXPECT_EQ(waiter.reason(), "");
+}
+
+TEST_F(ChainTest, ClientLeavingWhileParkedFreesItsPlaceInTheQueue) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s}
+)");
+  FakeCall& holder = Call();
+  FakeCall& waiter = Call();
+  EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 1u);
+  waiter.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 0u);
+  holder.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, NoHealthyEndpointReleasesTheSlotAndTheTicket) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1}
+    concurrency: {max_in_flight: 1}
+)");
+  snapshot_->routes->routes()[0]->cluster->endpoints()[0]->load.healthy.store(
+      false);
+  FakeCall& call = Call();
+  EXPECT_EQ(call.reason(), "no_healthy_endpoint");
+  call.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+  EXPECT_EQ(route().breaker->breaker().SnapshotApprox().window_requests, 0);
+}
+
+// --- breaker accounting: one rule for every path ---------------------------
+
+TEST_F(ChainTest, UnreachableEndpointIsATransportFailure) {
+  // A connect held back by backoff: the transport never opened a stream.
+  Build(R"(    circuit_breaker: {consecutive_failures: 3}
+)");
+  for (int i = 0; i < 3; ++i) {
+    FakeCall& call = Call();
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+    call.Close(Ended(Ending::kUpstreamFailed, 14, /*forwarded=*/false));
+  }
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+}
+
+TEST_F(ChainTest, DeadlinesTooShortToMeetNeverOpenTheBreaker) {
+  Build(
+      R"(    circuit_breaker: {consecutive_failures: 5, deadline_failure_min: 100ms}
+)");
+  for (int i = 0; i < 10; ++i) {
+    Call().Close(
+        Ended(Ending::kDeadlineExceeded, 4, true, absl::Nanoseconds(1)));
+  }
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+  EXPECT_EQ(Requests(4), 10);
+}
+
+TEST_F(ChainTest, SlowUpstreamBehindClientDeadlinesOpensTheBreaker) {
+  Build(
+      R"(    circuit_breaker: {consecutive_failures: 5, deadline_failure_min: 100ms}
+)");
+  for (int i = 0; i < 5; ++i) {
+    Call().Close(
+        Ended(Ending::kDeadlineExceeded, 4, true, absl::Milliseconds(150)));
+  }
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+}
+
+TEST_F(ChainTest, RefusedStreamAndClientCancelAreNeitherSuccessNorFailure) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1}
+)");
+  Call().Close(Ended(Ending::kUpstreamRefused, 14, true));
+  Call().Close(Ended(Ending::kClientCancelled, 1, true));
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+  EXPECT_EQ(route().breaker->breaker().SnapshotApprox().window_requests, 0);
+}
+
+TEST_F(ChainTest, FlightThatEveryCallerLeftOnItsDeadlineIsADeadlineFailure) {
+  Build(
+      R"(    circuit_breaker: {consecutive_failures: 1, deadline_failure_min: 100ms}
+    singleflight: {}
+)");
+  FakeCall& leader =
+      Call({{"content-type", "application/grpc"}}, absl::Milliseconds(200));
+  leader.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  executor_.AdvanceBy(absl::Milliseconds(200));
+  leader.Close(Ended(Ending::kDeadlineExceeded, 4, false));
+  EXPECT_TRUE(Upstream(0).cancelled);
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+}
+
+TEST_F(ChainTest, FlightAnswerCountsOnceInTheBreaker) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 2}
+    singleflight: {}
+)");
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  FakeCall& b = Call();
+  b.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  executor_.Finish(Upstream(0), Answered(14));
+  EXPECT_EQ(a.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(b.decision(), FakeCall::Decision::kShared);
+  a.CloseAnswered();
+  b.CloseAnswered();
+  EXPECT_EQ(route().breaker->breaker().SnapshotApprox().window_failures, 1);
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+  EXPECT_EQ(Requests(14), 2);
+}
+
+TEST_F(ChainTest, FlightRefusedUnseenIsSentOnceMore) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1}
+    singleflight: {}
+)");
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  net::UpstreamCallResult refused;
+  refused.grpc_code = 14;
+  refused.refused = true;
+  refused.transport_failure = true;
+  executor_.Finish(Upstream(0), refused);
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), Answered(0));
+  EXPECT_EQ(a.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kClosed);
+}
+
+// --- singleflight never changes a caller's answer ---------------------------
+
+TEST_F(ChainTest, LeadersShortDeadlineDoesNotFailTheFollowers) {
+  Build(R"(    timeout: 5s
+    singleflight: {}
+)");
+  FakeCall& leader =
+      Call({{"content-type", "application/grpc"}}, absl::Milliseconds(10));
+  leader.SendRequest("q");
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  // The flight runs to the route timeout, not to the leader's deadline.
+  EXPECT_EQ(Upstream(0).request.deadline,
+            leader.start_time() + absl::Seconds(5));
+  executor_.AdvanceBy(absl::Milliseconds(10));
+  leader.Close(Ended(Ending::kDeadlineExceeded, 4, false));
+  EXPECT_FALSE(Upstream(0).cancelled);
+  executor_.Finish(Upstream(0), Answered(0));
+  ASSERT_EQ(follower.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(follower.shared()->grpc_code, 0);
+}
+
+TEST_F(ChainTest, LastCallerLeavingCancelsTheFlight) {
+  Build(R"(    singleflight: {}
+)");
+  FakeCall& leader = Call();
+  leader.SendRequest("q");
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  leader.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_FALSE(Upstream(0).cancelled);
+  follower.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_TRUE(Upstream(0).cancelled);
+  EXPECT_EQ(handler_->FlightsRunning(), 0u);
+}
+
+TEST_F(ChainTest, PromotedFollowerPassesTheSemaphore) {
+  Build(R"(    singleflight: {}
+    concurrency: {max_in_flight: 1, max_queued: 4, queue_timeout: 1s}
+)");
+  FakeCall& holder = Call({{"content-type", "application/grpc"}});
+  holder.SendRequest("other");  // a flight of its own holds the one slot
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  FakeCall& leader = Call();
+  leader.SendRequest("q");  // leads, parked for a slot
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  // The leader leaves before going upstream: the follower leads now, and
+  // waits for a slot like any leader.
+  leader.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 1u);
+  executor_.Finish(Upstream(0), Answered(0));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  EXPECT_EQ(Upstream(1).request.body, "q");
+  executor_.Finish(Upstream(1), Answered(0));
+  EXPECT_EQ(follower.decision(), FakeCall::Decision::kShared);
+}
+
+TEST_F(ChainTest, PromotedFollowerPassesTheBreaker) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1, open_duration: 30s}
+    singleflight: {}
+    concurrency: {max_in_flight: 1, max_queued: 4, queue_timeout: 1s}
+)");
+  FakeCall& holder = Call();
+  holder.SendRequest("a");  // holds the one slot
+  Call().SendRequest("x");  // first in the queue
+  FakeCall& leader = Call();
+  leader.SendRequest("q");  // second in the queue
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  // The holder's flight fails: the breaker opens and the slot goes to "x".
+  executor_.Finish(Upstream(0), Answered(14));
+  ASSERT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  // The leader leaves before going upstream: the follower would lead now,
+  // and meets the open breaker like any leader.
+  leader.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_EQ(follower.reason(), "circuit_open");
+  EXPECT_EQ(UpstreamCalls(), 2u);
+}
+
+TEST_F(ChainTest,
+       KeyHoldsEncodingHeadersSoNoCallerGetsAnEncodingItNeverOffered) {
+  Build(R"(    singleflight: {}
+)");
+  FakeCall& gzip = Call(
+      {{"content-type", "application/grpc"}, {"grpc-accept-encoding", "gzip"}});
+  gzip.SendRequest("q");
+  FakeCall& identity = Call({{"content-type", "application/grpc"},
+                             {"grpc-accept-encoding", "identity"}});
+  identity.SendRequest("q");
+  EXPECT_EQ(UpstreamCalls(), 2u);
+}
+
+TEST_F(ChainTest, KeyTellsAbsentFromEmptyAndHoldsEveryValue) {
+  Build(R"(    singleflight: {key_headers: [x-tenant]}
+)");
+  Call({{"content-type", "application/grpc"}}).SendRequest("q");
+  Call({{"content-type", "application/grpc"}, {"x-tenant", ""}})
+      .SendRequest("q");
+  Call({{"content-type", "application/grpc"},
+        {"x-tenant", "a"},
+        {"x-tenant", "b"}})
+      .SendRequest("q");
+  Call({{"content-type", "application/grpc"}, {"x-tenant", "a"}})
+      .SendRequest("q");
+  EXPECT_EQ(UpstreamCalls(), 4u);
+  // And a true duplicate still coalesces.
+  Call({{"content-type", "application/grpc"}, {"x-tenant", "a"}})
+      .SendRequest("q");
+  EXPECT_EQ(UpstreamCalls(), 4u);
+}
+
+TEST_F(ChainTest, AnswerTooLargeToShareReachesEveryCallerOnItsOwn) {
+  Build(R"(    singleflight: {}
+)");
+  FakeCall& leader = Call();
+  leader.SendRequest("q");
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  net::UpstreamCallResult too_large;
+  too_large.grpc_code = 8;
+  too_large.too_large = true;
+  executor_.Finish(Upstream(0), too_large);
+  EXPECT_EQ(leader.decision(), FakeCall::Decision::kForwardedHeld);
+  EXPECT_EQ(leader.forwarded_body(), "q");
+  EXPECT_EQ(follower.decision(), FakeCall::Decision::kForwardedHeld);
+  EXPECT_EQ(follower.forwarded_body(), "q");
+}
+
+TEST_F(ChainTest, RequestOverMaxRequestBytesIsNeverHeld) {
+  Build(R"(    singleflight: {max_request_bytes: 4}
+)");
+  FakeCall& call = Call();
+  ASSERT_TRUE(call.collecting());
+  call.SendRequest("longer than four");
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+  EXPECT_EQ(UpstreamCalls(), 0u);
+}
+
+TEST_F(ChainTest, FollowerTakesNoSlot) {
+  Build(R"(    singleflight: {}
+    concurrency: {max_in_flight: 1, max_queued: 0}
+)");
+  Call().SendRequest("q");
+  FakeCall& follower = Call();
+  follower.SendRequest("q");
+  EXPECT_EQ(follower.decision(), FakeCall::Decision::kNone);  // waiting
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 1u);
+  EXPECT_EQ(
+      metrics().Singleflight(RouteMetrics::SingleflightRole::kFollower).Value(),
+      1);
+}
+
+// --- shadow is honest -------------------------------------------------------
+
+TEST_F(ChainTest, ShadowSemaphoreCountsWhatEnforcingWouldHaveRejected) {
+  // SPEC: with {max_in_flight: 1, max_queued: 2, queue_timeout: 50ms}, six
+  // concurrent calls: 3 concurrency_limit and 2 queue_timeout.
+  Build(
+      R"(    concurrency: {max_in_flight: 1, max_queued: 2, queue_timeout: 50ms, shadow: true}
+)");
+  std::vector<FakeCall*> calls;
+  for (int i = 0; i < 6; ++i) calls.push_back(&Call());
+  for (FakeCall* call : calls) {
+    EXPECT_EQ(call->decision(), FakeCall::Decision::kForwarded);
+  }
+  EXPECT_EQ(Shadow(RejectReason::kConcurrencyLimit), 3);
+  EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 2u);
+  executor_.AdvanceBy(absl::Milliseconds(50));
+  EXPECT_EQ(Shadow(RejectReason::kQueueTimeout), 2);
+  for (FakeCall* call : calls) call->CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+  EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 0u);
+  EXPECT_EQ(Rejections(RejectReason::kConcurrencyLimit), 0);
+}
+
+TEST_F(ChainTest, ShadowSemaphoreHoldsAGrantedBookingUntilTheCallEnds) {
+  Build(
+      R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s, shadow: true}
+)");
+  FakeCall& first = Call();
+  FakeCall& second = Call();  // booked in the queue, forwarded anyway
+  EXPECT_EQ(second.decision(), FakeCall::Decision::kForwarded);
+  first.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 1u);
+  second.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, ShadowRateLimitAndBreakerCountAndLetCallsThrough) {
+  Build(R"(    rate_limit: {requests_per_second: 1, burst: 1, shadow: true}
+    circuit_breaker: {consecutive_failures: 1, shadow: true}
+)");
+  Call().CloseAnswered(14);
+  FakeCall& call = Call();
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+  EXPECT_EQ(Shadow(RejectReason::kRateLimited), 1);
+  EXPECT_EQ(Shadow(RejectReason::kCircuitOpen), 1);
+}
+
+TEST_F(ChainTest, ShadowSingleflightSendsEveryCallOnItsOwnStream) {
+  Build(R"(    singleflight: {shadow: true}
+)");
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  FakeCall& b = Call();
+  b.SendRequest("q");
+  EXPECT_EQ(a.decision(), FakeCall::Decision::kForwardedHeld);
+  EXPECT_EQ(b.decision(), FakeCall::Decision::kForwardedHeld);
+  EXPECT_EQ(b.forwarded_body(), "q");
+  EXPECT_EQ(UpstreamCalls(), 0u);  // no detached flight call to outlive them
+  EXPECT_EQ(Shadow(RejectReason::kCoalesced), 1);
+  a.CloseAnswered();
+  b.CloseAnswered();
+  // The shadow flight closed with its caller: a new identical call leads.
+  FakeCall& c = Call();
+  c.SendRequest("q");
+  EXPECT_EQ(Shadow(RejectReason::kCoalesced), 1);
+}
+
+// --- lifetimes --------------------------------------------------------------
+
+TEST_F(ChainTest, PermitPostedToACallThatLeftIsReleased) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s}
+)");
+  FakeCall& holder = Call();
+  FakeCall& waiter = Call();
+  // The slot is handed to the waiter (the post is queued), then the waiter
+  // leaves before the post runs.
+  holder.Close(Ended(Ending::kCompleted, 0, true));
+  (void)waiter;
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 1u);
+  waiter.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, RouteStateOutlivesTheSnapshotWhilePermitsArePosted) {
+  Build(R"(    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: 1s}
+)");
+  FakeCall* holder = &Call();
+  Call();  // parked
+  std::weak_ptr<RouteState> state = route().state;
+  // The sidecar moves to another snapshot; the calls keep theirs.
+  snapshot_.reset();
+  handler_->SetSnapshot(nullptr);
+  holder->CloseAnswered();
+  calls_.clear();
+  executor_.RunPending();
+  EXPECT_TRUE(state.expired());
+}
+
+}  // namespace
+}  // namespace bulwark::chain
