@@ -39,6 +39,7 @@
 #include "sidecar/cluster.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/stream_handler.h"
+#include "sidecar/recent_activity.h"
 
 namespace bulwark {
 
@@ -58,6 +59,8 @@ struct RouteState {
   // Downstream calls on this route right now (any stage), for /routes. Relaxed:
   // a count.
   std::atomic<int64_t> active_calls{0};
+  // Calls, rejections and coalesced calls over the last minute (/routes).
+  RecentActivity recent;
 };
 
 // One route of a snapshot: immutable config plus the stages of its chain, in

@@ -11,6 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "sidecar/admin_views.h"
+#include "sidecar/health_checks.h"
 #include "sidecar/log.h"
 #include "sidecar/net/tls.h"
 
@@ -23,43 +25,6 @@ std::string ReadFileOrEmpty(const std::string& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();
-}
-
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += absl::StrFormat("\\u%04x", c);
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
-std::string HealthResultJson(const std::optional<ProbeResult>& result) {
-  if (!result.has_value()) return "null";
-  switch (*result) {
-    case ProbeResult::kSuccess:
-      return "\"success\"";
-    case ProbeResult::kFailure:
-      return "\"failure\"";
-    case ProbeResult::kTimeout:
-      return "\"timeout\"";
-  }
-  return "null";
 }
 
 // Sent by the DNS refresher's thread to the process when an answer changed:
@@ -123,34 +88,11 @@ void Sidecar::BlockSignals() {
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> Sidecar::BuildSnapshot(
     LoadedConfig config, const Snapshot* previous, bool reread_tls) {
-  auto snapshot = std::make_shared<Snapshot>();
-  for (const auto& cc : config.proto.clusters()) {
-    const Cluster* old = nullptr;
-    if (previous != nullptr) {
-      if (auto it = previous->clusters.find(cc.name());
-          it != previous->clusters.end()) {
-        old = it->second.get();
-      }
-    }
-    auto cluster = Cluster::Create(cc, metrics_, dns_, old, reread_tls);
-    if (!cluster.ok()) {
-      return absl::Status(cluster.status().code(),
-                          absl::StrCat("clusters ", cc.name(), ": ",
-                                       cluster.status().message()));
-    }
-    snapshot->clusters[cc.name()] = *cluster;
-    snapshot->cluster_list.push_back(*cluster);
-  }
-  // The routes point into the snapshot's own copy of the method sets.
-  snapshot->config = std::move(config);
-  auto routes =
-      RouteTable::Build(snapshot->config.proto, snapshot->clusters, metrics_,
-                        previous != nullptr ? previous->routes.get() : nullptr,
-                        &snapshot->config.unary_methods);
-  if (!routes.ok()) return routes.status();
-  snapshot->routes = std::move(*routes);
-  snapshot->config_json = ConfigToJson(snapshot->config.proto);
-  return snapshot;
+  return bulwark::BuildSnapshot(std::move(config), previous,
+                                {.metrics = metrics_,
+                                 .dns = dns_,
+                                 .clock = MonotonicClock::Get(),
+                                 .reread_tls = reread_tls});
 }
 
 absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
@@ -207,8 +149,8 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   if (!admin.ok()) return admin.status();
   sidecar->admin_ = std::move(*admin);
 
-  sidecar->health_transport_ =
-      std::make_unique<UpstreamHealthProbeTransport>(*sidecar->workers_[0]);
+  sidecar->health_checks_ =
+      std::make_unique<HealthChecks>(*sidecar->workers_[0]);
   for (auto& worker : sidecar->workers_) worker->Start();
   sidecar->StartHealthChecks(*snapshot);
   const pthread_t main_thread = pthread_self();
@@ -396,155 +338,23 @@ void Sidecar::Drain() {
 }
 
 void Sidecar::StartHealthChecks(std::shared_ptr<const Snapshot> snapshot) {
-  if (workers_.empty() || health_transport_ == nullptr) return;
-  net::Worker* worker = workers_[0].get();
-  // Jitter exists to spread the probes of many sidecars: seed it per process
-  // and start.
-  const uint64_t seed = (uint64_t{std::random_device{}()} << 32) ^
-                        static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())) ^
-                        static_cast<uint64_t>(getpid());
-  worker->Post([this, worker, seed, snapshot = std::move(snapshot)] {
-    std::vector<RunningHealthCheck> running;
-    running.swap(health_checkers_);
-    uint64_t n = 0;
-    for (const auto& cluster : snapshot->cluster_list) {
-      if (!cluster->config().has_health_check()) continue;
-      RunningHealthCheck check{
-          .cluster = cluster->name(),
-          .config = cluster->config().health_check().SerializeAsString()};
-      for (const auto& endpoint : cluster->endpoints())
-        check.endpoints.push_back(endpoint.get());
-      // Unchanged cluster (e.g. another cluster's DNS answer changed): its
-      // probes carry on undisturbed.
-      for (RunningHealthCheck& old : running) {
-        if (old.checker != nullptr && old.cluster == check.cluster &&
-            old.config == check.config && old.endpoints == check.endpoints) {
-          check.checker = std::move(old.checker);
-          break;
-        }
-      }
-      if (check.checker == nullptr) {
-        check.checker = std::make_unique<HealthChecker>(
-            cluster->name(), cluster->config().health_check(),
-            cluster->endpoints(), worker->timers(), worker->clock(),
-            *health_transport_, seed + n++);
-        check.checker->Start();
-      }
-      health_checkers_.push_back(std::move(check));
-    }
-    // `running` now holds the checkers no longer wanted: destroying them
-    // stops them.
-  });
+  if (health_checks_ != nullptr) health_checks_->Follow(std::move(snapshot));
 }
 
 void Sidecar::StopHealthChecks() {
-  if (workers_.empty()) return;
-  workers_[0]->Post([this] { health_checkers_.clear(); });
+  if (health_checks_ != nullptr) health_checks_->Stop();
 }
 
 AdminServer::Readiness Sidecar::Readiness() {
-  if (draining_) return {.ready = false, .reason = "draining"};
-  std::shared_ptr<const Snapshot> snapshot = current();
-  for (const auto& cluster : snapshot->cluster_list) {
-    if (!cluster->AnyHealthy()) {
-      return {.ready = false,
-              .reason = absl::StrCat("cluster ", cluster->name(),
-                                     " has no healthy endpoint")};
-    }
-  }
-  return {.ready = true, .reason = ""};
+  return ReadinessOf(*current(), draining_);
 }
 
-void Sidecar::RefreshGauges() {
-  std::shared_ptr<const Snapshot> snapshot = current();
-  for (const auto& route : snapshot->routes->routes()) {
-    if (route->rate_limit != nullptr) {
-      route->metrics->Tokens().Set(route->rate_limit->TokensApprox());
-    }
-    if (route->breaker != nullptr) {
-      route->metrics->SetBreakerState(chain::ToMetricState(
-          route->breaker->breaker().SnapshotApprox().state));
-    }
-    if (route->concurrency != nullptr) {
-      const ConcurrencyLimiter& limiter = route->concurrency->limiter();
-      route->metrics->InFlight().Set(limiter.InFlightApprox());
-      route->metrics->Queued().Set(limiter.QueuedApprox());
-    }
-  }
-  for (const auto& cluster : snapshot->cluster_list) {
-    for (const auto& endpoint : cluster->endpoints()) {
-      endpoint->metrics->SetHealthy(
-          endpoint->load.healthy.load(std::memory_order_relaxed));
-    }
-  }
-}
+void Sidecar::RefreshGauges() { bulwark::RefreshGauges(*current()); }
 
 std::string Sidecar::RoutesJson() {
-  std::shared_ptr<const Snapshot> snapshot = current();
-  std::string out = "{\n  \"routes\": [";
-  bool first = true;
-  for (const auto& route : snapshot->routes->routes()) {
-    absl::StrAppend(&out, first ? "\n" : ",\n",
-                    "    {\"name\": ", JsonString(route->name),
-                    ", \"cluster\": ", JsonString(route->cluster->name()));
-    first = false;
-    // One object per configured policy, named as its config block (SPEC
-    // section 4).
-    if (route->rate_limit != nullptr) {
-      absl::StrAppend(&out, ", \"rate_limit\": ",
-                      route->rate_limit->DescribeJson());
-    }
-    if (route->breaker != nullptr) {
-      absl::StrAppend(&out, ", \"circuit_breaker\": ",
-                      route->breaker->DescribeJson());
-    }
-    if (route->concurrency != nullptr) {
-      absl::StrAppend(&out, ", \"concurrency\": ",
-                      route->concurrency->DescribeJson());
-    }
-    if (route->singleflight != nullptr) {
-      absl::StrAppend(&out, ", \"singleflight\": ",
-                      route->singleflight->DescribeJson());
-    }
-    absl::StrAppend(&out, ", \"active_calls\": ",
-                    route->state->active_calls.load(std::memory_order_relaxed));
-    out += "}";
-  }
-  out += "\n  ],\n  \"clusters\": [";
-  first = true;
-  for (const auto& cluster : snapshot->cluster_list) {
-    absl::StrAppend(&out, first ? "\n" : ",\n",
-                    "    {\"name\": ", JsonString(cluster->name()),
-                    ", \"endpoints\": [");
-    first = false;
-    bool first_ep = true;
-    for (const auto& endpoint : cluster->endpoints()) {
-      absl::StrAppend(
-          &out, first_ep ? "" : ", ",
-          "{\"address\": ", JsonString(endpoint->address.ToString()),
-          ", \"resolved\": ", JsonString(endpoint->resolved),
-          ", \"healthy\": ", endpoint->load.healthy.load() ? "true" : "false",
-          ", \"in_flight\": ", endpoint->load.in_flight.load());
-      if (endpoint->health != nullptr) {
-        // The heartbeat as the checker last saw it; null before the first
-        // probe.
-        const HealthState::Snapshot h = endpoint->health->GetSnapshot();
-        absl::StrAppend(
-            &out, ", \"last_probe_result\": ", HealthResultJson(h.last_result),
-            ", \"seconds_since_last_probe\": ",
-            h.last_result.has_value() ? absl::StrCat(absl::ToDoubleSeconds(
-                                            workers_[0]->clock().Now() - h.last_probe_time))
-                                      : "null");
-      }
-      out += "}";
-      first_ep = false;
-    }
-    out += "]}";
-  }
   int64_t open = 0;
   for (auto& worker : workers_) open += worker->OpenStreamsApprox();
-  absl::StrAppend(&out, "\n  ],\n  \"open_streams\": ", open, "\n}\n");
-  return out;
+  return bulwark::RoutesJson(*current(), MonotonicClock::Get().Now(), open);
 }
 
 }  // namespace bulwark

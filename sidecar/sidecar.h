@@ -19,12 +19,13 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "sidecar/admin_server.h"
+#include "sidecar/chain/chain.h"
 #include "sidecar/config_loader.h"
 #include "sidecar/dns.h"
 #include "sidecar/health_checker.h"
+#include "sidecar/health_checks.h"
 #include "sidecar/metrics.h"
 #include "sidecar/net/worker.h"
-#include "sidecar/chain/chain.h"
 #include "sidecar/snapshot.h"
 
 namespace bulwark {
@@ -81,17 +82,8 @@ class Sidecar {
   std::vector<std::unique_ptr<net::Worker>> workers_;
   std::vector<std::unique_ptr<chain::ProxyHandler>> handlers_;
   std::unique_ptr<AdminServer> admin_;
-  // Health checks run on worker 0 over its upstream connections. The checkers
-  // are touched only on worker 0's thread (created, replaced and stopped by
-  // tasks posted to it).
-  std::unique_ptr<HealthProbeTransport> health_transport_;
-  struct RunningHealthCheck {
-    std::unique_ptr<HealthChecker> checker;
-    std::string cluster;
-    std::string config;                // the health_check block, serialized
-    std::vector<Endpoint*> endpoints;  // what it probes (kept alive by it)
-  };
-  std::vector<RunningHealthCheck> health_checkers_;
+  // Health checks run on worker 0 over its upstream connections.
+  std::unique_ptr<HealthChecks> health_checks_;
   std::atomic<bool> draining_{false};
   // Endpoint names: looked up on the main thread when a snapshot is built,
   // refreshed on the refresher's thread, which wakes the main thread's loop

@@ -10,8 +10,12 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "policies/clock.h"
 #include "sidecar/cluster.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/dns.h"
+#include "sidecar/metrics.h"
 #include "sidecar/route_table.h"
 
 namespace bulwark {
@@ -23,6 +27,21 @@ struct Snapshot {
   std::unique_ptr<RouteTable> routes;
   std::string config_json;
 };
+
+struct SnapshotDeps {
+  Metrics& metrics;
+  DnsCache& dns;  // answers the clusters' DNS names (may block on a miss)
+  Clock& clock;   // the policies' clock: the workers' monotonic one
+  // Read the clusters' TLS files again (start, reload) or keep `previous`'s
+  // contexts (a DNS refresh).
+  bool reread_tls = true;
+};
+
+// Builds clusters, routes and their stages from `config`. What `previous`
+// has for an unchanged route or endpoint is kept (SPEC section 6). Errors
+// name the cluster or route. Main thread (DNS lookups may block).
+absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
+    LoadedConfig config, const Snapshot* previous, const SnapshotDeps& deps);
 
 }  // namespace bulwark
 

@@ -201,6 +201,7 @@ class ChainCall final : public net::CallObserver {
     RouteMetrics& metrics = *route_.metrics;
     if (result.reason == "message_too_large") {
       metrics.Rejections(RejectReason::kMessageTooLarge).Increment();
+      route_.state->recent.AddRejection(now, RejectReason::kMessageTooLarge);
     }
     if (route_.breaker != nullptr) {
       route_.breaker->Settle(ticket_, OutcomeOfCall(result), now);
@@ -225,6 +226,7 @@ class ChainCall final : public net::CallObserver {
       }
     }
     metrics.Requests(result.grpc_code).Increment();
+    route_.state->recent.AddCall(now);
     metrics.Duration().Observe(absl::ToDoubleSeconds(now - call_.start_time()));
     permit_.Release();
   }
@@ -354,6 +356,7 @@ class ChainCall final : public net::CallObserver {
         .Increment();
     membership_ = std::move(joined.membership);
     if (!leader) {
+      route_.state->recent.AddCoalesced(Now());
       // A follower takes no slot and is not counted by the breaker: the
       // flight is.
       if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
@@ -455,6 +458,7 @@ class ChainCall final : public net::CallObserver {
     std::string_view reason;
     if (rejection.reason.has_value()) {
       route_.metrics->Rejections(*rejection.reason).Increment();
+      route_.state->recent.AddRejection(Now(), *rejection.reason);
       reason = RejectReasonName(*rejection.reason);
     }
     call_.RespondLocal({.grpc_code = static_cast<int>(rejection.code),

@@ -193,6 +193,60 @@ TEST_F(ReloadTest, NoCallIsDroppedWhileReloadingEveryHundredMilliseconds) {
   EXPECT_EQ(Metric("bulwark_config_reloads_total{result=\"failure\"}"), 0);
 }
 
+// Calls parked for a slot (their permits handed over and posted between the
+// two workers) while reloads keep replacing the route's semaphore: every call
+// still ends OK, and (under the ThreadSanitizer sidecar of scripts/test.sh) no
+// posted permit touches a limiter a reload freed.
+TEST_F(ReloadTest, ReloadChangingARouteWhileItsPermitsArePostedLosesNoCall) {
+  auto config = [this](int max_in_flight) {
+    return absl::StrCat("listener: { address: \"127.0.0.1:", port_, "\" }\n",
+                        "admin: { address: \"127.0.0.1:", admin_port_, "\" }\n",
+                        "workers: 2\n",
+                        "clusters:\n  - name: demo\n    endpoints: [\"",
+                        upstream_->address(), "\"]\n", "routes:\n",
+                        "  - name: queued\n    match: {}\n    cluster: demo\n",
+                        "    concurrency: { max_in_flight: ", max_in_flight,
+                        ", max_queued: 64, queue_timeout: 10s }\n");
+  };
+  StartSidecar(config(2));
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 12; ++t) {
+    clients.emplace_back([&] {
+      while (!stop.load()) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(20));
+        EchoRequest request;
+        request.set_payload("x");
+        request.mutable_fault()->set_delay_ms(5);
+        EchoResponse response;
+        if (stub_->Echo(&ctx, request, &response).ok()) {
+          ok.fetch_add(1);
+        } else {
+          failed.fetch_add(1);
+        }
+      }
+    });
+  }
+  const absl::Time end = absl::Now() + absl::Seconds(3);
+  int reloads = 0;
+  while (absl::Now() < end) {
+    Reload(config(2 + reloads % 2));  // a new semaphore each time
+    ++reloads;
+    absl::SleepFor(absl::Milliseconds(50));  // the reload cadence under test
+  }
+  stop = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GT(ok.load(), 50);
+  EXPECT_TRUE(sidecar_->Running());
+  EXPECT_GE(Metric("bulwark_config_reloads_total{result=\"success\"}"),
+            reloads / 2);
+}
+
 TEST_F(ReloadTest, ConfigMapSymlinkSwapIsNoticedWithoutASignal) {
   // The layout the kubelet gives a mounted ConfigMap: the file is a symlink
   // through "..data", itself a symlink to a timestamped directory, and an

@@ -305,20 +305,11 @@ routes:
                                           policies);
     auto loaded = ParseConfigText(yaml, "chain_test.yaml", "");
     ASSERT_TRUE(loaded.ok()) << loaded.status();
-    auto snapshot = std::make_shared<Snapshot>();
-    snapshot->config = std::move(*loaded);
-    for (const auto& cc : snapshot->config.proto.clusters()) {
-      auto cluster = Cluster::Create(cc, metrics_, dns_, nullptr);
-      ASSERT_TRUE(cluster.ok()) << cluster.status();
-      snapshot->clusters[cc.name()] = *cluster;
-      snapshot->cluster_list.push_back(*cluster);
-    }
-    auto routes = RouteTable::Build(
-        snapshot->config.proto, snapshot->clusters, metrics_, nullptr,
-        &snapshot->config.unary_methods, executor_.clock());
-    ASSERT_TRUE(routes.ok()) << routes.status();
-    snapshot->routes = std::move(*routes);
-    snapshot_ = snapshot;
+    auto snapshot = BuildSnapshot(
+        std::move(*loaded), nullptr,
+        {.metrics = metrics_, .dns = dns_, .clock = executor_.clock()});
+    ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+    snapshot_ = *snapshot;
     handler_ = std::make_unique<ProxyHandler>(executor_, snapshot_);
   }
 
@@ -797,6 +788,52 @@ TEST_F(ChainTest, ShadowSingleflightSendsEveryCallOnItsOwnStream) {
   FakeCall& c = Call();
   c.SendRequest("q");
   EXPECT_EQ(Shadow(RejectReason::kCoalesced), 1);
+}
+
+// --- /routes ---------------------------------------------------------------
+
+TEST_F(ChainTest, LastMinuteCountsCallsRejectionsAndCoalescedCalls) {
+  Build(R"(    rate_limit: {requests_per_second: 1, burst: 2}
+    singleflight: {}
+)");
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  FakeCall& b = Call();
+  b.SendRequest("q");
+  FakeCall& limited = Call();
+  executor_.Finish(Upstream(0), Answered(0));
+  a.CloseAnswered();
+  b.CloseAnswered();
+  limited.CloseAnswered();
+  RecentActivity::Counts counts =
+      route().state->recent.LastMinuteApprox(executor_.clock().Now());
+  EXPECT_EQ(counts.calls, 3);
+  EXPECT_EQ(counts.coalesced, 1);
+  EXPECT_EQ(counts.rejections[static_cast<size_t>(RejectReason::kRateLimited)],
+            1);
+  // A minute later they have left the window.
+  executor_.AdvanceBy(absl::Seconds(61));
+  counts = route().state->recent.LastMinuteApprox(executor_.clock().Now());
+  EXPECT_EQ(counts.calls, 0);
+  EXPECT_EQ(counts.coalesced, 0);
+}
+
+TEST_F(ChainTest, RoutesJsonDescribesEachConfiguredPolicy) {
+  Build(R"(    rate_limit: {requests_per_second: 10, burst: 5}
+    circuit_breaker: {}
+    concurrency: {max_in_flight: 3}
+    singleflight: {}
+)");
+  EXPECT_EQ(route().rate_limit->DescribeJson(),
+            "{\"tokens\": 5, \"shadow\": false}");
+  EXPECT_NE(route().breaker->DescribeJson().find("\"state\": \"closed\""),
+            std::string::npos);
+  EXPECT_EQ(route().concurrency->DescribeJson(),
+            "{\"limit\": 3, \"in_flight\": 0, \"queued\": 0, "
+            "\"max_queued\": 128, \"shadow\": false}");
+  EXPECT_EQ(route().singleflight->DescribeJson(),
+            "{\"flights_open\": 0, \"followers_waiting\": 0, "
+            "\"shadow\": false}");
 }
 
 // --- lifetimes --------------------------------------------------------------

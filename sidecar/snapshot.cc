@@ -1,0 +1,40 @@
+#include "sidecar/snapshot.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace bulwark {
+
+absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
+    LoadedConfig config, const Snapshot* previous, const SnapshotDeps& deps) {
+  auto snapshot = std::make_shared<Snapshot>();
+  for (const auto& cc : config.proto.clusters()) {
+    const Cluster* old = nullptr;
+    if (previous != nullptr) {
+      if (auto it = previous->clusters.find(cc.name());
+          it != previous->clusters.end()) {
+        old = it->second.get();
+      }
+    }
+    auto cluster =
+        Cluster::Create(cc, deps.metrics, deps.dns, old, deps.reread_tls);
+    if (!cluster.ok()) {
+      return absl::Status(cluster.status().code(),
+                          absl::StrCat("clusters ", cc.name(), ": ",
+                                       cluster.status().message()));
+    }
+    snapshot->clusters[cc.name()] = *cluster;
+    snapshot->cluster_list.push_back(*cluster);
+  }
+  // The routes point into the snapshot's own copy of the method sets.
+  snapshot->config = std::move(config);
+  auto routes = RouteTable::Build(
+      snapshot->config.proto, snapshot->clusters, deps.metrics,
+      previous != nullptr ? previous->routes.get() : nullptr,
+      &snapshot->config.unary_methods, deps.clock);
+  if (!routes.ok()) return routes.status();
+  snapshot->routes = std::move(*routes);
+  snapshot->config_json = ConfigToJson(snapshot->config.proto);
+  return snapshot;
+}
+
+}  // namespace bulwark
