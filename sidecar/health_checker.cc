@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.pb.h"
 #include "sidecar/config_loader.h"
 #include "sidecar/log.h"
 #include "sidecar/net/upstream_call.h"
@@ -12,36 +13,11 @@
 
 namespace bulwark {
 namespace health_wire {
-namespace {
-
-void AppendVarint(uint64_t value, std::string* out) {
-  while (value >= 0x80) {
-    out->push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out->push_back(static_cast<char>(value));
-}
-
-// Reads a varint at *pos; false if truncated or longer than 10 bytes.
-bool ReadVarint(std::string_view bytes, size_t* pos, uint64_t* value) {
-  *value = 0;
-  for (int shift = 0; shift < 64 && *pos < bytes.size(); shift += 7) {
-    const auto byte = static_cast<uint8_t>(bytes[(*pos)++]);
-    *value |= uint64_t{byte & 0x7fu} << shift;
-    if ((byte & 0x80) == 0) return true;
-  }
-  return false;
-}
-
-}  // namespace
 
 std::string FramedRequest(std::string_view service) {
-  std::string message;
-  if (!service.empty()) {     // proto3: an empty string field is not sent
-    message.push_back(0x0a);  // field 1, length-delimited
-    AppendVarint(service.size(), &message);
-    message.append(service.data(), service.size());
-  }
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(std::string(service));
+  const std::string message = request.SerializeAsString();
   const auto n = static_cast<uint32_t>(message.size());
   std::string framed = {0, static_cast<char>(n >> 24),
                         static_cast<char>(n >> 16), static_cast<char>(n >> 8),
@@ -50,37 +26,12 @@ std::string FramedRequest(std::string_view service) {
 }
 
 std::optional<int> ParseStatus(std::string_view payload) {
-  int status = 0;
-  size_t pos = 0;
-  while (pos < payload.size()) {
-    uint64_t tag = 0;
-    if (!ReadVarint(payload, &pos, &tag)) return std::nullopt;
-    uint64_t value = 0;
-    switch (tag & 7) {
-      case 0:  // varint
-        if (!ReadVarint(payload, &pos, &value)) return std::nullopt;
-        if ((tag >> 3) == 1) status = static_cast<int>(value);
-        break;
-      case 1:  // 64-bit
-        if (payload.size() - pos < 8) return std::nullopt;
-        pos += 8;
-        break;
-      case 2:  // length-delimited
-        if (!ReadVarint(payload, &pos, &value) ||
-            payload.size() - pos < value) {
-          return std::nullopt;
-        }
-        pos += value;
-        break;
-      case 5:  // 32-bit
-        if (payload.size() - pos < 4) return std::nullopt;
-        pos += 4;
-        break;
-      default:
-        return std::nullopt;
-    }
+  grpc::health::v1::HealthCheckResponse response;
+  if (!response.ParseFromArray(payload.data(),
+                               static_cast<int>(payload.size()))) {
+    return std::nullopt;
   }
-  return status;
+  return static_cast<int>(response.status());
 }
 
 }  // namespace health_wire
