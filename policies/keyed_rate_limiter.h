@@ -1,8 +1,15 @@
 // KeyedRateLimiter decides whether a call may proceed under a per-client quota:
 // one token bucket (same rate and burst for all) per value of the route's key
-// header, e.g. x-client-id. Memory is bounded: at most max_keys buckets are
-// kept, the least recently used one is forgotten (and so starts full again if
-// that client comes back).
+// header, e.g. x-client-id. Memory is bounded and follows the traffic: at most
+// max_keys buckets are kept, the least recently used one is forgotten (and so
+// starts full again if that client comes back), and nothing is sized by
+// max_keys up front: buckets, and the index over them, grow as keys appear.
+//
+// Each key is held in at most 256 bytes (SPEC section 11): a longer value is
+// replaced by its SHA-256 digest (OpenSSL libcrypto), marked as a digest so
+// that no value a client may send as itself can ever equal another's digest.
+// A digest is collision-safe where a prefix or a fast hash is not: two values
+// share a bucket only if they are equal, whatever an attacker chooses.
 //
 // Calls without the key header (or with an empty value) share one bucket: pass
 // an empty key, or call TryTakeShared. That shared bucket is held apart from
@@ -10,16 +17,17 @@
 // refill it) and KeyCount does not count it.
 //
 // Thread-safety: thread-safe. Keys are spread by hash over up to 16 shards,
-// each with its own absl::Mutex, map and LRU list, so workers rarely contend;
+// each with its own absl::Mutex, slots and LRU list, so workers rarely contend;
 // each shard holds at most max_keys / shards keys (shards are only used when
 // each holds at least 256 keys, so small limits keep one exact LRU), which
 // bounds the total by max_keys, and LRU order is kept per shard. Cost: O(1) per
-// call (one hash, one map probe, a few list links; under a flood of new keys
-// the map now and then squashes its tombstones in place, O(1) amortized),
-// memory O(max_keys) reserved at construction. A call for a known key never
-// allocates. A new key allocates only to copy a key longer than 15 bytes (the
-// std::string inline buffer), and once the limiter is full only when it is
-// longer than the string of the slot it takes over.
+// call (one hash, one index probe, a few list links; a key over 256 bytes adds
+// one SHA-256 of it, outside any lock). Memory: about 100 bytes per key seen
+// plus the key's own bytes past the 15 kept inline, never more than max_keys
+// keys. A call for a known key never allocates; a new key allocates while the
+// shard grows (a slot now and then, the index as it doubles) and, once the
+// shard is full, only to copy a key longer than the string of the slot it takes
+// over.
 #ifndef BULWARK_POLICIES_KEYED_RATE_LIMITER_H_
 #define BULWARK_POLICIES_KEYED_RATE_LIMITER_H_
 
@@ -39,12 +47,15 @@ struct KeyedRateLimiterOptions {
   double rate_per_second = 0;
   int64_t burst = 0;
   // Most keyed buckets kept at once (the shared bucket aside); values < 1 are
-  // treated as 1.
+  // treated as 1, values above 2^31 as 2^31.
   int64_t max_keys = 10000;
 };
 
 class KeyedRateLimiter {
  public:
+  // Keys longer than this are held as their digest.
+  static constexpr size_t kMaxInlineKeyBytes = 256;
+
   KeyedRateLimiter(const KeyedRateLimiterOptions& options, Clock& clock);
   ~KeyedRateLimiter();
 
@@ -64,6 +75,10 @@ class KeyedRateLimiter {
   // the other, so under concurrent calls this is a snapshot, exact only when
   // the limiter is quiet.
   size_t KeyCount();
+  // Heap bytes the held keys' strings own (0 for keys short enough to sit
+  // inside their std::string), summed shard by shard like KeyCount: what the
+  // keys themselves cost on top of the fixed size of a slot.
+  size_t KeyBytesApprox();
   // The bound KeyCount never exceeds: max_keys rounded down to a multiple of
   // the shard count.
   size_t MaxKeys() const;

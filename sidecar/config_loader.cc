@@ -1,18 +1,16 @@
 #include "sidecar/config_loader.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <limits>
-#include <memory>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -33,6 +31,7 @@
 #include "google/protobuf/descriptor_database.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/util/json_util.h"
+#include "sidecar/file_util.h"
 #include "sidecar/host_port.h"
 #include "sidecar/status_macros.h"
 #include "sidecar/validation_errors.h"
@@ -111,48 +110,8 @@ size_t EditDistance(absl::string_view a, absl::string_view b) {
 }
 
 // -----------------------------------------------------------------------------
-// Files.
-
-std::string ErrnoMessage(int error) {
-  return std::error_code(error, std::generic_category()).message();
-}
-
-absl::Status FileStatus(int error, absl::string_view message) {
-  switch (error) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    default:
-      return absl::FailedPreconditionError(message);
-  }
-}
-
-// Reads a whole file. On failure the status message is the system's reason only
-// ("No such file or directory", "Is a directory"); callers add what and where.
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"),
-                                             &std::fclose);
-  if (file == nullptr) {
-    const int error = errno;
-    return FileStatus(error, ErrnoMessage(error));
-  }
-  std::string content;
-  char buffer[1 << 14];
-  while (true) {
-    const size_t n = std::fread(buffer, 1, sizeof(buffer), file.get());
-    content.append(buffer, n);
-    if (n < sizeof(buffer)) break;
-  }
-  // fopen succeeds on a directory; the read is what fails (EISDIR).
-  if (std::ferror(file.get())) {
-    const int error = errno;
-    return FileStatus(error, ErrnoMessage(error));
-  }
-  return content;
-}
+// Files. Every file the config names is read through ReadConfigFile
+// (sidecar/file_util.h): regular files of at most 16 MiB only.
 
 std::string ResolvePath(absl::string_view base_dir, const std::string& path) {
   const std::filesystem::path p(path);
@@ -185,10 +144,22 @@ class FieldPresence {
 };
 
 // -----------------------------------------------------------------------------
+// YAML budget. yaml-cpp keeps an alias as a second reference to its anchor's
+// node, so a small file can name one node a billion times ("billion laughs");
+// what such a file costs is paid when a walker visits every use. Two budgets
+// bound it: nodes in the text (counted by a parser that builds nothing, before
+// yaml-cpp builds its graph), and nodes visited plus scalar bytes copied while
+// the graph is converted to the proto (each use of an alias counts again).
+// Both sit far above any real configuration.
+
+constexpr size_t kMaxYamlNodes = 1'000'000;
+constexpr size_t kMaxYamlScalarBytes = size_t{64} << 20;
+
+// -----------------------------------------------------------------------------
 // YAML -> protobuf, strictly and generically over the message's descriptor:
 // every key must name a field, every value must have the field's type. Problems
 // go to `errors` under the field path; walking goes on so that one run reports
-// them all.
+// them all, until the budget above is spent.
 
 class YamlToProto {
  public:
@@ -206,6 +177,7 @@ class YamlToProto {
     const pb::Descriptor* descriptor = message->GetDescriptor();
     absl::flat_hash_set<std::string> seen;
     for (const auto& entry : node) {
+      if (!Spend(entry.first)) return;
       if (!entry.first.IsScalar()) {
         errors_->AddError(absl::StrCat("keys must be field names (got ",
                                        Describe(entry.first), ")"));
@@ -277,15 +249,36 @@ class YamlToProto {
           absl::StrCat("expected a list (got ", Describe(node), ")"));
       return;
     }
-    for (size_t i = 0; i < node.size(); ++i) {
-      ValidationErrors::ScopedField scope(errors_, absl::StrCat("[", i, "]"));
-      FillValue(node[i], message, field);
+    size_t i = 0;
+    for (const YAML::Node& item : node) {
+      if (budget_spent_) return;
+      ValidationErrors::ScopedField scope(errors_, absl::StrCat("[", i++, "]"));
+      FillValue(item, message, field);
     }
+  }
+
+  // Charges one visit of `node` (and its bytes, for a scalar) to the budget;
+  // false once it is spent, after recording one error where that happened.
+  bool Spend(const YAML::Node& node) {
+    if (budget_spent_) return false;
+    ++nodes_visited_;
+    if (node.IsScalar()) scalar_bytes_ += node.Scalar().size();
+    if (nodes_visited_ <= kMaxYamlNodes &&
+        scalar_bytes_ <= kMaxYamlScalarBytes) {
+      return true;
+    }
+    budget_spent_ = true;
+    errors_->AddError(absl::StrCat(
+        "the document is too large once YAML aliases are expanded (more than ",
+        kMaxYamlNodes, " nodes or ", kMaxYamlScalarBytes >> 20,
+        " MiB of scalars); stopped reading here"));
+    return false;
   }
 
   // Sets a singular field, or appends to a repeated one.
   void FillValue(const YAML::Node& node, pb::Message* message,
                  const pb::FieldDescriptor* field) {
+    if (!Spend(node)) return;
     const pb::Reflection* reflection = message->GetReflection();
     const bool repeated = field->is_repeated();
     if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
@@ -555,6 +548,9 @@ class YamlToProto {
 
   ValidationErrors* errors_;
   FieldPresence* presence_;
+  size_t nodes_visited_ = 0;
+  size_t scalar_bytes_ = 0;
+  bool budget_spent_ = false;
 };
 
 // -----------------------------------------------------------------------------
@@ -604,6 +600,10 @@ void FillCircuitBreakerDefaults(cfg::CircuitBreaker& cb,
     *cb.mutable_slow_call_duration() = ToProtoDuration(absl::ZeroDuration());
   }
   if (!cb.has_slow_call_rate()) cb.set_slow_call_rate(1.0);
+  if (!cb.has_deadline_failure_min()) {
+    *cb.mutable_deadline_failure_min() =
+        ToProtoDuration(absl::Milliseconds(100));
+  }
 }
 
 void FillConcurrencyDefaults(cfg::Concurrency& c) {
@@ -615,11 +615,19 @@ void FillConcurrencyDefaults(cfg::Concurrency& c) {
 }
 
 void FillSingleflightDefaults(cfg::Singleflight& sf,
-                              const FieldPresence& presence) {
+                              const FieldPresence& presence,
+                              uint64_t max_message_bytes) {
   if (!sf.has_enabled()) sf.set_enabled(true);
   // An explicit [] is kept: the key is then the method and the request bytes
   // alone.
   if (!presence.Has(sf, "key_headers")) sf.add_key_headers("authorization");
+  // A listener taking smaller messages lowers the default with it, so that
+  // the default is always within range. (A max_message_bytes of 0 is reported
+  // on its own field; 1 keeps this one quiet.)
+  if (!sf.has_max_request_bytes()) {
+    sf.set_max_request_bytes(
+        std::max<uint64_t>(1, std::min<uint64_t>(65536, max_message_bytes)));
+  }
 }
 
 void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
@@ -657,7 +665,8 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
       FillConcurrencyDefaults(*route.mutable_concurrency());
     }
     if (route.has_singleflight()) {
-      FillSingleflightDefaults(*route.mutable_singleflight(), presence);
+      FillSingleflightDefaults(*route.mutable_singleflight(), presence,
+                               listener.max_message_bytes());
     }
   }
 }
@@ -689,11 +698,44 @@ void CheckHeaderName(ValidationErrors& errors, const std::string& name) {
   }
 }
 
+// Ranges (SPEC section 2: every number has a maximum as well as a minimum).
+// The maximums sit far above any real use (the benchmark configs' 1e9 rates
+// and 100 000 slots among them); they exist so that no value a file may hold
+// makes the sidecar abort, reject every call, or hold memory out of
+// proportion to its traffic. config.proto documents each one.
+constexpr uint64_t kMaxConcurrentStreams = 1'000'000;
+constexpr uint64_t kMaxHealthThreshold = 1'000;
+constexpr absl::Duration kMaxRouteTimeout = absl::Hours(24);
+constexpr double kMaxRequestsPerSecond = 1e9;
+constexpr uint64_t kMaxBurst = 1'000'000'000'000;
+constexpr uint64_t kMaxKeys = 10'000'000;
+constexpr uint64_t kMaxBreakerCount = 1'000'000;
+constexpr uint64_t kMaxHalfOpenRequests = 10'000;
+constexpr absl::Duration kMaxBreakerDuration = absl::Hours(1);
+constexpr uint64_t kMaxInFlight = 1'000'000;
+constexpr uint64_t kMaxQueued = 1'000'000;
+constexpr absl::Duration kMaxQueueTimeout = absl::Hours(1);
+constexpr uint64_t kMaxMessageBytes = std::numeric_limits<int32_t>::max();
+
 void CheckAtLeast(ValidationErrors& errors, absl::string_view field,
                   uint64_t value, uint64_t min) {
   if (value >= min) return;
   Field f(&errors, absl::StrCat(".", field));
   errors.AddError(absl::StrCat("must be >= ", min, " (got ", value, ")"));
+}
+
+void CheckAtMost(ValidationErrors& errors, absl::string_view field,
+                 uint64_t value, uint64_t max) {
+  if (value <= max) return;
+  Field f(&errors, absl::StrCat(".", field));
+  errors.AddError(absl::StrCat("must be <= ", max, " (got ", value, ")"));
+}
+
+// [min, max], reported as whichever side is crossed.
+void CheckBetween(ValidationErrors& errors, absl::string_view field,
+                  uint64_t value, uint64_t min, uint64_t max) {
+  CheckAtLeast(errors, field, value, min);
+  CheckAtMost(errors, field, value, max);
 }
 
 // (0, 1] when `zero_allowed` is false, [0, 1] otherwise. Written so that NaN
@@ -725,6 +767,24 @@ void CheckDurationPositive(ValidationErrors& errors, absl::string_view field,
   Field f(&errors, absl::StrCat(".", field));
   errors.AddError(
       absl::StrCat("must be > 0 (got ", FormatDurationForHumans(d), ")"));
+}
+
+void CheckDurationAtMost(ValidationErrors& errors, absl::string_view field,
+                         const pb::Duration& value, absl::Duration max) {
+  const absl::Duration d = ToAbslDuration(value);
+  if (d <= max) return;
+  Field f(&errors, absl::StrCat(".", field));
+  errors.AddError(absl::StrCat("must be <= ", FormatDurationForHumans(max),
+                               " (got ", FormatDurationForHumans(d), ")"));
+}
+
+// (0, max]: the existing "> 0" message for zero, "<= max" above.
+void CheckDurationPositiveAtMost(ValidationErrors& errors,
+                                 absl::string_view field,
+                                 const pb::Duration& value,
+                                 absl::Duration max) {
+  CheckDurationPositive(errors, field, value);
+  CheckDurationAtMost(errors, field, value, max);
 }
 
 // Does a route with this match take calls to `path` ("/pkg.Service/Method")?
@@ -771,7 +831,7 @@ class ConfigValidator {
     Field f(&errors_, absl::StrCat(".", field));
     const std::string original = *path;
     *path = ResolvePath(base_dir_, original);
-    if (auto content = ReadFile(*path); !content.ok()) {
+    if (auto content = ReadConfigFile(*path); !content.ok()) {
       errors_.AddError(absl::StrCat("cannot read ",
                                     DescribePath(original, *path), ": ",
                                     content.status().message()));
@@ -808,13 +868,14 @@ class ConfigValidator {
       listener_address =
           CheckAddress("address", listener.address(), PortZero::kAllow);
       if (listener.max_message_bytes() < 1 ||
-          listener.max_message_bytes() > std::numeric_limits<int32_t>::max()) {
+          listener.max_message_bytes() > kMaxMessageBytes) {
         Field m(&errors_, ".max_message_bytes");
-        errors_.AddError(absl::StrCat("must be between 1 and 2147483647 (got ",
+        errors_.AddError(absl::StrCat("must be between 1 and ",
+                                      kMaxMessageBytes, " (got ",
                                       listener.max_message_bytes(), ")"));
       }
-      CheckAtLeast(errors_, "max_concurrent_streams",
-                   listener.max_concurrent_streams(), 1);
+      CheckBetween(errors_, "max_concurrent_streams",
+                   listener.max_concurrent_streams(), 1, kMaxConcurrentStreams);
       if (listener.has_tls()) {
         Field t(&errors_, ".tls");
         cfg::ListenerTls& tls = *listener.mutable_tls();
@@ -879,7 +940,7 @@ class ConfigValidator {
         continue;
       }
       paths[i] = ResolvePath(base_dir_, original);
-      if (auto content = ReadFile(paths[i]); content.ok()) {
+      if (auto content = ReadConfigFile(paths[i]); content.ok()) {
         LoadDescriptorSet(*content, DescribePath(original, paths[i]));
       } else {
         errors_.AddError(absl::StrCat("cannot read ",
@@ -1007,8 +1068,10 @@ class ConfigValidator {
       CheckDurationBetween(errors_, "timeout", hc.timeout(),
                            absl::Milliseconds(1), absl::Hours(1));
       CheckRatio(errors_, "jitter", hc.jitter(), /*zero_allowed=*/true);
-      CheckAtLeast(errors_, "unhealthy_threshold", hc.unhealthy_threshold(), 1);
-      CheckAtLeast(errors_, "healthy_threshold", hc.healthy_threshold(), 1);
+      CheckBetween(errors_, "unhealthy_threshold", hc.unhealthy_threshold(), 1,
+                   kMaxHealthThreshold);
+      CheckBetween(errors_, "healthy_threshold", hc.healthy_threshold(), 1,
+                   kMaxHealthThreshold);
     }
   }
 
@@ -1036,7 +1099,8 @@ class ConfigValidator {
       ValidateMatch(route.match());
       const bool match_ok = errors_.size() == errors_before;
       if (route.has_timeout()) {
-        CheckDurationPositive(errors_, "timeout", route.timeout());
+        CheckDurationPositiveAtMost(errors_, "timeout", route.timeout(),
+                                    kMaxRouteTimeout);
       }
       if (route.has_rate_limit()) ValidateRateLimit(route.rate_limit());
       if (route.has_circuit_breaker()) {
@@ -1097,9 +1161,14 @@ class ConfigValidator {
       Field r(&errors_, ".requests_per_second");
       errors_.AddError(absl::StrCat("must be > 0 and finite (got ",
                                     rl.requests_per_second(), ")"));
+    } else if (rl.requests_per_second() > kMaxRequestsPerSecond) {
+      Field r(&errors_, ".requests_per_second");
+      errors_.AddError(absl::StrCat(
+          "must be <= ", static_cast<int64_t>(kMaxRequestsPerSecond), " (got ",
+          rl.requests_per_second(), ")"));
     }
-    CheckAtLeast(errors_, "burst", rl.burst(), 1);
-    CheckAtLeast(errors_, "max_keys", rl.max_keys(), 1);
+    CheckBetween(errors_, "burst", rl.burst(), 1, kMaxBurst);
+    CheckBetween(errors_, "max_keys", rl.max_keys(), 1, kMaxKeys);
     if (!rl.key_header().empty()) {
       Field k(&errors_, ".key_header");
       CheckHeaderName(errors_, rl.key_header());
@@ -1108,27 +1177,39 @@ class ConfigValidator {
 
   void ValidateCircuitBreaker(const cfg::CircuitBreaker& cb) {
     Field f(&errors_, ".circuit_breaker");
+    CheckAtMost(errors_, "consecutive_failures", cb.consecutive_failures(),
+                kMaxBreakerCount);
     CheckRatio(errors_, "failure_rate", cb.failure_rate(),
                /*zero_allowed=*/false);
-    CheckAtLeast(errors_, "minimum_requests", cb.minimum_requests(), 1);
+    CheckBetween(errors_, "minimum_requests", cb.minimum_requests(), 1,
+                 kMaxBreakerCount);
     CheckDurationBetween(errors_, "window", cb.window(), absl::Seconds(1),
                          absl::Hours(1));
-    CheckDurationPositive(errors_, "open_duration", cb.open_duration());
-    CheckAtLeast(errors_, "half_open_requests", cb.half_open_requests(), 1);
+    CheckDurationPositiveAtMost(errors_, "open_duration", cb.open_duration(),
+                                kMaxBreakerDuration);
+    CheckBetween(errors_, "half_open_requests", cb.half_open_requests(), 1,
+                 kMaxHalfOpenRequests);
     for (int i = 0; i < cb.failure_codes_size(); ++i) {
       if (cb.failure_codes(i) == cfg::OK) {
         Field c(&errors_, absl::StrCat(".failure_codes[", i, "]"));
         errors_.AddError("OK cannot be a failure code");
       }
     }
+    CheckDurationAtMost(errors_, "slow_call_duration", cb.slow_call_duration(),
+                        kMaxBreakerDuration);
     CheckRatio(errors_, "slow_call_rate", cb.slow_call_rate(),
                /*zero_allowed=*/false);
+    CheckDurationAtMost(errors_, "deadline_failure_min",
+                        cb.deadline_failure_min(), kMaxBreakerDuration);
   }
 
   void ValidateConcurrency(const cfg::Concurrency& c) {
     Field f(&errors_, ".concurrency");
-    CheckAtLeast(errors_, "max_in_flight", c.max_in_flight(), 1);
+    CheckBetween(errors_, "max_in_flight", c.max_in_flight(), 1, kMaxInFlight);
+    CheckAtMost(errors_, "max_queued", c.max_queued(), kMaxQueued);
     // queue_timeout >= 0 holds already: the parser refuses negative durations.
+    CheckDurationAtMost(errors_, "queue_timeout", c.queue_timeout(),
+                        kMaxQueueTimeout);
   }
 
   void ValidateSingleflight(const cfg::Route& route, bool match_ok) {
@@ -1138,6 +1219,7 @@ class ConfigValidator {
       Field k(&errors_, absl::StrCat(".key_headers[", i, "]"));
       CheckHeaderName(errors_, sf.key_headers(i));
     }
+    ValidateMaxRequestBytes(sf.max_request_bytes());
     // A broken match already has its error; judging what it matches would only
     // add noise.
     if (!sf.enabled() || !match_ok) return;
@@ -1166,6 +1248,21 @@ class ConfigValidator {
       errors_.AddError(
           "singleflight needs a route that matches one exact method "
           "(service + method) or methods known unary from descriptor_sets");
+    }
+  }
+
+  // 1..listener.max_message_bytes: a request the listener refuses can never be
+  // held anyway. Against a broken listener limit (its own error) only the
+  // absolute maximum is checked.
+  void ValidateMaxRequestBytes(uint64_t value) {
+    CheckAtLeast(errors_, "max_request_bytes", value, 1);
+    const uint64_t listener_max = config_.listener().max_message_bytes();
+    if (listener_max < 1 || listener_max > kMaxMessageBytes) {
+      CheckAtMost(errors_, "max_request_bytes", value, kMaxMessageBytes);
+    } else if (value > listener_max) {
+      Field f(&errors_, ".max_request_bytes");
+      errors_.AddError(absl::StrCat("must be <= listener.max_message_bytes (",
+                                    listener_max, ") (got ", value, ")"));
     }
   }
 
@@ -1210,13 +1307,16 @@ std::string DescribePolicies(const cfg::Route& route) {
         cb.failure_rate(), " of >= ", cb.minimum_requests(), " in ",
         FormatDurationForHumans(ToAbslDuration(cb.window())), ", open ",
         FormatDurationForHumans(ToAbslDuration(cb.open_duration())),
+        ", deadline failures after ",
+        FormatDurationForHumans(ToAbslDuration(cb.deadline_failure_min())),
         Shadow(cb.shadow())));
   }
   if (route.has_singleflight() && route.singleflight().enabled()) {
     const cfg::Singleflight& sf = route.singleflight();
     parts.push_back(absl::StrCat("singleflight key_headers [",
-                                 absl::StrJoin(sf.key_headers(), ", "), "]",
-                                 Shadow(sf.shadow())));
+                                 absl::StrJoin(sf.key_headers(), ", "),
+                                 "], requests up to ", sf.max_request_bytes(),
+                                 " bytes", Shadow(sf.shadow())));
   }
   if (route.has_concurrency()) {
     const cfg::Concurrency& c = route.concurrency();
@@ -1247,73 +1347,93 @@ std::string DescribeCluster(const cfg::Cluster& cluster) {
   return out;
 }
 
-}  // namespace
-
-// A yaml-cpp event handler that keeps nothing: used to count documents cheaply.
-class DiscardingYamlHandler final : public YAML::EventHandler {
+// A yaml-cpp event handler that keeps nothing and counts the nodes of the text
+// (an alias counts once: this pass bounds what yaml-cpp will build, not what a
+// walker would visit). Past the budget it throws TooManyNodes, so a huge
+// document is refused before any graph of it exists.
+class CountingYamlHandler final : public YAML::EventHandler {
  public:
+  struct TooManyNodes {};
+
   void OnDocumentStart(const YAML::Mark&) override {}
   void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override { Count(); }
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override { Count(); }
   void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                const std::string&) override {}
+                const std::string&) override {
+    Count();
+  }
   void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                       YAML::EmitterStyle::value) override {}
+                       YAML::EmitterStyle::value) override {
+    Count();
+  }
   void OnSequenceEnd() override {}
   void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                  YAML::EmitterStyle::value) override {}
+                  YAML::EmitterStyle::value) override {
+    Count();
+  }
   void OnMapEnd() override {}
+
+ private:
+  void Count() {
+    if (++nodes_ > kMaxYamlNodes) throw TooManyNodes{};
+  }
+
+  size_t nodes_ = 0;
 };
 
-absl::Duration ToAbslDuration(const google::protobuf::Duration& duration) {
-  return absl::Seconds(duration.seconds()) +
-         absl::Nanoseconds(duration.nanos());
+absl::Status YamlError(absl::string_view display_name,
+                       const YAML::Exception& e) {
+  if (e.mark.is_null()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_name, ": invalid YAML: ", e.msg));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(display_name, ":", e.mark.line + 1, ":", e.mark.column + 1,
+                   ": invalid YAML: ", e.msg));
 }
 
-absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
-                                             std::string_view file_name,
-                                             std::string_view base_dir) {
-  const absl::string_view display_name(file_name.data(), file_name.size());
-  std::vector<YAML::Node> documents;
+// The one YAML document of `text`, parsed into yaml-cpp's graph, or null when
+// the text holds no document.
+absl::StatusOr<YAML::Node> ParseOneDocument(const std::string& text,
+                                            absl::string_view display_name) {
   try {
-    // Count documents with a parser that builds nothing, stopping at two:
-    // yaml-cpp's LoadAll can loop forever (and exhaust memory) on some
-    // malformed inputs such as ",".
-    const std::string text(yaml);
+    // Count documents and nodes with a parser that builds nothing, stopping at
+    // two documents: yaml-cpp's LoadAll can loop forever (and exhaust memory)
+    // on some malformed inputs such as ",".
     std::stringstream stream(text);
     YAML::Parser parser(stream);
-    DiscardingYamlHandler discard;
+    CountingYamlHandler counter;
     int count = 0;
-    while (count < 2 && parser.HandleNextDocument(discard)) ++count;
+    while (count < 2 && parser.HandleNextDocument(counter)) ++count;
     if (count > 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           display_name, ": expected one YAML document (got more than one)"));
     }
-    if (count == 1) documents.push_back(YAML::Load(text));
-  } catch (const std::bad_alloc&) {
+    if (count == 0) return YAML::Node();
+    return YAML::Load(text);
+  } catch (const CountingYamlHandler::TooManyNodes&) {
     return absl::InvalidArgumentError(
-        absl::StrCat(display_name, ": invalid YAML: too large to parse"));
+        absl::StrCat(display_name, ": invalid YAML: more than ", kMaxYamlNodes,
+                     " nodes in one document"));
   } catch (const YAML::Exception& e) {
-    if (e.mark.is_null()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(display_name, ": invalid YAML: ", e.msg));
-    }
-    return absl::InvalidArgumentError(
-        absl::StrCat(display_name, ":", e.mark.line + 1, ":", e.mark.column + 1,
-                     ": invalid YAML: ", e.msg));
+    return YamlError(display_name, e);
   }
-  if (documents.size() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(display_name, ": expected one YAML document (got ",
-                     documents.size(), ")"));
-  }
-  if (documents.empty() || documents[0].IsNull()) {
+}
+
+absl::StatusOr<LoadedConfig> ParseConfigTextOrThrow(std::string_view yaml,
+                                                    std::string_view file_name,
+                                                    std::string_view base_dir) {
+  const absl::string_view display_name(file_name.data(), file_name.size());
+  absl::StatusOr<YAML::Node> document =
+      ParseOneDocument(std::string(yaml), display_name);
+  if (!document.ok()) return document.status();
+  if (!document->IsDefined() || document->IsNull()) {
     return absl::InvalidArgumentError(absl::StrCat(
         display_name,
         ": config is empty (expected a YAML map with clusters and routes)"));
   }
-  const YAML::Node& root = documents[0];
+  const YAML::Node& root = *document;
   if (!root.IsMap()) {
     return absl::InvalidArgumentError(absl::StrCat(
         display_name, ": expected a YAML map at the top level (got ",
@@ -1342,8 +1462,51 @@ absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
   return loaded;
 }
 
+// Whatever a library throws while a file is loaded (std::bad_alloc from a
+// descriptor set, say) is a config error: neither start-up nor a reload may end
+// the process because of a file.
+absl::Status ExceptionStatus(absl::string_view display_name,
+                             const std::exception* e) {
+  if (e == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_name, ": cannot load: unknown exception"));
+  }
+  if (dynamic_cast<const std::bad_alloc*>(e) != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_name, ": cannot load: out of memory"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(display_name, ": cannot load: ", e->what()));
+}
+
+}  // namespace
+
+absl::Duration ToAbslDuration(const google::protobuf::Duration& duration) {
+  return absl::Seconds(duration.seconds()) +
+         absl::Nanoseconds(duration.nanos());
+}
+
+absl::StatusOr<LoadedConfig> ParseConfigText(std::string_view yaml,
+                                             std::string_view file_name,
+                                             std::string_view base_dir) {
+  const absl::string_view display_name(file_name.data(), file_name.size());
+  try {
+    return ParseConfigTextOrThrow(yaml, file_name, base_dir);
+  } catch (const std::exception& e) {
+    return ExceptionStatus(display_name, &e);
+  } catch (...) {
+    return ExceptionStatus(display_name, nullptr);
+  }
+}
+
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
-  if (auto content = ReadFile(path); content.ok()) {
+  absl::StatusOr<std::string> content = ReadConfigFile(path);
+  if (!content.ok()) {
+    return absl::Status(content.status().code(),
+                        absl::StrCat(path, ": cannot read config file: ",
+                                     content.status().message()));
+  }
+  try {
     // Relative paths in the file are relative to the file: the sidecar may be
     // started from any directory, and a ConfigMap mounts its files together.
     const std::string base_dir =
@@ -1351,10 +1514,10 @@ absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
     auto loaded = ParseConfigText(*content, path, base_dir);
     if (loaded.ok()) loaded->source_path = path;
     return loaded;
-  } else {
-    return absl::Status(content.status().code(),
-                        absl::StrCat(path, ": cannot read config file: ",
-                                     content.status().message()));
+  } catch (const std::exception& e) {
+    return ExceptionStatus(path, &e);
+  } catch (...) {
+    return ExceptionStatus(path, nullptr);
   }
 }
 

@@ -8,7 +8,12 @@
 //
 // All functions are thread-safe (no shared state) and run at startup and on
 // reload, off the data path; their cost is linear in the size of the file plus
-// reading the descriptor_sets files it names.
+// reading the descriptor_sets files it names. Bounded whatever the file holds
+// (SPEC section 11): every file read is a regular file of at most 16 MiB
+// (sidecar/file_util.h), a document holds at most 1 000 000 YAML nodes, and
+// YAML aliases expand to at most 1 000 000 nodes and 64 MiB of scalars; past
+// any of these, and on any exception (std::bad_alloc included), the answer is
+// a config error, never an abort.
 #ifndef BULWARK_SIDECAR_CONFIG_LOADER_H_
 #define BULWARK_SIDECAR_CONFIG_LOADER_H_
 
@@ -37,9 +42,10 @@ struct LoadedConfig {
 };
 
 // Reads, parses and validates the file at `path`. Errors are InvalidArgument
-// (content) or NotFound / PermissionDenied / FailedPrecondition (the file
-// itself), and every line of the message starts with `path`. Relative paths
-// inside the file are resolved against the directory of `path`.
+// (content) or NotFound / PermissionDenied / FailedPrecondition /
+// ResourceExhausted (the file itself: missing, unreadable, not a regular file,
+// over 16 MiB), and every line of the message starts with `path`. Relative
+// paths inside the file are resolved against the directory of `path`.
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path);
 
 // As LoadConfigFile, for text already in memory: `display_name` prefixes the

@@ -4,14 +4,13 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/admin_views.h"
+#include "sidecar/file_util.h"
 #include "sidecar/health_checks.h"
 #include "sidecar/log.h"
 #include "sidecar/net/tls.h"
@@ -19,12 +18,11 @@
 namespace bulwark {
 namespace {
 
+// Through ReadConfigFile, so that a config path swapped for a FIFO or a device
+// can never block the main thread's change check (SPEC section 11).
 std::string ReadFileOrEmpty(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  absl::StatusOr<std::string> content = ReadConfigFile(path);
+  return content.ok() ? *std::move(content) : "";
 }
 
 // Sent by the DNS refresher's thread to the process when an answer changed:

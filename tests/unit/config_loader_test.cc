@@ -1,11 +1,14 @@
 #include "sidecar/config_loader.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <string>
 #include <string_view>
 
@@ -18,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "gtest/gtest.h"
+#include "sidecar/file_util.h"
 #include "sidecar/validation_errors.h"
 
 namespace bulwark {
@@ -139,6 +143,7 @@ routes:
       failure_codes: [UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS]
       slow_call_duration: 0s
       slow_call_rate: 1.0
+      deadline_failure_min: 100ms
     concurrency:
       max_in_flight: 64
       max_queued: 128
@@ -146,6 +151,7 @@ routes:
     singleflight:
       enabled: true
       key_headers: [authorization]
+      max_request_bytes: 65536
 )yaml";
 
 TEST(ConfigLoaderTest, LoadsTheSpecExampleWithEveryValue) {
@@ -200,11 +206,13 @@ TEST(ConfigLoaderTest, LoadsTheSpecExampleWithEveryValue) {
                           cfg::INTERNAL, cfg::UNKNOWN, cfg::DATA_LOSS));
   EXPECT_EQ(D(cb.slow_call_duration()), absl::ZeroDuration());
   EXPECT_DOUBLE_EQ(cb.slow_call_rate(), 1.0);
+  EXPECT_EQ(D(cb.deadline_failure_min()), absl::Milliseconds(100));
   EXPECT_EQ(route.concurrency().max_in_flight(), 64u);
   EXPECT_EQ(route.concurrency().max_queued(), 128u);
   EXPECT_EQ(D(route.concurrency().queue_timeout()), absl::Milliseconds(50));
   EXPECT_TRUE(route.singleflight().enabled());
   EXPECT_THAT(route.singleflight().key_headers(), ElementsAre("authorization"));
+  EXPECT_EQ(route.singleflight().max_request_bytes(), 65536u);
 
   EXPECT_TRUE(loaded->unary_methods.empty());
   EXPECT_TRUE(loaded->streaming_methods.empty());
@@ -274,12 +282,14 @@ routes:
   EXPECT_TRUE(cb.has_slow_call_duration());
   EXPECT_EQ(D(cb.slow_call_duration()), absl::ZeroDuration());
   EXPECT_DOUBLE_EQ(cb.slow_call_rate(), 1.0);
+  EXPECT_EQ(D(cb.deadline_failure_min()), absl::Milliseconds(100));
   EXPECT_EQ(route.concurrency().max_in_flight(), 64u);
   EXPECT_EQ(route.concurrency().max_queued(), 128u);
   EXPECT_EQ(D(route.concurrency().queue_timeout()), absl::Milliseconds(50));
   const cfg::Singleflight& sf = loaded->proto.routes(1).singleflight();
   EXPECT_TRUE(sf.enabled());
   EXPECT_THAT(sf.key_headers(), ElementsAre("authorization"));
+  EXPECT_EQ(sf.max_request_bytes(), 65536u);
   EXPECT_FALSE(sf.shadow());
 }
 
@@ -712,6 +722,185 @@ TEST(ConfigLoaderTest, MaxMessageBytesAboveTwoGigabytesIsAnError) {
             "test.yaml: listener.max_message_bytes: must be between 1 and "
             "2147483647 (got "
             "2147483648)");
+}
+
+TEST(ConfigLoaderTest, NumbersAboveTheirMaximumAreErrors) {
+  EXPECT_EQ(
+      ErrorOf(R"yaml(
+listener: {max_concurrent_streams: 1000001}
+clusters:
+  - name: demo
+    endpoints: ["127.0.0.1:50051"]
+    health_check: {unhealthy_threshold: 1001, healthy_threshold: 1001}
+routes:
+  - name: all
+    cluster: demo
+    timeout: 25h
+    rate_limit:
+      requests_per_second: 1e10
+      burst: 18446744073709551615
+      max_keys: 4000000000
+    circuit_breaker:
+      consecutive_failures: 1000001
+      minimum_requests: 1000001
+      open_duration: 61m
+      half_open_requests: 10001
+      slow_call_duration: 2h
+      deadline_failure_min: 2h
+    concurrency: {max_in_flight: 1000001, max_queued: 1000001, queue_timeout: 2h}
+)yaml"),
+      absl::StrJoin(
+          {
+              "test.yaml: listener.max_concurrent_streams: must be <= 1000000 "
+              "(got 1000001)",
+              "test.yaml: clusters[0].health_check.unhealthy_threshold: must "
+              "be <= 1000 (got 1001)",
+              "test.yaml: clusters[0].health_check.healthy_threshold: must be "
+              "<= 1000 (got 1001)",
+              "test.yaml: routes[0].timeout: must be <= 24h (got 25h)",
+              "test.yaml: routes[0].rate_limit.requests_per_second: must be <= "
+              "1000000000 (got 1e+10)",
+              "test.yaml: routes[0].rate_limit.burst: must be <= 1000000000000 "
+              "(got 18446744073709551615)",
+              "test.yaml: routes[0].rate_limit.max_keys: must be <= 10000000 "
+              "(got 4000000000)",
+              "test.yaml: routes[0].circuit_breaker.consecutive_failures: must "
+              "be <= 1000000 (got 1000001)",
+              "test.yaml: routes[0].circuit_breaker.minimum_requests: must be "
+              "<= 1000000 (got 1000001)",
+              "test.yaml: routes[0].circuit_breaker.open_duration: must be <= "
+              "1h (got 1h1m)",
+              "test.yaml: routes[0].circuit_breaker.half_open_requests: must "
+              "be <= 10000 (got 10001)",
+              "test.yaml: routes[0].circuit_breaker.slow_call_duration: must "
+              "be <= 1h (got 2h)",
+              "test.yaml: routes[0].circuit_breaker.deadline_failure_min: must "
+              "be <= 1h (got 2h)",
+              "test.yaml: routes[0].concurrency.max_in_flight: must be <= "
+              "1000000 (got 1000001)",
+              "test.yaml: routes[0].concurrency.max_queued: must be <= "
+              "1000000 (got 1000001)",
+              "test.yaml: routes[0].concurrency.queue_timeout: must be <= 1h "
+              "(got 2h)",
+          },
+          "\n"));
+}
+
+// The bounds are inclusive, and the largest values in use (bench/peers: 1e9
+// rates and bursts, 100 000 slots) stay valid.
+TEST(ConfigLoaderTest, EveryMaximumItselfIsValid) {
+  EXPECT_EQ(ErrorOf(R"yaml(
+workers: 256
+drain_timeout: 1h
+listener: {max_message_bytes: 2147483647, max_concurrent_streams: 1000000}
+clusters:
+  - name: demo
+    endpoints: ["127.0.0.1:50051"]
+    dns_refresh_interval: 1h
+    health_check:
+      interval: 1h
+      timeout: 1h
+      jitter: 1
+      unhealthy_threshold: 1000
+      healthy_threshold: 1000
+routes:
+  - name: bench
+    match: {service: bulwark.demo.v1.Demo, method: Echo}
+    cluster: demo
+    rate_limit: {requests_per_second: 1000000000, burst: 1000000000}
+    concurrency: {max_in_flight: 100000, max_queued: 0}
+  - name: all
+    cluster: demo
+    timeout: 24h
+    rate_limit:
+      requests_per_second: 1e9
+      burst: 1000000000000
+      key_header: x-client-id
+      max_keys: 10000000
+    circuit_breaker:
+      consecutive_failures: 1000000
+      minimum_requests: 1000000
+      window: 1h
+      open_duration: 1h
+      half_open_requests: 10000
+      slow_call_duration: 1h
+      deadline_failure_min: 1h
+    concurrency: {max_in_flight: 1000000, max_queued: 1000000, queue_timeout: 1h}
+)yaml"),
+            "OK");
+}
+
+TEST(ConfigLoaderTest, DeadlineFailureMinAndMaxRequestBytesHaveDefaults) {
+  auto loaded = ParseConfigText(WithRoutes(R"yaml(
+routes:
+  - name: get
+    match: {service: shop.v1.Orders, method: Get}
+    cluster: demo
+    circuit_breaker: {}
+    singleflight: {}
+)yaml"),
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const cfg::Route& route = loaded->proto.routes(0);
+  ASSERT_TRUE(route.circuit_breaker().has_deadline_failure_min());
+  EXPECT_EQ(D(route.circuit_breaker().deadline_failure_min()),
+            absl::Milliseconds(100));
+  ASSERT_TRUE(route.singleflight().has_max_request_bytes());
+  EXPECT_EQ(route.singleflight().max_request_bytes(), 65536u);
+  // /config shows them like every other default.
+  const std::string json = ConfigToJson(loaded->proto);
+  EXPECT_THAT(json, HasSubstr("\"deadline_failure_min\": \"0.100s\""));
+  EXPECT_THAT(json, HasSubstr("\"max_request_bytes\": \"65536\""));
+}
+
+TEST(ConfigLoaderTest, MaxRequestBytesDefaultFollowsASmallerMessageLimit) {
+  auto loaded = ParseConfigText(WithRoutes(R"yaml(
+listener: {max_message_bytes: 1024}
+routes:
+  - name: get
+    match: {service: shop.v1.Orders, method: Get}
+    cluster: demo
+    singleflight: {}
+)yaml"),
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->proto.routes(0).singleflight().max_request_bytes(), 1024u);
+}
+
+TEST(ConfigLoaderTest, ExplicitDeadlineFailureMinAndMaxRequestBytesAreKept) {
+  auto loaded = ParseConfigText(WithRoutes(R"yaml(
+routes:
+  - name: get
+    match: {service: shop.v1.Orders, method: Get}
+    cluster: demo
+    circuit_breaker: {deadline_failure_min: 0s}
+    singleflight: {max_request_bytes: 4194304}
+)yaml"),
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const cfg::Route& route = loaded->proto.routes(0);
+  EXPECT_EQ(D(route.circuit_breaker().deadline_failure_min()),
+            absl::ZeroDuration());
+  EXPECT_EQ(route.singleflight().max_request_bytes(), 4194304u);
+}
+
+TEST(ConfigLoaderTest, MaxRequestBytesMustFitTheListenerMessageLimit) {
+  EXPECT_EQ(ErrorOf(WithRoutes(R"yaml(
+listener: {max_message_bytes: 1024}
+routes:
+  - name: a
+    match: {service: shop.v1.Orders, method: Get}
+    cluster: demo
+    singleflight: {max_request_bytes: 0}
+  - name: b
+    match: {service: shop.v1.Orders, method: Put}
+    cluster: demo
+    singleflight: {max_request_bytes: 1025, enabled: false}
+)yaml")),
+            "test.yaml: routes[0].singleflight.max_request_bytes: must be >= "
+            "1 (got 0)\n"
+            "test.yaml: routes[1].singleflight.max_request_bytes: must be <= "
+            "listener.max_message_bytes (1024) (got 1025)");
 }
 
 TEST(ConfigLoaderTest, OkIsNotAFailureCode) {
@@ -1216,6 +1405,142 @@ TEST(ConfigLoaderTest, MoreThanOneYamlDocumentIsAnError) {
             "test.yaml: expected one YAML document (got more than one)");
 }
 
+// Runs LoadConfigFile(path) on a thread and waits at most 10 s for it. A read
+// blocked on a FIFO is released by opening the FIFO's other end, so the test
+// fails instead of hanging.
+absl::StatusOr<LoadedConfig> LoadPromptly(const std::string& path,
+                                          absl::Duration* took) {
+  const absl::Time start = absl::Now();
+  std::future<absl::StatusOr<LoadedConfig>> load =
+      std::async(std::launch::async, [path] { return LoadConfigFile(path); });
+  if (load.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    ADD_FAILURE() << "LoadConfigFile(" << path << ") still runs after 10s";
+    // A reader blocked in open() or read() of a FIFO sees EOF once a writer
+    // came and went.
+    const int fd = open(path.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) close(fd);
+  }
+  absl::StatusOr<LoadedConfig> loaded = load.get();
+  *took = absl::Now() - start;
+  return loaded;
+}
+
+TEST(ConfigLoaderTest, FifoIsAConfigErrorNotAHang) {
+  const std::filesystem::path path = MakeTempDir() / "bulwark.yaml";
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  absl::Duration took;
+  auto loaded = LoadPromptly(path.string(), &took);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().message(),
+            absl::StrCat(path.string(),
+                         ": cannot read config file: not a regular file (a "
+                         "FIFO)"));
+  EXPECT_LT(took, absl::Seconds(1));
+}
+
+TEST(ConfigLoaderTest, DeviceIsAConfigErrorNotAnEndlessRead) {
+  absl::Duration took;
+  auto loaded = LoadPromptly("/dev/zero", &took);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().message(),
+            "/dev/zero: cannot read config file: not a regular file (a "
+            "character device)");
+  EXPECT_LT(took, absl::Seconds(1));
+}
+
+TEST(ConfigLoaderTest, ConfigFileOver16MiBIsAnError) {
+  const std::filesystem::path path = MakeTempDir() / "big.yaml";
+  // A valid file but for its size: a comment line padding it past 16 MiB.
+  std::string content = absl::StrCat(kMinimal, "# ");
+  content.resize(17 << 20, 'x');
+  content.back() = '\n';
+  WriteFile(path, content);
+  auto loaded = LoadConfigFile(path.string());
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().message(),
+            absl::StrCat(path.string(),
+                         ": cannot read config file: larger than 16 MiB "
+                         "(17825792 bytes)"));
+}
+
+TEST(ConfigLoaderTest, FilesNamedInTheConfigMustBeSmallRegularFiles) {
+  const std::filesystem::path dir = MakeTempDir();
+  ASSERT_EQ(mkfifo((dir / "fifo.pb").c_str(), 0600), 0);
+  std::filesystem::create_directories(dir / "certs");
+  std::string big(kMaxConfigFileBytes + 1, 'x');
+  WriteFile(dir / "big.key", big);
+  const absl::Time start = absl::Now();
+  auto loaded = ParseConfigText(R"yaml(
+listener:
+  tls: {cert_file: /dev/zero, key_file: big.key, client_ca_file: certs}
+descriptor_sets: [fifo.pb]
+clusters:
+  - name: demo
+    endpoints: ["127.0.0.1:50051"]
+routes:
+  - {name: all, cluster: demo}
+)yaml",
+                                "test.yaml", dir.string());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(
+      loaded.status().message(),
+      absl::StrCat(
+          "test.yaml: listener.tls.cert_file: cannot read \"/dev/zero\": not "
+          "a regular file (a character device)\n"
+          "test.yaml: listener.tls.key_file: cannot read \"big.key\" "
+          "(resolved to ",
+          (dir / "big.key").string(),
+          "): larger than 16 MiB (16777217 bytes)\n"
+          "test.yaml: listener.tls.client_ca_file: cannot read \"certs\" "
+          "(resolved to ",
+          (dir / "certs").string(),
+          "): Is a directory\n"
+          "test.yaml: descriptor_sets[0]: cannot read \"fifo.pb\" (resolved "
+          "to ",
+          (dir / "fifo.pb").string(), "): not a regular file (a FIFO)"));
+}
+
+// "Billion laughs" in the shape that costs the most here: every cluster of
+// the list is the same aliased map, whose endpoints are one long scalar named
+// again and again. About 15 KB of text; expanded, 2 000 x 2 000 copies of a
+// 3 KB string (12 GB).
+std::string AliasBomb() {
+  std::string yaml = absl::StrCat("x: &s \"", std::string(3000, 'a'), "\"\n");
+  absl::StrAppend(&yaml, "y: &c {name: demo, endpoints: [");
+  for (int i = 0; i < 2000; ++i)
+    absl::StrAppend(&yaml, i == 0 ? "" : ",", "*s");
+  absl::StrAppend(&yaml, "]}\nclusters: [");
+  for (int i = 0; i < 2000; ++i)
+    absl::StrAppend(&yaml, i == 0 ? "" : ",", "*c");
+  absl::StrAppend(&yaml, "]\nroutes: [{name: all, cluster: demo}]\n");
+  return yaml;
+}
+
+TEST(ConfigLoaderTest, AliasBombIsAConfigErrorWithinASecond) {
+  const std::string bomb = AliasBomb();
+  ASSERT_LT(bomb.size(), 16'000u);
+  const std::filesystem::path path = MakeTempDir() / "bomb.yaml";
+  WriteFile(path, bomb);
+  const absl::Time start = absl::Now();
+  auto loaded = LoadConfigFile(path.string());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(loaded.status().message(),
+              HasSubstr(": the document is too large once YAML aliases are "
+                        "expanded (more than 1000000 nodes or 64 MiB of "
+                        "scalars); stopped reading here"));
+}
+
+TEST(ConfigLoaderTest, DocumentOfMoreThanAMillionNodesIsAnError) {
+  std::string yaml = absl::StrCat(kMinimal, "descriptor_sets: [");
+  for (int i = 0; i < 1'000'001; ++i) absl::StrAppend(&yaml, "a,");
+  absl::StrAppend(&yaml, "a]\n");
+  EXPECT_EQ(ErrorOf(yaml),
+            "test.yaml: invalid YAML: more than 1000000 nodes in one document");
+}
+
 // -----------------------------------------------------------------------------
 // Output helpers.
 
@@ -1260,9 +1585,9 @@ TEST(SummarizeConfigTest, ListsListenerClustersAndRoutesWithTheirPolicies) {
           "  echo: /bulwark.demo.v1.Demo/Echo -> demo; timeout 2s; rate_limit "
           "2000/s "
           "burst 500; circuit_breaker 5 in a row or 0.5 of >= 20 in 10s, open "
-          "30s; "
-          "singleflight key_headers [authorization]; concurrency 64 in flight, "
-          "128 "
+          "30s, deadline failures after 100ms; "
+          "singleflight key_headers [authorization], requests up to 65536 "
+          "bytes; concurrency 64 in flight, 128 "
           "queued for 50ms\n"
           "  streams: /bulwark.demo.v1.Demo/* -> demo; concurrency 32 in "
           "flight, 0 "

@@ -1,10 +1,13 @@
 #include "policies/keyed_rate_limiter.h"
 
+#include <openssl/evp.h>
+
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -15,12 +18,14 @@
 #include "gtest/gtest.h"
 #include "policies/clock.h"
 
-// Counts every allocation in this test binary, so a test can assert that a hot
-// path makes none. Not under ThreadSanitizer: its runtime, linked statically,
-// defines operator new and delete itself, so the allocation tests skip there
-// (every other build runs them).
+// Counts every allocation (and its bytes) in this test binary, so a test can
+// assert that a hot path makes none, or what a limiter takes. Not under
+// ThreadSanitizer: its runtime, linked statically, defines operator new and
+// delete itself, so the allocation tests skip there (every other build runs
+// them).
 namespace {
 std::atomic<int64_t> g_allocations{0};
+std::atomic<int64_t> g_allocated_bytes{0};
 #ifdef ABSL_HAVE_THREAD_SANITIZER
 constexpr bool kCountsAllocations = false;
 #else
@@ -31,6 +36,8 @@ constexpr bool kCountsAllocations = true;
 #ifndef ABSL_HAVE_THREAD_SANITIZER
 [[gnu::noinline]] void* operator new(std::size_t size) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  g_allocated_bytes.fetch_add(static_cast<int64_t>(size),
+                              std::memory_order_relaxed);
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
@@ -178,6 +185,102 @@ TEST(KeyedRateLimiterTest, MaxKeysIsRoundedDownToWholeShards) {
   EXPECT_EQ(large.MaxKeys(), 10'000u);  // 16 shards of 625
   EXPECT_EQ(small.MaxKeys(), 300u);     // one shard: exact LRU
   EXPECT_EQ(zero.MaxKeys(), 1u);
+}
+
+TEST(KeyedRateLimiterTest, NothingIsSizedByMaxKeysUpFront) {
+  if (!kCountsAllocations) GTEST_SKIP() << "no allocation counting under TSan";
+  FakeClock clock;
+  const int64_t before = g_allocated_bytes.load();
+  KeyedRateLimiter limiter(
+      {.rate_per_second = 1, .burst = 1, .max_keys = 10'000'000}, clock);
+  ASSERT_EQ(limiter.MaxKeys(), 10'000'000u);
+  // 16 empty shards: a few KiB, whatever max_keys says.
+  EXPECT_LT(g_allocated_bytes.load() - before, 64 << 10);
+
+  // Memory follows the keys seen: well under 1 KiB each, index growth
+  // included.
+  for (int i = 0; i < 1'000; ++i) limiter.TryTake(absl::StrCat("client-", i));
+  EXPECT_EQ(limiter.KeyCount(), 1'000u);
+  EXPECT_LT(g_allocated_bytes.load() - before, 1'000 * 1'024);
+}
+
+// Writes into `key` (60 000 bytes) a value that differs for each `i` only in
+// its last bytes.
+std::string_view LongKey(std::string& key, int i) {
+  key.assign(60'000, 'k');
+  const std::string tail = absl::StrCat("#", i);
+  key.replace(key.size() - tail.size(), tail.size(), tail);
+  return key;
+}
+
+TEST(KeyedRateLimiterTest, LongKeysAreHeldInAFewBytesEach) {
+  FakeClock clock;
+  KeyedRateLimiter limiter(
+      {.rate_per_second = 0, .burst = 1, .max_keys = 20'000}, clock);
+  std::string key;
+  for (int i = 0; i < 10'000; ++i) {
+    ASSERT_TRUE(Admitted(limiter.TryTake(LongKey(key, i))));
+  }
+  ASSERT_EQ(limiter.KeyCount(), 10'000u);
+  // Each held as a 32-byte digest (plus its string's terminator and rounding),
+  // not 60 000 bytes: under a MiB for all of them, not 600 MB.
+  EXPECT_LE(limiter.KeyBytesApprox(), 10'000u * 64);
+  // Held, and found again: those buckets are empty now.
+  for (int i = 0; i < 10'000; i += 97) {
+    ASSERT_FALSE(Admitted(limiter.TryTake(LongKey(key, i)))) << i;
+  }
+}
+
+TEST(KeyedRateLimiterTest, KeysUpTo256BytesAreHeldAsThemselves) {
+  FakeClock clock;
+  KeyedRateLimiter limiter({.rate_per_second = 0, .burst = 1, .max_keys = 10},
+                           clock);
+  const std::string at_limit(KeyedRateLimiter::kMaxInlineKeyBytes, 'a');
+  ASSERT_TRUE(Admitted(limiter.TryTake(at_limit)));
+  EXPECT_GE(limiter.KeyBytesApprox(), KeyedRateLimiter::kMaxInlineKeyBytes);
+
+  KeyedRateLimiter digests({.rate_per_second = 0, .burst = 1, .max_keys = 10},
+                           clock);
+  ASSERT_TRUE(Admitted(digests.TryTake(at_limit + "a")));
+  EXPECT_LE(digests.KeyBytesApprox(), 64u);
+}
+
+TEST(KeyedRateLimiterTest,
+     LongKeysSharingTheirFirst256BytesAreDifferentBuckets) {
+  FakeClock clock;
+  // Never refills: an admitted call proves a bucket of its own.
+  KeyedRateLimiter limiter({.rate_per_second = 0, .burst = 1, .max_keys = 100},
+                           clock);
+  const std::string prefix(KeyedRateLimiter::kMaxInlineKeyBytes, 'p');
+  const std::string a = prefix + "-alice";
+  const std::string b = prefix + "-bobby";  // same length, too
+
+  ASSERT_TRUE(Admitted(limiter.TryTake(a)));
+  EXPECT_TRUE(Admitted(limiter.TryTake(b)));
+  EXPECT_TRUE(Admitted(limiter.TryTake(prefix)));  // the prefix alone
+  EXPECT_FALSE(Admitted(limiter.TryTake(a)));
+  EXPECT_FALSE(Admitted(limiter.TryTake(b)));
+  EXPECT_EQ(limiter.KeyCount(), 3u);
+}
+
+TEST(KeyedRateLimiterTest, AValueSpellingAnotherKeysDigestIsADifferentBucket) {
+  FakeClock clock;
+  KeyedRateLimiter limiter({.rate_per_second = 0, .burst = 1, .max_keys = 100},
+                           clock);
+  const std::string victim(1'000, 'v');
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  ASSERT_EQ(EVP_Digest(victim.data(), victim.size(), digest, &size,
+                       EVP_sha256(), nullptr),
+            1);
+  const std::string forged(reinterpret_cast<const char*>(digest), size);
+
+  ASSERT_TRUE(Admitted(limiter.TryTake(victim)));
+  // A client sending the victim's digest as its own key cannot drain (or
+  // share) the victim's bucket.
+  EXPECT_TRUE(Admitted(limiter.TryTake(forged)));
+  EXPECT_FALSE(Admitted(limiter.TryTake(victim)));
+  EXPECT_EQ(limiter.KeyCount(), 2u);
 }
 
 TEST(KeyedRateLimiterTest, ConcurrentTakesOnSharedKeysAdmitExactlyBurstEach) {
