@@ -6,6 +6,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/net/header_util.h"
+#include "sidecar/net/local_answer.h"
+#include "sidecar/net/upstream_request_headers.h"
 #include "sidecar/net/upstream_session.h"
 #include "sidecar/net/worker.h"
 
@@ -133,6 +135,24 @@ struct DownstreamCallbacks {
     return 0;
   }
 
+  // A response HEADERS (headers, trailers or a trailers-only answer) nghttp2
+  // refused to send, e.g. a header block over its send limit: nghttp2 leaves
+  // the stream open, so without a reset the client would wait for an answer
+  // that never comes.
+  static int OnFrameNotSend(nghttp2_session* session,
+                            const nghttp2_frame* frame, int lib_error_code,
+                            void*) {
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSED ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSING) {
+      return 0;
+    }
+    if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+      stream->ResetUnanswerable();
+    }
+    return 0;
+  }
+
   static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id,
                               uint8_t*, size_t length, uint32_t* flags,
                               nghttp2_data_source*, void*) {
@@ -166,6 +186,8 @@ struct DownstreamCallbacks {
       nghttp2_session_callbacks_set_on_stream_close_callback(cb,
                                                              &OnStreamClose);
       nghttp2_session_callbacks_set_on_frame_send_callback(cb, &OnFrameSend);
+      nghttp2_session_callbacks_set_on_frame_not_send_callback(cb,
+                                                               &OnFrameNotSend);
       nghttp2_session_callbacks_set_send_data_callback(cb, &SendData);
       return cb;
     }();
@@ -264,11 +286,11 @@ void DownstreamStream::SetDeadline(absl::Time deadline) {
     deadline_timer_ = 0;
   }
   if (deadline == absl::InfiniteFuture()) return;
-  deadline_timer_ = worker().loop().AddTimer(
-      deadline - worker().clock().Now(), [this] {
-    deadline_timer_ = 0;
-    OnDeadline();
-  });
+  deadline_timer_ =
+      worker().loop().AddTimer(deadline - worker().clock().Now(), [this] {
+        deadline_timer_ = 0;
+        OnDeadline();
+      });
 }
 
 void DownstreamStream::OnDeadline() {
@@ -293,12 +315,7 @@ void DownstreamStream::RespondLocal(const LocalAnswer& answer) {
     SubmitTrailersOnly(answer);
   } else if (response_state_ == ResponseState::kHeadersSent &&
              !response_ended_) {
-    response_trailers_ = {{"grpc-status", std::to_string(answer.grpc_code)},
-                          {"grpc-message", PercentEncode(answer.message)}};
-    if (!answer.reason.empty()) {
-      response_trailers_.emplace_back("x-bulwark-reason",
-                                      std::string(answer.reason));
-    }
+    response_trailers_ = LocalAnswerTrailers(answer);
     response_ended_ = true;
     ResumeResponse();
   }
@@ -314,30 +331,12 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
     FinishWithStatus(kUnavailable, error, CallResult::Ending::kUpstreamFailed);
     return;
   }
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(request_headers_.size() + 5);
-  nv.push_back(MakeNv(":method", "POST"));
-  nv.push_back(MakeNv(":scheme", "http"));
-  nv.push_back(MakeNv(":path", path_));
-  bool have_authority = false;
-  for (const auto& [name, value] : request_headers_) {
-    if (name == ":authority") {
-      nv.push_back(MakeNv(name, value));
-      have_authority = true;
-      break;
-    }
-  }
-  if (!have_authority) nv.push_back(MakeNv(":authority", upstream.authority));
-  for (const auto& [name, value] : request_headers_) {
-    if (name[0] == ':' || name == "grpc-timeout") continue;
-    nv.push_back(MakeNv(name, value));
-  }
-  std::string timeout;
-  if (deadline_ != absl::InfiniteFuture()) {
-    timeout = EncodeGrpcTimeout(deadline_ - worker().clock().Now());
-    nv.push_back(MakeNv("grpc-timeout", timeout));
-  }
-  const int32_t id = conn->Submit(this, nv.data(), nv.size());
+  const UpstreamRequestHeaders headers(
+      path_, request_headers_, upstream.authority,
+      deadline_ == absl::InfiniteFuture() ? absl::InfiniteDuration()
+                                          : deadline_ - worker().clock().Now(),
+      upstream.tls != nullptr);
+  const int32_t id = conn->Submit(this, headers.data(), headers.size());
   if (id < 0) {
     FinishWithStatus(
         kUnavailable,
@@ -557,8 +556,10 @@ void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {
   std::vector<nghttp2_nv> nv;
   nv.reserve(trailers.size());
   for (const auto& [name, value] : trailers) nv.push_back(MakeNv(name, value));
-  nghttp2_submit_trailer(down(), stream_id_, nv.data(), nv.size());
+  const int rv =
+      nghttp2_submit_trailer(down(), stream_id_, nv.data(), nv.size());
   response_state_ = ResponseState::kFinished;
+  if (rv != 0) ResetUnanswerable();
 }
 
 void DownstreamStream::RespondWith(
@@ -630,30 +631,35 @@ void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers,
   for (const auto& [name, value] : headers) nv.push_back(MakeNv(name, value));
   nghttp2_data_provider provider{};
   provider.read_callback = &DownstreamCallbacks::ReadResponse;
-  nghttp2_submit_response(down(), stream_id_, nv.data(), nv.size(),
-                          with_body ? &provider : nullptr);
+  const int rv =
+      nghttp2_submit_response(down(), stream_id_, nv.data(), nv.size(),
+                              with_body ? &provider : nullptr);
+  if (rv != 0) ResetUnanswerable();
   session_.MarkDirty();
 }
 
 void DownstreamStream::SubmitTrailersOnly(const LocalAnswer& answer) {
   const std::string status = std::to_string(answer.http_status);
-  const std::string code = std::to_string(answer.grpc_code);
-  const std::string message = PercentEncode(answer.message);
-  const std::string pushback = answer.retry_pushback_ms >= 0
-                                   ? std::to_string(answer.retry_pushback_ms)
-                                   : "";
-  nghttp2_nv nv[6];
-  size_t n = 0;
-  nv[n++] = MakeNv(":status", status);
-  nv[n++] = MakeNv("content-type", "application/grpc");
-  nv[n++] = MakeNv("grpc-status", code);
-  if (!message.empty()) nv[n++] = MakeNv("grpc-message", message);
-  if (!answer.reason.empty())
-    nv[n++] = MakeNv("x-bulwark-reason", answer.reason);
-  if (!pushback.empty()) nv[n++] = MakeNv("grpc-retry-pushback-ms", pushback);
-  nghttp2_submit_response(down(), stream_id_, nv, n, nullptr);
+  const HeaderList trailers = LocalAnswerTrailers(answer);
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(trailers.size() + 2);
+  nv.push_back(MakeNv(":status", status));
+  nv.push_back(MakeNv("content-type", "application/grpc"));
+  for (const auto& [name, value] : trailers) nv.push_back(MakeNv(name, value));
+  const int rv = nghttp2_submit_response(down(), stream_id_, nv.data(),
+                                         nv.size(), nullptr);
   response_state_ = ResponseState::kFinished;
   response_ended_ = true;
+  if (rv != 0) ResetUnanswerable();
+  session_.MarkDirty();
+}
+
+void DownstreamStream::ResetUnanswerable() {
+  // nghttp2 will not send this stream's answer (a header block too large, or
+  // no room to queue it): reset the stream so the call still ends (SPEC
+  // section 11) instead of waiting for a frame that never leaves.
+  nghttp2_submit_rst_stream(down(), NGHTTP2_FLAG_NONE, stream_id_,
+                            NGHTTP2_INTERNAL_ERROR);
   session_.MarkDirty();
 }
 
@@ -666,8 +672,8 @@ void DownstreamStream::FinishWithStatus(int grpc_code, std::string_view message,
     SubmitTrailersOnly(
         {.grpc_code = grpc_code, .message = std::string(message)});
   } else {
-    response_trailers_ = {{"grpc-status", std::to_string(grpc_code)},
-                          {"grpc-message", PercentEncode(message)}};
+    response_trailers_ = LocalAnswerTrailers(
+        {.grpc_code = grpc_code, .message = std::string(message)});
     response_ended_ = true;
     ResumeResponse();
   }
@@ -692,9 +698,10 @@ void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
   // Reset by the upstream before the response ended: pass the reset on to the
   // client. Refused unseen (REFUSED_STREAM before any response): not the
   // endpoint's failure.
-  result_.ending = error_code == NGHTTP2_REFUSED_STREAM && !response_headers_done_
-                       ? CallResult::Ending::kUpstreamRefused
-                       : CallResult::Ending::kUpstreamReset;
+  result_.ending =
+      error_code == NGHTTP2_REFUSED_STREAM && !response_headers_done_
+          ? CallResult::Ending::kUpstreamRefused
+          : CallResult::Ending::kUpstreamReset;
   result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
   response_ended_ = true;
   response_state_ = ResponseState::kFinished;
@@ -714,6 +721,18 @@ void DownstreamStream::OnUpstreamFailed(std::string_view why) {
   FinishWithStatus(kUnavailable,
                    "upstream connection failed: " + std::string(why),
                    CallResult::Ending::kUpstreamFailed);
+}
+
+void DownstreamStream::OnResponseOverLimit(std::string_view why) {
+  // The upstream connection forgot us and resets its stream. What the
+  // response held of its headers is dropped; messages already queued still
+  // reach the client, then the INTERNAL status.
+  result_.upstream_duration = worker().clock().Now() - upstream_start_;
+  upstream_ = nullptr;
+  upstream_stream_id_ = -1;
+  response_headers_.clear();
+  response_trailers_.clear();
+  FinishWithStatus(kInternal, why, CallResult::Ending::kUpstreamFailed);
 }
 
 void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
@@ -759,6 +778,9 @@ void DownstreamSession::Start() {
   nghttp2_option* option;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
+  // gRPC accepts metadata values with leading or trailing spaces, so the
+  // sidecar passes them (SPEC section 3); nghttp2's other checks stay.
+  nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1);
   nghttp2_session_server_new2(&session_, DownstreamCallbacks::Get(), this,
                               option);
   nghttp2_option_del(option);

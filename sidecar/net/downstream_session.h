@@ -75,6 +75,7 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   void OnResponseEnd() override;
   void OnUpstreamClosed(uint32_t error_code) override;
   void OnUpstreamFailed(std::string_view why) override;
+  void OnResponseOverLimit(std::string_view why) override;
   const HeaderList& request_headers() const override {
     return request_headers_;
   }
@@ -83,6 +84,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
       uint64_t limit,
       absl::AnyInvocable<void(std::optional<std::string> body)> done) override;
   int32_t stream_id() const { return stream_id_; }
+  // Resets the stream (INTERNAL_ERROR): nghttp2 will not send its answer.
+  void ResetUnanswerable();
 
  private:
   enum class ResponseState { kNone, kHeadersSent, kFinished };

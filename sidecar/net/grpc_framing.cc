@@ -99,6 +99,45 @@ std::string PercentEncode(std::string_view message) {
   return out;
 }
 
+namespace {
+
+// The bytes PercentEncode makes of `c`.
+size_t EncodedWidth(unsigned char c) {
+  return c >= 0x20 && c <= 0x7E && c != '%' ? 1 : 3;
+}
+
+bool IsUtf8Continuation(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+}  // namespace
+
+std::string TruncateGrpcMessage(std::string_view message,
+                                size_t max_encoded_bytes) {
+  size_t encoded = 0;
+  for (unsigned char c : message) encoded += EncodedWidth(c);
+  if (encoded <= max_encoded_bytes) return std::string(message);
+  constexpr std::string_view kEllipsis = "...";
+  const size_t budget = max_encoded_bytes > kEllipsis.size()
+                            ? max_encoded_bytes - kEllipsis.size()
+                            : 0;
+  size_t cut = 0;
+  encoded = 0;
+  while (encoded + EncodedWidth(static_cast<unsigned char>(message[cut])) <=
+         budget) {
+    encoded += EncodedWidth(static_cast<unsigned char>(message[cut]));
+    ++cut;  // stays < message.size(): the whole message is over the budget
+  }
+  // A UTF-8 character has at most three continuation bytes: back up over them
+  // so the cut falls before the character's first byte.
+  for (int i = 0; i < 3 && cut > 0 &&
+                  IsUtf8Continuation(static_cast<unsigned char>(message[cut]));
+       ++i) {
+    --cut;
+  }
+  std::string out(message.substr(0, cut));
+  out.append(kEllipsis);
+  return out;
+}
+
 int GrpcCodeFromHttpStatus(int http_status) {
   switch (http_status) {
     case 400:

@@ -57,6 +57,17 @@ std::string EncodeGrpcTimeout(absl::Duration timeout);
 // grpc-message encoding: bytes outside 0x20..0x7E and '%' become %XX.
 std::string PercentEncode(std::string_view message);
 
+// How long the sidecar's own grpc-message may be on the wire (SPEC section
+// 11): a local answer quoting what a peer sent (a 60 KB :path) must still fit
+// in a header block every client takes.
+inline constexpr size_t kMaxLocalMessageBytes = 2048;
+
+// `message` cut so that its percent-encoding takes at most `max_encoded_bytes`:
+// unchanged if it fits, else cut before a UTF-8 character (never inside one)
+// with "..." appended. The result is not yet encoded.
+std::string TruncateGrpcMessage(std::string_view message,
+                                size_t max_encoded_bytes);
+
 // The gRPC code a client derives from a non-200 HTTP status (gRPC's
 // http-grpc-status mapping), e.g. 503 -> UNAVAILABLE, 404 -> UNIMPLEMENTED.
 int GrpcCodeFromHttpStatus(int http_status);

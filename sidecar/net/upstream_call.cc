@@ -5,6 +5,7 @@
 
 #include "sidecar/net/grpc_framing.h"
 #include "sidecar/net/header_util.h"
+#include "sidecar/net/upstream_request_headers.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
@@ -41,38 +42,22 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(
     fail_later(std::move(error));
     return call;
   }
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(self->request_.headers.size() + 7);
-  nv.push_back(MakeNv(":method", "POST"));
-  nv.push_back(MakeNv(":scheme", "http"));
-  nv.push_back(MakeNv(":path", self->request_.path));
-  std::string_view authority = FindHeader(self->request_.headers, ":authority");
-  nv.push_back(
-      MakeNv(":authority", authority.empty() ? address.authority : authority));
-  bool have_te = false, have_content_type = false;
-  for (const auto& [name, value] : self->request_.headers) {
-    if (name[0] == ':' || name == "grpc-timeout") continue;
-    have_te |= name == "te";
-    have_content_type |= name == "content-type";
-    nv.push_back(MakeNv(name, value));
-  }
-  if (!have_content_type)
-    nv.push_back(MakeNv("content-type", "application/grpc"));
-  if (!have_te) nv.push_back(MakeNv("te", "trailers"));
-  std::string timeout;
+  const UpstreamRequestHeaders headers(
+      self->request_.path, self->request_.headers, address.authority,
+      self->request_.deadline == absl::InfiniteFuture()
+          ? absl::InfiniteDuration()
+          : self->request_.deadline - worker.clock().Now(),
+      address.tls != nullptr);
   if (self->request_.deadline != absl::InfiniteFuture()) {
-    timeout = EncodeGrpcTimeout(self->request_.deadline - worker.clock().Now());
-    nv.push_back(MakeNv("grpc-timeout", timeout));
-    self->deadline_timer_ =
-        worker.loop().AddTimer(
-            self->request_.deadline - worker.clock().Now(), [self] {
+    self->deadline_timer_ = worker.loop().AddTimer(
+        self->request_.deadline - worker.clock().Now(), [self] {
           self->deadline_timer_ = 0;
           self->Detach(/*reset=*/true);
           self->Finish(4, "deadline exceeded in the sidecar", false,
                        /*deadline=*/true);
         });
   }
-  const int32_t id = conn->Submit(self, nv.data(), nv.size());
+  const int32_t id = conn->Submit(self, headers.data(), headers.size());
   if (id < 0) {
     fail_later(std::string("cannot open upstream stream: ") +
                nghttp2_strerror(id));
@@ -194,6 +179,17 @@ void UpstreamCall::OnUpstreamFailed(std::string_view why) {
   stream_id_ = -1;
   if (finished_) return;
   Finish(14, "upstream connection failed: " + std::string(why), true, false);
+}
+
+void UpstreamCall::OnResponseOverLimit(std::string_view why) {
+  conn_ = nullptr;
+  stream_id_ = -1;
+  // Nothing of the refused response is kept or shared: callers get the
+  // sidecar's own INTERNAL answer.
+  headers_.clear();
+  trailers_.clear();
+  headers_done_ = false;
+  Finish(13, std::string(why), false, false);
 }
 
 void UpstreamCall::Finish(int code, std::string message, bool transport_failure,

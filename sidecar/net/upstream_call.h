@@ -49,6 +49,7 @@ class UpstreamCall final : public UpstreamPeer, public UpstreamCallHandle {
   void OnResponseEnd() override;
   void OnUpstreamClosed(uint32_t error_code) override;
   void OnUpstreamFailed(std::string_view why) override;
+  void OnResponseOverLimit(std::string_view why) override;
 
  private:
   UpstreamCall(Worker& worker, UpstreamRequest request,

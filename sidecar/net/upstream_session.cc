@@ -25,15 +25,39 @@ UpstreamPeer* PeerOf(nghttp2_session* session, int32_t id) {
 
 // nghttp2 client callbacks; user_data is the UpstreamConnection.
 struct UpstreamCallbacks {
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
+                            void* user_data) {
+    // HTTP/2 never interleaves header blocks on a connection (HEADERS and its
+    // CONTINUATIONs are contiguous), so one count per connection suffices.
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+      static_cast<UpstreamConnection*>(user_data)->header_block_bytes_ = 0;
+    }
+    return 0;
+  }
+
   static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
                       const uint8_t* name, size_t namelen, const uint8_t* value,
-                      size_t valuelen, uint8_t, void*) {
+                      size_t valuelen, uint8_t, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
-      peer->AddResponseHeader(
-          std::string_view(reinterpret_cast<const char*>(name), namelen),
-          std::string_view(reinterpret_cast<const char*>(value), valuelen));
+    UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
+    if (peer == nullptr) return 0;
+    auto* self = static_cast<UpstreamConnection*>(user_data);
+    // RFC 9113 6.5.2's measure, as for requests: name, value and 32 bytes.
+    self->header_block_bytes_ += namelen + valuelen + 32;
+    const uint32_t limit = self->worker().options().max_header_list_bytes;
+    if (self->header_block_bytes_ > limit) {
+      // Past the limit the sidecar keeps nothing more of this response: the
+      // upstream stream is reset (nghttp2 does so, INTERNAL_ERROR, on the
+      // return value below, and skips the rest of the block) and the call
+      // ends with INTERNAL (SPEC section 11).
+      self->Forget(peer, frame->hd.stream_id);
+      peer->OnResponseOverLimit(
+          absl::StrCat("response header list exceeds ", limit, " bytes"));
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
+    peer->AddResponseHeader(
+        std::string_view(reinterpret_cast<const char*>(name), namelen),
+        std::string_view(reinterpret_cast<const char*>(value), valuelen));
     return 0;
   }
 
@@ -115,6 +139,8 @@ struct UpstreamCallbacks {
     static nghttp2_session_callbacks* callbacks = [] {
       nghttp2_session_callbacks* cb;
       nghttp2_session_callbacks_new(&cb);
+      nghttp2_session_callbacks_set_on_begin_headers_callback(cb,
+                                                              &OnBeginHeaders);
       nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
       nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
       nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb,
@@ -178,6 +204,9 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
   nghttp2_option* option;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
+  // As downstream: what gRPC accepts passes (metadata values with leading or
+  // trailing spaces).
+  nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1);
   nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn,
                               option);
   nghttp2_option_del(option);
@@ -185,6 +214,7 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, o.stream_window_bytes},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, o.max_header_list_bytes},
   };
   nghttp2_submit_settings(conn->session_, NGHTTP2_FLAG_NONE, settings,
                           std::size(settings));

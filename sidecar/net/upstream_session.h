@@ -43,6 +43,10 @@ class UpstreamPeer {
   virtual void OnUpstreamClosed(uint32_t error_code) = 0;
   // The connection failed or broke before the stream closed.
   virtual void OnUpstreamFailed(std::string_view why) = 0;
+  // The response broke a limit of the sidecar (a header or trailer list over
+  // max_header_list_bytes): the connection already forgot this peer and
+  // resets the upstream stream; the call ends with INTERNAL and `why`.
+  virtual void OnResponseOverLimit(std::string_view why) = 0;
 };
 
 class UpstreamConnection final : public H2Connection {
@@ -80,6 +84,8 @@ class UpstreamConnection final : public H2Connection {
   bool goaway_received_ = false;
   bool retired_ = false;
   bool connected_ = false;
+  // Bytes of the header block being received (name + value + 32 per field).
+  size_t header_block_bytes_ = 0;
   absl::flat_hash_set<UpstreamPeer*> streams_;
 };
 

@@ -19,6 +19,8 @@
 #include "absl/time/clock.h"
 #include "bulwark/demo/v1/demo.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "gtest/gtest.h"
 #include "tests/integration/process.h"
 
@@ -249,6 +251,39 @@ TEST(PoliciesTest, RateLimitBurstThenResourceExhaustedWithReasonAndPushback) {
           "bulwark_requests_total{code=\"RESOURCE_EXHAUSTED\",route=\"echo\"}"),
       1);
   EXPECT_EQ(s->Metric("bulwark_requests_total{code=\"OK\",route=\"echo\"}"), 5);
+}
+
+TEST(PoliciesTest, ARejectionCarriesStatusDetailsWithErrorInfoAndRetryInfo) {
+  auto s = Sidecar::Start(absl::StrCat(
+      kEchoRoute, "    rate_limit: { requests_per_second: 1, burst: 1 }\n"));
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(Echo(s->demo(), Payload("p")).status.ok());
+  CallResult rejected = Echo(s->demo(), Payload("p"));
+  ASSERT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  int pushback = -1;
+  ASSERT_TRUE(
+      absl::SimpleAtoi(rejected.Trailer("grpc-retry-pushback-ms"), &pushback));
+
+  // gRPC C++ decoded grpc-status-details-bin into error_details().
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(rejected.status.error_details()))
+      << "error_details: " << rejected.status.error_details().size()
+      << " bytes";
+  EXPECT_EQ(details.code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(details.message(), rejected.status.error_message());
+  ASSERT_EQ(details.details_size(), 2) << details.DebugString();
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(details.details(0).UnpackTo(&info)) << details.DebugString();
+  EXPECT_EQ(info.reason(), "rate_limited");
+  EXPECT_EQ(info.domain(), "bulwark.io");
+  EXPECT_EQ(info.metadata().count("route") == 1 ? info.metadata().at("route")
+                                                : "<absent>",
+            "echo");
+  google::rpc::RetryInfo retry;
+  ASSERT_TRUE(details.details(1).UnpackTo(&retry)) << details.DebugString();
+  EXPECT_EQ(retry.retry_delay().seconds() * 1000 +
+                retry.retry_delay().nanos() / 1000000,
+            pushback);
 }
 
 TEST(PoliciesTest, KeyedBucketsAreIndependentPerClient) {

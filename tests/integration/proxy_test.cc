@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +29,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -426,6 +428,204 @@ std::vector<std::pair<std::string, std::string>> GrpcRequestHeaders(
 }
 
 // ---------------------------------------------------------------------------
+// A misbehaving upstream: an HTTP/2 server (nghttp2, server side) that answers
+// a request for ".../BigHeaders" trailers-only and one for ".../BigTrailers"
+// with headers, one empty message and trailers, the trailers-only block or the
+// trailers carrying `filler_bytes` of x-filler-* fields, whatever header list
+// size the sidecar advertised. Serves any number of connections on its own
+// thread until destroyed.
+
+class OversizedHeadersUpstream {
+ public:
+  static absl::StatusOr<std::unique_ptr<OversizedHeadersUpstream>> Start(
+      size_t filler_bytes) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError("socket");
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        listen(fd, 16) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      const int err = errno;
+      close(fd);
+      return absl::InternalError(absl::StrCat("listen: ", std::strerror(err)));
+    }
+    return std::unique_ptr<OversizedHeadersUpstream>(
+        new OversizedHeadersUpstream(fd, ntohs(addr.sin_port), filler_bytes));
+  }
+
+  ~OversizedHeadersUpstream() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+  int answered() const { return answered_.load(); }
+
+ private:
+  struct Connection {
+    OversizedHeadersUpstream* owner;
+    int fd;
+    nghttp2_session* session = nullptr;
+    std::map<int32_t, std::string> paths;
+  };
+
+  OversizedHeadersUpstream(int listen_fd, int port, size_t filler_bytes)
+      : listen_fd_(listen_fd), port_(port) {
+    constexpr size_t kField = 16000;  // each field well under 16 KiB
+    for (size_t i = 0; i * kField < filler_bytes; ++i) {
+      filler_.emplace_back(absl::StrCat("x-filler-", i),
+                           std::string(kField, 'f'));
+    }
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  static nghttp2_nv Nv(const std::string& name, const std::string& value) {
+    return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
+            reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())),
+            name.size(), value.size(), NGHTTP2_NV_FLAG_NONE};
+  }
+
+  std::vector<nghttp2_nv> Block(
+      const std::vector<std::pair<std::string, std::string>>& head,
+      bool with_filler) const {
+    std::vector<nghttp2_nv> nv;
+    for (const auto& [n, v] : head) nv.push_back(Nv(n, v));
+    if (with_filler) {
+      for (const auto& [n, v] : filler_) nv.push_back(Nv(n, v));
+    }
+    return nv;
+  }
+
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
+                      const uint8_t* name, size_t namelen, const uint8_t* value,
+                      size_t valuelen, uint8_t, void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    if (frame->hd.type == NGHTTP2_HEADERS &&
+        absl::string_view(reinterpret_cast<const char*>(name), namelen) ==
+            ":path") {
+      conn->paths[frame->hd.stream_id] =
+          std::string(reinterpret_cast<const char*>(value), valuelen);
+    }
+    return 0;
+  }
+
+  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+                         void* user_data) {
+    auto* conn = static_cast<Connection*>(user_data);
+    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0) {
+      return 0;
+    }
+    const OversizedHeadersUpstream& self = *conn->owner;
+    const std::string& path = conn->paths[frame->hd.stream_id];
+    static const std::vector<std::pair<std::string, std::string>> kHeaders = {
+        {":status", "200"}, {"content-type", "application/grpc"}};
+    if (absl::EndsWith(path, "/BigTrailers")) {
+      const std::vector<nghttp2_nv> nv = self.Block(kHeaders, false);
+      nghttp2_data_provider provider{};
+      provider.source.ptr = conn;
+      provider.read_callback = &ReadBody;
+      nghttp2_submit_response(session, frame->hd.stream_id, nv.data(),
+                              nv.size(), &provider);
+    } else {
+      std::vector<std::pair<std::string, std::string>> head = kHeaders;
+      head.emplace_back("grpc-status", "0");
+      const std::vector<nghttp2_nv> nv = self.Block(head, true);
+      nghttp2_submit_response(session, frame->hd.stream_id, nv.data(),
+                              nv.size(), nullptr);
+    }
+    conn->owner->answered_.fetch_add(1);
+    return 0;
+  }
+
+  // One empty gRPC message, then the oversized trailers.
+  static ssize_t ReadBody(nghttp2_session* session, int32_t stream_id,
+                          uint8_t* buf, size_t length, uint32_t* data_flags,
+                          nghttp2_data_source* source, void*) {
+    auto* conn = static_cast<Connection*>(source->ptr);
+    if (length < 5) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    std::memset(buf, 0, 5);
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    const std::vector<std::pair<std::string, std::string>> status = {
+        {"grpc-status", "0"}};
+    const std::vector<nghttp2_nv> nv = conn->owner->Block(status, true);
+    nghttp2_submit_trailer(session, stream_id, nv.data(), nv.size());
+    return 5;
+  }
+
+  void Run() {
+    nghttp2_session_callbacks* cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_header_callback(cb, &OnHeader);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, &OnFrameRecv);
+    nghttp2_option* option;
+    nghttp2_option_new(&option);
+    // Past nghttp2's own 64 KiB send limit: this peer ignores limits.
+    nghttp2_option_set_max_send_header_block_length(option, 1 << 20);
+    std::vector<std::unique_ptr<Connection>> conns;
+    char buffer[16384];
+    while (!stop_.load()) {
+      std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}};
+      for (const auto& c : conns) fds.push_back({c->fd, POLLIN, 0});
+      if (poll(fds.data(), fds.size(), 20) <= 0) continue;
+      if (fds[0].revents != 0) {
+        const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) {
+          auto conn = std::make_unique<Connection>(Connection{this, fd});
+          nghttp2_session_server_new2(&conn->session, cb, conn.get(), option);
+          nghttp2_submit_settings(conn->session, NGHTTP2_FLAG_NONE, nullptr, 0);
+          conns.push_back(std::move(conn));
+        }
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        Connection& c = *conns[i - 1];
+        bool drop = false;
+        if (fds[i].revents != 0) {
+          const ssize_t n = recv(c.fd, buffer, sizeof buffer, 0);
+          drop =
+              n <= 0 || nghttp2_session_mem_recv(
+                            c.session, reinterpret_cast<const uint8_t*>(buffer),
+                            static_cast<size_t>(n)) < 0;
+        }
+        while (!drop) {
+          const uint8_t* out = nullptr;
+          const ssize_t n = nghttp2_session_mem_send(c.session, &out);
+          if (n <= 0) break;
+          drop = !SendAll(c.fd,
+                          absl::string_view(reinterpret_cast<const char*>(out),
+                                            static_cast<size_t>(n)));
+        }
+        if (drop) {
+          close(c.fd);
+          nghttp2_session_del(c.session);
+          c.fd = -1;
+        }
+      }
+      conns.erase(std::remove_if(conns.begin(), conns.end(),
+                                 [](const auto& c) { return c->fd < 0; }),
+                  conns.end());
+    }
+    for (const auto& c : conns) {
+      close(c->fd);
+      nghttp2_session_del(c->session);
+    }
+    nghttp2_option_del(option);
+    nghttp2_session_callbacks_del(cb);
+    close(listen_fd_);
+  }
+
+  const int listen_fd_;
+  const int port_;
+  std::vector<std::pair<std::string, std::string>> filler_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> answered_{0};
+  std::thread thread_;
+};
+
+// ---------------------------------------------------------------------------
 // The fixture: one demo upstream and one sidecar in front of it.
 
 struct SidecarConfig {
@@ -433,6 +633,8 @@ struct SidecarConfig {
   int64_t max_message_bytes = 4194304;
   std::string echo_timeout;  // route "echo" timeout; "" = none
   std::string drain_timeout = "5s";
+  // If set: a cluster "raw" of this endpoint, for service bulwark.test.Raw.
+  std::string raw_endpoint;
 };
 
 class ProxyTest : public ::testing::Test {
@@ -485,12 +687,22 @@ class ProxyTest : public ::testing::Test {
         "\", max_message_bytes: ", config.max_message_bytes, " }\n",
         "admin: { address: \"127.0.0.1:", admin_port_, "\" }\n", "workers: 2\n",
         "drain_timeout: ", config.drain_timeout, "\n", "clusters:\n",
-        "  - name: demo\n", "    endpoints: [\"", endpoint, "\"]\n",
-        "routes:\n", "  - name: echo\n",
+        "  - name: demo\n", "    endpoints: [\"", endpoint, "\"]\n");
+    if (!config.raw_endpoint.empty()) {
+      absl::StrAppend(&yaml, "  - name: raw\n", "    endpoints: [\"",
+                      config.raw_endpoint, "\"]\n");
+    }
+    absl::StrAppend(
+        &yaml, "routes:\n", "  - name: echo\n",
         "    match: { service: bulwark.demo.v1.Demo, method: Echo }\n",
         "    cluster: demo\n");
     if (!config.echo_timeout.empty()) {
       absl::StrAppend(&yaml, "    timeout: ", config.echo_timeout, "\n");
+    }
+    if (!config.raw_endpoint.empty()) {
+      absl::StrAppend(&yaml, "  - name: raw\n",
+                      "    match: { service: bulwark.test.Raw }\n",
+                      "    cluster: raw\n");
     }
     absl::StrAppend(&yaml, "  - name: demo\n",
                     "    match: { service: bulwark.demo.v1.Demo }\n",
@@ -1330,6 +1542,103 @@ TEST_F(ProxyTest, HeaderBlockOverTheLimitGetsResourceExhausted) {
       << DescribeBlocks(result->header_blocks);
   EXPECT_EQ(UpstreamStats().calls_total(), 0u);
   ExpectServes("after an oversized header block");
+}
+
+// ---------------------------------------------------------------------------
+// What gRPC accepts passes; every call ends; header lists are bounded (SPEC
+// sections 3 and 11).
+
+TEST_F(ProxyTest, MetadataValuesWithLeadingAndTrailingSpacesPass) {
+  const std::string padded = " padded ";
+  auto call = [&](Demo::Stub& stub, grpc::ClientContext& ctx) {
+    SetTimeout(ctx);
+    ctx.AddMetadata("x-padded", padded);
+    EchoRequest request;
+    request.set_payload("spaces");
+    EchoResponse response;
+    return stub.Echo(&ctx, request, &response);
+  };
+  // Premise: a gRPC client and server take such a value between themselves.
+  grpc::ClientContext direct_ctx;
+  grpc::Status direct = call(*direct_demo_, direct_ctx);
+  ASSERT_TRUE(direct.ok()) << direct.error_message();
+  ASSERT_EQ(Value(direct_ctx.GetServerInitialMetadata(), "x-padded"), padded);
+
+  grpc::ClientContext ctx;
+  grpc::Status status = call(*demo_, ctx);
+  ASSERT_TRUE(status.ok()) << status.error_code() << " "
+                           << status.error_message();
+  EXPECT_EQ(Value(ctx.GetServerInitialMetadata(), "x-padded"), padded);
+  EXPECT_EQ(Value(ctx.GetServerTrailingMetadata(), "t-x-padded"), padded);
+}
+
+TEST_F(ProxyTest, ALocalAnswerQuotingAHugePathIsCutAndEndsTheCall) {
+  // Unknown methods are answered UNIMPLEMENTED quoting the :path. 15000 "é"
+  // (30 KB) percent-encode to 90 KB, a header block nghttp2 will not send;
+  // 60 KB of ASCII fits its send limit but not most clients' header limits.
+  for (const std::string& method : {std::string(60000, 'a'), [] {
+                                      std::string s;
+                                      for (int i = 0; i < 15000; ++i)
+                                        s += "\xc3\xa9";
+                                      return s;
+                                    }()}) {
+    const std::string path = "/bulwark.demo.v1.Nope/" + method;
+    const absl::Time start = absl::Now();
+    // An immediate answer takes milliseconds, even on a loaded machine.
+    absl::StatusOr<H2Result> result = RawH2Client::Request(
+        port_, GrpcRequestHeaders(port_, path, "application/grpc"),
+        GrpcFrame(EchoRequest()), absl::Seconds(2));
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+    ASSERT_EQ(result->header_blocks.size(), 1u)
+        << DescribeBlocks(result->header_blocks).substr(0, 500);
+    const H2HeaderBlock& block = result->header_blocks[0];
+    EXPECT_EQ(block.Get("grpc-status"), "12");
+    const std::string message = block.Get("grpc-message");
+    EXPECT_LE(message.size(), 2048u);
+    EXPECT_TRUE(absl::StartsWith(message, "no route for method /bulwark.demo"))
+        << message.substr(0, 100);
+    EXPECT_TRUE(absl::EndsWith(message, "...")) << message.substr(0, 100);
+    // Cut between characters: whole "%C3%A9" groups, then "...".
+    if (method[0] != 'a') {
+      EXPECT_TRUE(absl::EndsWith(message, "%C3%A9...")) << message;
+    }
+  }
+  ExpectServes("after a huge path");
+}
+
+TEST_F(ProxyTest, AnUpstreamHeaderListOverTheLimitEndsTheCallWithInternal) {
+  // 80 KB of fields, in the trailers-only answer or in the trailers after a
+  // message: over the 64 KiB the sidecar advertises to upstreams.
+  absl::StatusOr<std::unique_ptr<OversizedHeadersUpstream>> raw =
+      OversizedHeadersUpstream::Start(80000);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_NO_FATAL_FAILURE(StartSidecar({.raw_endpoint = (*raw)->address()}));
+  grpc::TemplatedGenericStub<EchoRequest, EchoResponse> generic(channel_);
+  for (const std::string method : {"BigHeaders", "BigTrailers"}) {
+    grpc::ClientContext ctx;
+    SetTimeout(ctx, absl::Seconds(10));
+    EchoRequest request;
+    request.set_payload(method);
+    EchoResponse response;
+    absl::Notification done;
+    grpc::Status status;
+    const absl::Time start = absl::Now();
+    generic.UnaryCall(&ctx, "/bulwark.test.Raw/" + method, grpc::StubOptions(),
+                      &request, &response, [&](grpc::Status s) {
+                        status = std::move(s);
+                        done.Notify();
+                      });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(kRpcTimeout));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL)
+        << method << ": " << status.error_message();
+    EXPECT_EQ(status.error_message(),
+              "response header list exceeds 65536 bytes")
+        << method;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5)) << method;
+  }
+  EXPECT_EQ((*raw)->answered(), 2);
+  ExpectServes("after oversized upstream header lists");
 }
 
 }  // namespace

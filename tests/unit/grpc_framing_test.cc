@@ -323,6 +323,49 @@ TEST(PercentEncodeTest, EncodesControlCharacters) {
 // HTTP status and HTTP/2 error code mapping (gRPC's
 // http-grpc-status-mapping.md and PROTOCOL-HTTP2.md).
 
+TEST(TruncateGrpcMessageTest, LeavesAMessageThatFitsUnchanged) {
+  EXPECT_EQ(TruncateGrpcMessage("", 16), "");
+  EXPECT_EQ(TruncateGrpcMessage("exactly 16 bytes", 16), "exactly 16 bytes");
+}
+
+TEST(TruncateGrpcMessageTest, CutsALongMessageAndMarksTheCut) {
+  const std::string message(10000, 'a');
+  const std::string cut = TruncateGrpcMessage(message, kMaxLocalMessageBytes);
+  EXPECT_EQ(cut.size(), kMaxLocalMessageBytes);
+  EXPECT_EQ(cut, std::string(kMaxLocalMessageBytes - 3, 'a') + "...");
+}
+
+TEST(TruncateGrpcMessageTest, BoundsTheEncodedLengthNotTheRawOne) {
+  // '%' takes three bytes on the wire: 2048 of them would be 6 KiB.
+  const std::string message(5000, '%');
+  const std::string cut = TruncateGrpcMessage(message, kMaxLocalMessageBytes);
+  EXPECT_LE(PercentEncode(cut).size(), kMaxLocalMessageBytes);
+  EXPECT_GE(PercentEncode(cut).size(), kMaxLocalMessageBytes - 5);
+  EXPECT_EQ(cut.substr(cut.size() - 3), "...");
+}
+
+TEST(TruncateGrpcMessageTest, NeverCutsInsideAUtf8Character) {
+  // "é" is two bytes (C3 A9, six on the wire), "€" three (E2 82 AC), "😀"
+  // four (F0 9F 98 80): whatever the budget, the kept prefix is whole
+  // characters.
+  for (const std::string ch :
+       {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"}) {
+    std::string message = "x";
+    while (message.size() < 300) message += ch;
+    for (size_t max = 4; max < 100; ++max) {
+      const std::string cut = TruncateGrpcMessage(message, max);
+      ASSERT_GE(cut.size(), 3u);
+      ASSERT_EQ(cut.substr(cut.size() - 3), "...");
+      const std::string kept = cut.substr(0, cut.size() - 3);
+      EXPECT_LE(PercentEncode(cut).size(), max);
+      ASSERT_FALSE(kept.empty());
+      EXPECT_EQ((kept.size() - 1) % ch.size(), 0u)
+          << "cut inside a character at " << kept.size() << " (max " << max
+          << ")";
+    }
+  }
+}
+
 TEST(GrpcCodeFromHttpStatusTest, MapsTheStatusesTheGrpcSpecNames) {
   EXPECT_EQ(GrpcCodeFromHttpStatus(400), kInternal);
   EXPECT_EQ(GrpcCodeFromHttpStatus(401), kUnauthenticated);
