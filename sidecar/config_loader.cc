@@ -1236,15 +1236,13 @@ class ConfigValidator {
       }
       return;
     }
+    // A broad route coalesces the unary methods descriptor_sets know; its
+    // streaming and unknown methods pass untouched (SPEC section 2).
     bool matches_unary = false;
-    bool matches_streaming = false;
     for (const std::string& path : out_.unary_methods) {
       matches_unary = matches_unary || RouteMatchesPath(match, path);
     }
-    for (const std::string& path : out_.streaming_methods) {
-      matches_streaming = matches_streaming || RouteMatchesPath(match, path);
-    }
-    if (!matches_unary || matches_streaming) {
+    if (!matches_unary) {
       errors_.AddError(
           "singleflight needs a route that matches one exact method "
           "(service + method) or methods known unary from descriptor_sets");

@@ -5,6 +5,7 @@
 // coalesced, parked, and what the breaker and the metrics counted.
 #include "sidecar/chain/chain.h"
 
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
@@ -291,8 +292,9 @@ class ChainTest : public ::testing::Test {
   void Build(absl::string_view policies,
              absl::string_view match =
                  "{service: shop.v1.Orders, method: "
-                 "GetOrder}") {
-    const std::string yaml = absl::StrCat(R"(
+                 "GetOrder}",
+             absl::string_view top_level = "") {
+    const std::string yaml = absl::StrCat(top_level, R"(
 clusters:
   - name: c
     endpoints: ["127.0.0.1:1"]
@@ -707,6 +709,31 @@ TEST_F(ChainTest, RequestOverMaxRequestBytesIsNeverHeld) {
   call.SendRequest("longer than four");
   EXPECT_EQ(call.decision(), FakeCall::Decision::kForwarded);
   EXPECT_EQ(UpstreamCalls(), 0u);
+}
+
+TEST_F(ChainTest, BroadRouteCoalescesUnaryMethodsAndPassesStreamsUntouched) {
+  const char* dir = std::getenv("BULWARK_BINARY_DIR");
+  Build(R"(    singleflight: {}
+)",
+        "{service: bulwark.demo.v1.Demo}",
+        absl::StrCat("descriptor_sets: [\"",
+                     dir != nullptr ? dir : BULWARK_BUILD_DIR,
+                     "/proto/demo_descriptor_set.pb\"]\n"));
+  const net::HeaderList grpc = {{"content-type", "application/grpc"}};
+  FakeCall& stream =
+      Call(grpc, absl::InfiniteDuration(), "/bulwark.demo.v1.Demo/Bidi");
+  EXPECT_FALSE(stream.collecting());
+  EXPECT_EQ(stream.decision(), FakeCall::Decision::kForwarded);
+  FakeCall& unknown = Call(grpc, absl::InfiniteDuration(),
+                           "/bulwark.demo.v1.Demo/NotInTheDescriptors");
+  EXPECT_EQ(unknown.decision(), FakeCall::Decision::kForwarded);
+  FakeCall& a =
+      Call(grpc, absl::InfiniteDuration(), "/bulwark.demo.v1.Demo/Echo");
+  a.SendRequest("q");
+  FakeCall& b =
+      Call(grpc, absl::InfiniteDuration(), "/bulwark.demo.v1.Demo/Echo");
+  b.SendRequest("q");
+  EXPECT_EQ(UpstreamCalls(), 1u);
 }
 
 TEST_F(ChainTest, FollowerTakesNoSlot) {

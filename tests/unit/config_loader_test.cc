@@ -1159,8 +1159,8 @@ routes:
     singleflight: {}
 )yaml"))),
             absl::StrCat(
-                "test.yaml: routes[2].singleflight.enabled: ",
-                kSingleflightNeedsExactMethod, "\n",
+                // routes[2] (Demo: unary Echo and three streaming
+                // methods) is valid: Echo is coalesced, the streams pass.
                 "test.yaml: routes[3].singleflight.enabled: ",
                 kSingleflightNeedsExactMethod, "\n",
                 "test.yaml: routes[4].singleflight.enabled: "
