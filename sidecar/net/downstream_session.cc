@@ -347,6 +347,7 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
   upstream_ = conn;
   upstream_stream_id_ = id;
   upstream_start_ = worker().clock().Now();
+  forwarded_to_ = &upstream;
   result_.forwarded = true;
   conn->MarkDirty();
 }
@@ -428,6 +429,16 @@ bool DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
   if (request_body_.size() < length) return false;
   if (length == 0) return true;
   request_body_.MoveTo(length, out);
+  // Kept, while small and unanswered, to send again if the upstream refuses
+  // the stream unseen.
+  if (replayable_) {
+    if (replay_.size() + length <= kReplayBytes && !response_headers_done_) {
+      replay_.append(out, out.size() - length, length);
+    } else {
+      replayable_ = false;
+      std::string().swap(replay_);
+    }
+  }
   // Only now the client may send more: end-to-end flow control.
   const size_t preconsumed = std::min(length, request_preconsumed_);
   request_preconsumed_ -= preconsumed;
@@ -695,13 +706,30 @@ void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
   upstream_ = nullptr;
   upstream_stream_id_ = -1;
   if (response_ended_ || response_state_ == ResponseState::kFinished) return;
+  const bool refused =
+      error_code == NGHTTP2_REFUSED_STREAM && !response_headers_done_;
+  if (refused && replayable_ && !resent_ && forwarded_to_ != nullptr &&
+      response_state_ == ResponseState::kNone) {
+    // Refused unseen (REFUSED_STREAM, or above the last id of a GOAWAY): send
+    // it once more, on a fresh connection if this one is going away. The
+    // bytes sent before were consumed downstream already.
+    resent_ = true;
+    std::string rest = request_body_.Take();
+    request_body_.Append(reinterpret_cast<const uint8_t*>(replay_.data()),
+                         replay_.size());
+    request_body_.Append(reinterpret_cast<const uint8_t*>(rest.data()),
+                         rest.size());
+    request_preconsumed_ += replay_.size();
+    std::string().swap(replay_);
+    request_deferred_ = false;
+    Forward(*forwarded_to_);
+    return;
+  }
   // Reset by the upstream before the response ended: pass the reset on to the
   // client. Refused unseen (REFUSED_STREAM before any response): not the
   // endpoint's failure.
-  result_.ending =
-      error_code == NGHTTP2_REFUSED_STREAM && !response_headers_done_
-          ? CallResult::Ending::kUpstreamRefused
-          : CallResult::Ending::kUpstreamReset;
+  result_.ending = refused ? CallResult::Ending::kUpstreamRefused
+                          : CallResult::Ending::kUpstreamReset;
   result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
   response_ended_ = true;
   response_state_ = ResponseState::kFinished;

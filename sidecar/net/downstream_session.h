@@ -126,6 +126,13 @@ class DownstreamStream final : public Call, public UpstreamPeer {
       0;  // bytes received and not yet consumed downstream
 
   // Upstream pairing.
+  // A refused stream is sent again once if its request bytes sent so far fit
+  // in kReplayBytes (kept in replay_ until the response begins).
+  static constexpr size_t kReplayBytes = 4096;
+  const UpstreamAddress* forwarded_to_ = nullptr;  // the snapshot's, kept by the call
+  std::string replay_;
+  bool replayable_ = true;
+  bool resent_ = false;
   UpstreamConnection* upstream_ = nullptr;
   int32_t upstream_stream_id_ = -1;
   absl::Time upstream_start_;

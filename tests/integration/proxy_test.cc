@@ -463,6 +463,7 @@ class OversizedHeadersUpstream {
 
   std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
   int answered() const { return answered_.load(); }
+  int refused() const { return refused_.load(); }
 
  private:
   struct Connection {
@@ -523,7 +524,21 @@ class OversizedHeadersUpstream {
     const std::string& path = conn->paths[frame->hd.stream_id];
     static const std::vector<std::pair<std::string, std::string>> kHeaders = {
         {":status", "200"}, {"content-type", "application/grpc"}};
-    if (absl::EndsWith(path, "/BigTrailers")) {
+    if (absl::EndsWith(path, "/RefuseOnce") &&
+        conn->owner->refused_.fetch_add(1) == 0) {
+      // Refused unseen, as a server over its stream limit does.
+      nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                NGHTTP2_REFUSED_STREAM);
+      return 0;
+    }
+    if (absl::EndsWith(path, "/RefuseOnce")) {
+      const std::vector<nghttp2_nv> nv = self.Block(kHeaders, false);
+      nghttp2_data_provider provider{};
+      provider.source.ptr = conn;
+      provider.read_callback = &ReadSmallBody;
+      nghttp2_submit_response(session, frame->hd.stream_id, nv.data(),
+                              nv.size(), &provider);
+    } else if (absl::EndsWith(path, "/BigTrailers")) {
       const std::vector<nghttp2_nv> nv = self.Block(kHeaders, false);
       nghttp2_data_provider provider{};
       provider.source.ptr = conn;
@@ -553,6 +568,20 @@ class OversizedHeadersUpstream {
         {"grpc-status", "0"}};
     const std::vector<nghttp2_nv> nv = conn->owner->Block(status, true);
     nghttp2_submit_trailer(session, stream_id, nv.data(), nv.size());
+    return 5;
+  }
+
+  // One empty gRPC message and grpc-status 0.
+  static ssize_t ReadSmallBody(nghttp2_session* session, int32_t stream_id,
+                               uint8_t* buf, size_t length,
+                               uint32_t* data_flags, nghttp2_data_source*,
+                               void*) {
+    if (length < 5) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    std::memset(buf, 0, 5);
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    static const std::string kStatus = "grpc-status", kOk = "0";
+    const nghttp2_nv nv[] = {Nv(kStatus, kOk)};
+    nghttp2_submit_trailer(session, stream_id, nv, 1);
     return 5;
   }
 
@@ -622,6 +651,7 @@ class OversizedHeadersUpstream {
   std::vector<std::pair<std::string, std::string>> filler_;
   std::atomic<bool> stop_{false};
   std::atomic<int> answered_{0};
+  std::atomic<int> refused_{0};
   std::thread thread_;
 };
 
@@ -1639,6 +1669,33 @@ TEST_F(ProxyTest, AnUpstreamHeaderListOverTheLimitEndsTheCallWithInternal) {
   }
   EXPECT_EQ((*raw)->answered(), 2);
   ExpectServes("after oversized upstream header lists");
+}
+
+TEST_F(ProxyTest, AStreamTheUpstreamRefusedUnseenIsSentAgain) {
+  // SPEC section 3: REFUSED_STREAM (or a stream above a GOAWAY's last id) is
+  // not a failure; the call is sent once more and answered.
+  absl::StatusOr<std::unique_ptr<OversizedHeadersUpstream>> raw =
+      OversizedHeadersUpstream::Start(0);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_NO_FATAL_FAILURE(StartSidecar({.raw_endpoint = (*raw)->address()}));
+  grpc::TemplatedGenericStub<EchoRequest, EchoResponse> generic(channel_);
+  grpc::ClientContext ctx;
+  SetTimeout(ctx, absl::Seconds(10));
+  EchoRequest request;
+  request.set_payload("again");
+  EchoResponse response;
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/bulwark.test.Raw/RefuseOnce", grpc::StubOptions(),
+                    &request, &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kRpcTimeout));
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": "
+                           << status.error_message();
+  EXPECT_EQ((*raw)->refused(), 2);  // the first refused, the second answered
+  EXPECT_EQ((*raw)->answered(), 1);
 }
 
 }  // namespace
