@@ -4,6 +4,8 @@
 #
 #   BUILD_DIR=build bench/profile.sh [PAYLOAD_BYTES] [CALLS] [bulwark|bulwark-policies|nghttpx]
 #                                    (defaults 100, 5000, bulwark)
+#   SIDECAR_BINARY=path/to/bulwark   profiles that sidecar binary instead of BUILD_DIR's (an
+#                                    older build, to compare before and after a change)
 #
 # bulwark-policies is bench/peers/bulwark-policies.yaml (every policy, singleflight in shadow).
 # Starts the demo upstream, then runs the proxy (one worker, configs from bench/peers/) under
@@ -75,7 +77,7 @@ s = open(p).read().replace("listener:\n", "listener:\n  max_message_bytes: 16777
 open(p, "w").write(s)
 EOF
     valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$n.%p" \
-      "$BUILD_DIR/sidecar/bulwark" --config "$tmp/proxy.yaml" >"$tmp/proxy.$n.log" 2>&1 &
+      "${SIDECAR_BINARY:-$BUILD_DIR/sidecar/bulwark}" --config "$tmp/proxy.yaml" >"$tmp/proxy.$n.log" 2>&1 &
   else
     sed -e "s/\${PORT}/$port/; s/\${UPSTREAM_PORT}/$upstream/; s|\${TMP}|$tmp|g" \
       bench/peers/nghttpx.conf >"$tmp/proxy.conf"

@@ -46,8 +46,9 @@ class MonotonicClock final : public Clock {
   absl::Time Now() override {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return absl::UnixEpoch() + absl::Seconds(ts.tv_sec) +
-           absl::Nanoseconds(ts.tv_nsec);
+    // One conversion (absl's Duration additions normalize on every step).
+    return absl::FromUnixNanos(int64_t{ts.tv_sec} * 1'000'000'000 +
+                               ts.tv_nsec);
   }
   static MonotonicClock& Get() {
     static MonotonicClock clock;

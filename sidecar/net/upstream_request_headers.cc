@@ -8,19 +8,27 @@ namespace bulwark::net {
 UpstreamRequestHeaders::UpstreamRequestHeaders(
     std::string_view path, const HeaderList& headers,
     std::string_view authority_fallback, absl::Duration remaining, bool tls) {
+  using std::string_view_literals::operator""sv;
   nv_.reserve(headers.size() + 7);
   nv_.push_back(MakeNv(":method", "POST"));
   nv_.push_back(MakeNv(":scheme", tls ? "https" : "http"));
   nv_.push_back(MakeNv(":path", path));
-  std::string_view authority = FindHeader(headers, ":authority");
-  nv_.push_back(
-      MakeNv(":authority", authority.empty() ? authority_fallback : authority));
+  nv_.push_back(MakeNv(":authority", authority_fallback));  // or the client's
+  // One pass, names compared by length first (this runs for every call).
   bool have_te = false;
   bool have_content_type = false;
   for (const auto& [name, value] : headers) {
-    if (name.empty() || name[0] == ':' || name == "grpc-timeout") continue;
-    have_te |= name == "te";
-    have_content_type |= name == "content-type";
+    if (name.empty()) continue;
+    if (name[0] == ':') {
+      if (name == ":authority"sv && !value.empty()) nv_[3] = MakeNv(name, value);
+      continue;
+    }
+    if (name.size() == 12) {
+      if (name == "grpc-timeout"sv) continue;
+      have_content_type |= name == "content-type"sv;
+    } else if (name.size() == 2) {
+      have_te |= name == "te"sv;
+    }
     nv_.push_back(MakeNv(name, value));
   }
   if (!have_content_type) {
