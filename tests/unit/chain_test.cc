@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
 #include "policies/clock.h"
 #include "sidecar/config_loader.h"
@@ -309,7 +310,7 @@ routes:
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     auto snapshot = BuildSnapshot(
         std::move(*loaded), nullptr,
-        {.metrics = metrics_, .dns = dns_, .clock = executor_.clock()});
+        {.metrics = metrics(), .dns = dns_, .clock = executor_.clock()});
     ASSERT_TRUE(snapshot.ok()) << snapshot.status();
     snapshot_ = *snapshot;
     handler_ = std::make_unique<ProxyHandler>(executor_, snapshot_);
@@ -329,14 +330,17 @@ routes:
   }
 
   const Route& route() const { return *snapshot_->routes->routes()[0]; }
-  RouteMetrics& metrics() { return *metrics_.ForRoute("r"); }
+  Metrics& metrics() {
+    return metrics_holder_.empty() ? metrics_ : *metrics_holder_.back();
+  }
+  RouteMetrics& route_metrics() { return *metrics().ForRoute("r"); }
   double Rejections(RejectReason reason) {
-    return metrics().Rejections(reason).Value();
+    return route_metrics().Rejections(reason).Value();
   }
   double Shadow(RejectReason reason) {
-    return metrics().ShadowRejections(reason).Value();
+    return route_metrics().ShadowRejections(reason).Value();
   }
-  double Requests(int code) { return metrics().Requests(code).Value(); }
+  double Requests(int code) { return route_metrics().Requests(code).Value(); }
   CircuitBreaker::State BreakerState() {
     return route().breaker->breaker().SnapshotApprox().state;
   }
@@ -344,6 +348,7 @@ routes:
   size_t UpstreamCalls() const { return executor_.upstream().size(); }
 
   Metrics metrics_{"test"};
+  std::vector<std::unique_ptr<Metrics>> metrics_holder_;  // one per Build
   NoResolver resolver_;
   DnsCache dns_{resolver_};
   FakeExecutor executor_;
@@ -745,9 +750,10 @@ TEST_F(ChainTest, FollowerTakesNoSlot) {
   follower.SendRequest("q");
   EXPECT_EQ(follower.decision(), FakeCall::Decision::kNone);  // waiting
   EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 1u);
-  EXPECT_EQ(
-      metrics().Singleflight(RouteMetrics::SingleflightRole::kFollower).Value(),
-      1);
+  EXPECT_EQ(route_metrics()
+                .Singleflight(RouteMetrics::SingleflightRole::kFollower)
+                .Value(),
+            1);
 }
 
 // --- shadow is honest -------------------------------------------------------
@@ -815,6 +821,85 @@ TEST_F(ChainTest, ShadowSingleflightSendsEveryCallOnItsOwnStream) {
   FakeCall& c = Call();
   c.SendRequest("q");
   EXPECT_EQ(Shadow(RejectReason::kCoalesced), 1);
+}
+
+// --- every policy combination, shadow and enforcing -----------------------
+
+// Each policy absent, enforcing or in shadow (81 routes). Three identical
+// calls and one other: one parks or follows, one is answered, one leaves;
+// whatever each combination decides, every call ends, every slot, waiter,
+// flight and ticket is given back, and the counts add up.
+TEST_F(ChainTest, EveryPolicyCombinationReleasesEverythingItHolds) {
+  const char* kBlocks[] = {
+      "    rate_limit: {requests_per_second: 1, burst: 3%s}\n",
+      "    circuit_breaker: {consecutive_failures: 1%s}\n",
+      "    singleflight: {%s}\n",
+      "    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: "
+      "50ms%s}\n",
+  };
+  for (int combo = 0; combo < 81; ++combo) {
+    std::string policies;
+    int mode = combo;
+    for (const char* block : kBlocks) {
+      const int m = mode % 3;  // 0 absent, 1 enforcing, 2 shadow
+      mode /= 3;
+      if (m == 0) continue;
+      const bool braces_only =
+          std::string_view(block).find("{%s}") != std::string_view::npos;
+      const std::string shadow =
+          m == 2 ? (braces_only ? "shadow: true" : ", shadow: true") : "";
+      policies += absl::StrReplaceAll(block, {{"%s", shadow}});
+    }
+    SCOPED_TRACE(policies);
+    calls_.clear();
+    metrics_holder_.push_back(std::make_unique<Metrics>("test"));
+    Build(policies);
+    if (HasFatalFailure()) return;
+    const size_t base = UpstreamCalls();
+    std::vector<FakeCall*> calls;
+    for (int i = 0; i < 4; ++i) {
+      FakeCall& call = Call();
+      if (call.collecting()) call.SendRequest(i < 3 ? "same" : "other");
+      calls.push_back(&call);
+    }
+    // The first upstream call fails; the others answer OK.
+    for (size_t i = base; i < UpstreamCalls(); ++i) {
+      if (!Upstream(i).finished && !Upstream(i).cancelled) {
+        executor_.Finish(Upstream(i), Answered(i == base ? 14 : 0));
+      }
+    }
+    calls[2]->Close(Ended(Ending::kClientCancelled, 1, false));
+    executor_.AdvanceBy(absl::Milliseconds(50));
+    for (size_t i = base; i < UpstreamCalls(); ++i) {
+      if (!Upstream(i).finished && !Upstream(i).cancelled) {
+        executor_.Finish(Upstream(i), Answered(0));
+      }
+    }
+    for (FakeCall* call : calls) {
+      if (!call->closed()) call->CloseAnswered();
+    }
+    executor_.AdvanceBy(absl::Seconds(1));
+    EXPECT_EQ(handler_->FlightsRunning(), 0u);
+    EXPECT_EQ(route().state->active_calls.load(), 0);
+    if (route().concurrency != nullptr) {
+      EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+      EXPECT_EQ(route().concurrency->limiter().QueuedApprox(), 0u);
+    }
+    if (route().singleflight != nullptr) {
+      EXPECT_EQ(route().singleflight->flights().FlightsOpenApprox(), 0u);
+      EXPECT_EQ(route().singleflight->flights().FollowersWaitingApprox(), 0u);
+    }
+    if (route().breaker != nullptr) {
+      EXPECT_EQ(route()
+                    .breaker->breaker()
+                    .SnapshotApprox()
+                    .half_open_probes_in_flight,
+                0);
+    }
+    double requests = 0;
+    for (int code = 0; code < 17; ++code) requests += Requests(code);
+    EXPECT_EQ(requests, 4);
+  }
 }
 
 // --- /routes ---------------------------------------------------------------
