@@ -68,6 +68,12 @@ HttpServer::Response Route(AdminServer::Providers& providers,
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Create(
     std::string_view address, Providers providers) {
+  return Create(address, std::move(providers), HttpServer::Options());
+}
+
+absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Create(
+    std::string_view address, Providers providers,
+    const HttpServer::Options& options) {
   if (!providers.metrics || !providers.readiness || !providers.config_json ||
       !providers.routes_json) {
     return absl::InvalidArgumentError(
@@ -79,7 +85,7 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Create(
                      std::string_view method, std::string_view path) mutable {
     return Route(providers, method, path);
   };
-  if (auto server = HttpServer::Create(address, std::move(handler));
+  if (auto server = HttpServer::Create(address, std::move(handler), options);
       server.ok()) {
     return std::unique_ptr<AdminServer>(new AdminServer(*std::move(server)));
   } else {

@@ -10,6 +10,8 @@
 // called from any other thread.
 //
 // Cost: one thread; per request, one provider call plus one copy of its answer.
+// Bounds (HttpServer::Options): a request must arrive whole within 10 s, at
+// most 256 admin connections at once.
 #ifndef BULWARK_SIDECAR_ADMIN_SERVER_H_
 #define BULWARK_SIDECAR_ADMIN_SERVER_H_
 
@@ -53,12 +55,19 @@ class AdminServer {
   // be bound.
   static absl::StatusOr<std::unique_ptr<AdminServer>> Create(
       std::string_view address, Providers providers);
+  // The same with the HTTP server's limits (request timeout, connection cap)
+  // given, e.g. shorter ones in tests.
+  static absl::StatusOr<std::unique_ptr<AdminServer>> Create(
+      std::string_view address, Providers providers,
+      const HttpServer::Options& options);
 
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
   // The port actually bound.
   uint16_t port() const { return server_->port(); }
+  // Admin connections open now (a racy snapshot).
+  int ConnectionsApprox() const { return server_->ConnectionsApprox(); }
 
   // Stops serving and joins the admin thread; prompt, idempotent. Providers are
   // not called after it returns.

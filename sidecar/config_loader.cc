@@ -639,6 +639,12 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
   if (!listener.has_max_concurrent_streams()) {
     listener.set_max_concurrent_streams(1000);
   }
+  if (!listener.has_handshake_timeout()) {
+    *listener.mutable_handshake_timeout() = ToProtoDuration(absl::Seconds(10));
+  }
+  if (!listener.has_idle_timeout()) {
+    *listener.mutable_idle_timeout() = ToProtoDuration(absl::Hours(1));
+  }
   cfg::Admin& admin = *config.mutable_admin();
   if (!presence.Has(admin, "address")) admin.set_address("0.0.0.0:15001");
   if (!config.has_drain_timeout()) {
@@ -876,6 +882,11 @@ class ConfigValidator {
       }
       CheckBetween(errors_, "max_concurrent_streams",
                    listener.max_concurrent_streams(), 1, kMaxConcurrentStreams);
+      CheckDurationBetween(errors_, "handshake_timeout",
+                           listener.handshake_timeout(),
+                           absl::Milliseconds(100), absl::Hours(1));
+      CheckDurationBetween(errors_, "idle_timeout", listener.idle_timeout(),
+                           absl::Seconds(1), absl::Hours(24));
       if (listener.has_tls()) {
         Field t(&errors_, ".tls");
         cfg::ListenerTls& tls = *listener.mutable_tls();
@@ -1548,7 +1559,11 @@ std::string SummarizeConfig(const LoadedConfig& loaded) {
           ? (listener.tls().client_ca_file().empty() ? " (tls)" : " (mtls)")
           : " (h2c)",
       ", max_message_bytes ", listener.max_message_bytes(),
-      ", max_concurrent_streams ", listener.max_concurrent_streams()));
+      ", max_concurrent_streams ", listener.max_concurrent_streams(),
+      ", handshake_timeout ",
+      FormatDurationForHumans(ToAbslDuration(listener.handshake_timeout())),
+      ", idle_timeout ",
+      FormatDurationForHumans(ToAbslDuration(listener.idle_timeout()))));
   lines.push_back(absl::StrCat("admin: ", config.admin().address()));
   lines.push_back(absl::StrCat(
       "workers: ", config.workers(),

@@ -2,8 +2,12 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -52,6 +56,66 @@ std::vector<DnsRefresher::Name> DnsNames(const Snapshot& snapshot) {
     }
   }
   return names;
+}
+
+// Raises the soft limit on file descriptors to the hard one (SPEC section 11):
+// every client, upstream and admin connection is one. Returns the soft limit
+// now in force; logs it once.
+uint64_t RaiseFileDescriptorLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    Log(LogLevel::kWarning, "file descriptors: getrlimit failed: %s",
+        std::strerror(errno));
+    return 1024;
+  }
+  const uint64_t before = limit.rlim_cur;
+  // Linux caps the hard limit at fs.nr_open; "unlimited" is not a number to
+  // ask for.
+  const rlim_t target =
+      limit.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : limit.rlim_max;
+  if (limit.rlim_cur < target) {
+    rlimit raised = limit;
+    raised.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      limit = raised;
+    } else {
+      Log(LogLevel::kWarning,
+          "file descriptors: cannot raise the soft limit %d to %d: %s", before,
+          static_cast<uint64_t>(target), std::strerror(errno));
+    }
+  }
+  if (limit.rlim_cur != before) {
+    Log(LogLevel::kInfo,
+        "file descriptors: soft limit raised from %d to %d (the hard limit)",
+        before, static_cast<uint64_t>(limit.rlim_cur));
+  } else {
+    Log(LogLevel::kInfo, "file descriptors: limit %d (soft = hard)", before);
+  }
+  return limit.rlim_cur;
+}
+
+// Most client connections a worker holds (WorkerOptions::max_connections):
+// what the fd limit leaves after a reserve for the rest of the process (its
+// own files, logs and event loops; per worker a listener and one upstream
+// connection per endpoint and some spare; the health checks; the admin port's
+// 256 connections), shared by the workers. The reserve takes at most half of
+// a small limit; at most 10 000 per worker whatever the limit (each idle
+// connection costs memory too). At the cap, new connections are closed at
+// accept; should the process still run out of fds, the listeners pause
+// (net::AcceptPause).
+constexpr uint32_t kMaxConnectionsPerWorker = 10000;
+struct ConnectionCap {
+  uint32_t per_worker;
+  uint64_t reserve;
+};
+ConnectionCap ConnectionsPerWorker(uint64_t fd_limit, uint32_t workers,
+                                   uint64_t endpoints) {
+  const uint64_t wanted = 64 + 256 + workers * (8 + endpoints) + endpoints;
+  const uint64_t reserve = std::min(wanted, fd_limit / 2);
+  const uint64_t per_worker = (fd_limit - reserve) / std::max(1u, workers);
+  return {.per_worker = static_cast<uint32_t>(
+              std::clamp<uint64_t>(per_worker, 1, kMaxConnectionsPerWorker)),
+          .reserve = reserve};
 }
 
 }  // namespace
@@ -116,11 +180,24 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
   } else {
     tls = *std::move(built);
   }
+  const uint64_t fd_limit = RaiseFileDescriptorLimit();
+  uint64_t endpoints = 0;
+  for (const auto& cluster : (*snapshot)->cluster_list) {
+    endpoints += cluster->endpoints().size();
+  }
+  const ConnectionCap cap = ConnectionsPerWorker(fd_limit, workers, endpoints);
+  Log(LogLevel::kInfo,
+      "accepting up to %d client connections per worker (%d workers; fd limit "
+      "%d, %d kept for upstreams, files and the admin port)",
+      cap.per_worker, workers, fd_limit, cap.reserve);
   net::WorkerOptions options{
       .listen_host = listen->host,
       .listen_port = listen->port,
       .max_message_bytes = proto.listener().max_message_bytes(),
       .max_concurrent_streams = proto.listener().max_concurrent_streams(),
+      .max_connections = cap.per_worker,
+      .handshake_timeout = ToAbslDuration(proto.listener().handshake_timeout()),
+      .idle_timeout = ToAbslDuration(proto.listener().idle_timeout()),
       .tls = tls,
   };
   for (uint32_t i = 0; i < workers; ++i) {
@@ -246,7 +323,11 @@ void Sidecar::Reload(std::string_view why) {
       now_cfg.listener().max_message_bytes() !=
           old_cfg.listener().max_message_bytes() ||
       now_cfg.listener().max_concurrent_streams() !=
-          old_cfg.listener().max_concurrent_streams()) {
+          old_cfg.listener().max_concurrent_streams() ||
+      ToAbslDuration(now_cfg.listener().handshake_timeout()) !=
+          ToAbslDuration(old_cfg.listener().handshake_timeout()) ||
+      ToAbslDuration(now_cfg.listener().idle_timeout()) !=
+          ToAbslDuration(old_cfg.listener().idle_timeout())) {
     fail("listener, admin and workers settings need a restart");
     return;
   }

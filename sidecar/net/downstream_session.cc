@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "sidecar/log.h"
 #include "sidecar/net/header_util.h"
 #include "sidecar/net/local_answer.h"
 #include "sidecar/net/upstream_request_headers.h"
@@ -21,6 +22,11 @@ constexpr int kUnavailable = 14;
 // How far before its grpc-timeout deadline (as the sidecar counts it from the
 // headers' arrival) a client's reset still counts as its deadline firing.
 constexpr absl::Duration kClientDeadlineSlack = absl::Milliseconds(5);
+// A client's reset this soon after the headers, before any answer, is
+// premature (Envoy's premature_reset_min_stream_lifetime): later ones are
+// cancellations of calls that held their stream slot a while, which
+// max_concurrent_streams already bounds.
+constexpr absl::Duration kPrematureResetWindow = absl::Seconds(1);
 
 DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
   return static_cast<DownstreamStream*>(
@@ -33,8 +39,11 @@ DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
 struct DownstreamCallbacks {
   static int OnBeginHeaders(nghttp2_session* session,
                             const nghttp2_frame* frame, void* user_data) {
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+      if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+        stream->BeginRequestTrailers();
+      }
       return 0;
     }
     auto* self = static_cast<DownstreamSession*>(user_data);
@@ -52,18 +61,17 @@ struct DownstreamCallbacks {
   static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
                       const uint8_t* name, size_t namelen, const uint8_t* value,
                       size_t valuelen, uint8_t, void* user_data) {
-    if (frame->hd.type != NGHTTP2_HEADERS ||
-        frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
-      return 0;  // request trailers carry nothing gRPC uses
-    }
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
     if (stream == nullptr) return 0;
     auto* self = static_cast<DownstreamSession*>(user_data);
-    stream->AddRequestHeader(
-        std::string_view(reinterpret_cast<const char*>(name), namelen),
-        std::string_view(reinterpret_cast<const char*>(value), valuelen),
-        self->worker().options().max_header_list_bytes);
-    return 0;
+    const std::string_view n(reinterpret_cast<const char*>(name), namelen);
+    const std::string_view v(reinterpret_cast<const char*>(value), valuelen);
+    const uint32_t limit = self->worker().options().max_header_list_bytes;
+    const bool within = frame->headers.cat == NGHTTP2_HCAT_REQUEST
+                            ? stream->AddRequestHeader(n, v, limit)
+                            : stream->AddRequestTrailer(n, v, limit);
+    return within ? 0 : self->AbandonHeaderBlock(frame->hd.stream_id);
   }
 
   static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
@@ -86,6 +94,11 @@ struct DownstreamCallbacks {
                   StreamOf(session, frame->hd.stream_id)) {
             stream->OnRequestEnd();
           }
+        }
+        break;
+      case NGHTTP2_RST_STREAM:  // the stream closes right after this
+        if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+          stream->OnClientReset();
         }
         break;
       default:
@@ -112,8 +125,11 @@ struct DownstreamCallbacks {
                            uint32_t error_code, void* user_data) {
     auto* self = static_cast<DownstreamSession*>(user_data);
     if (DownstreamStream* stream = StreamOf(session, stream_id)) {
+      const bool forwarded = stream->forwarded();
+      const bool premature = stream->reset_prematurely();
       stream->OnDownstreamClosed(error_code);
       self->EraseStream(stream_id);
+      self->CountClosedStream(forwarded, premature);
     }
     return 0;
   }
@@ -124,7 +140,14 @@ struct DownstreamCallbacks {
   // itself, and a burst of such resets (a rejection storm) trips nghttp2's
   // rapid-reset protection, which closes the whole connection.
   static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
-                         void*) {
+                         void* user_data) {
+    if (frame->hd.type == NGHTTP2_SETTINGS &&
+        (frame->hd.flags & NGHTTP2_FLAG_ACK) != 0) {
+      // Acknowledges the client's SETTINGS, which nghttp2 takes only after
+      // the connection preface.
+      static_cast<DownstreamSession*>(user_data)->OnHandshakeDone();
+      return 0;
+    }
     if (frame->hd.type == NGHTTP2_HEADERS &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0 &&
         nghttp2_session_get_stream_remote_close(session, frame->hd.stream_id) ==
@@ -226,11 +249,11 @@ std::string_view DownstreamStream::header(std::string_view name) const {
 bool DownstreamStream::AddRequestHeader(std::string_view name,
                                         std::string_view value,
                                         uint32_t limit) {
+  // Each field counts as RFC 9113 counts SETTINGS_MAX_HEADER_LIST_SIZE. One
+  // field is at most 64 KiB (nghttp2's HPACK decoder), and the first past
+  // the limit ends the block, so the sum cannot wrap.
   header_bytes_ += static_cast<uint32_t>(name.size() + value.size() + 32);
-  if (header_bytes_ > limit) {
-    header_overflow_ = true;
-    return false;
-  }
+  if (header_bytes_ > limit) return false;
   if (!name.empty() && name[0] == ':') {
     if (name == ":path") {
       path_ = value;
@@ -246,16 +269,32 @@ bool DownstreamStream::AddRequestHeader(std::string_view name,
   return true;
 }
 
+bool DownstreamStream::AddRequestTrailer(std::string_view name,
+                                         std::string_view value,
+                                         uint32_t limit) {
+  header_bytes_ += static_cast<uint32_t>(name.size() + value.size() + 32);
+  return header_bytes_ <= limit;
+}
+
+void DownstreamStream::OnClientReset() {
+  if (response_state_ != ResponseState::kNone) return;  // an answer began
+  const absl::Time now = worker().clock().Now();
+  const absl::Duration lived = now - start_;
+  if (lived >= kPrematureResetWindow) return;
+  // Its deadline firing (as OnDownstreamClosed tells it) is no flood, if the
+  // stream lived at least the slack: a grpc-timeout of a few nanoseconds
+  // does not excuse a reset right after the headers.
+  if (client_deadline_ != absl::InfiniteFuture() &&
+      lived >= kClientDeadlineSlack &&
+      now >= client_deadline_ - kClientDeadlineSlack) {
+    return;
+  }
+  reset_prematurely_ = true;
+}
+
 void DownstreamStream::OnRequestHeadersDone(bool end_stream) {
   request_ended_ = end_stream;
   worker().RegisterCall(call_id_, this);
-  if (header_overflow_) {
-    RespondLocal({.grpc_code = kResourceExhausted,
-                  .message = absl::StrCat(
-                      "request header list exceeds ",
-                      worker().options().max_header_list_bytes, " bytes")});
-    return;
-  }
   if (method_ != "POST" ||
       !absl::StartsWith(content_type_, "application/grpc")) {
     RespondLocal(
@@ -294,7 +333,22 @@ void DownstreamStream::SetDeadline(absl::Time deadline) {
 }
 
 void DownstreamStream::OnDeadline() {
-  if (response_state_ == ResponseState::kFinished || response_ended_) return;
+  if (response_state_ == ResponseState::kFinished) return;
+  if (response_ended_) {
+    // The whole answer is here but the client has not taken it (it keeps its
+    // window shut): its deadline ends the call like any other, and what the
+    // sidecar held for it (a shared singleflight answer, queued bytes) goes.
+    if (shared_response_ == nullptr && response_body_.empty()) return;
+    shared_response_.reset();
+    response_body_.Clear();
+    response_state_ = ResponseState::kFinished;
+    result_.ending = CallResult::Ending::kDeadlineExceeded;
+    result_.grpc_code = kDeadlineExceeded;
+    nghttp2_submit_rst_stream(down(), NGHTTP2_FLAG_NONE, stream_id_,
+                              NGHTTP2_CANCEL);
+    session_.MarkDirty();
+    return;
+  }
   DetachUpstream(/*reset=*/true);
   response_body_.Clear();
   FinishWithStatus(kDeadlineExceeded, "deadline exceeded in the sidecar",
@@ -467,18 +521,15 @@ void DownstreamStream::OnResponseHeadersDone(bool end_stream) {
     OnResponseEnd();
     return;
   }
-  const std::string_view status = FindHeader(response_headers_, ":status");
-  if (!status.empty() &&
-      status[0] == '1') {  // informational: wait for the real headers
-    response_headers_.clear();
+  const ResponseHead head = ParseResponseHead(response_headers_);
+  if (head.kind == ResponseHead::Kind::kInformational) {
+    response_headers_.clear();  // wait for the real headers
     return;
   }
   response_headers_done_ = true;
-  if (status != "200") {
-    const int http_status = std::atoi(std::string(status).c_str());
+  if (head.kind == ResponseHead::Kind::kHttpError) {
     DetachUpstream(/*reset=*/!end_stream);
-    FinishWithStatus(GrpcCodeFromHttpStatus(http_status),
-                     "upstream answered HTTP status " + std::string(status),
+    FinishWithStatus(head.grpc_code, head.message,
                      CallResult::Ending::kUpstreamFailed);
     return;
   }
@@ -522,6 +573,9 @@ void DownstreamStream::OnResponseEnd() {
 }
 
 ssize_t DownstreamStream::ReadResponseBody(size_t length, uint32_t* flags) {
+  // Reset at its deadline while the client kept its window shut: nothing
+  // more to send (the RST_STREAM is queued).
+  if (response_state_ == ResponseState::kFinished) return NGHTTP2_ERR_DEFERRED;
   if (shared_response_ != nullptr) {
     const std::string& body = shared_response_->body;
     const size_t n = std::min(length, body.size() - shared_offset_);
@@ -800,7 +854,7 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
 DownstreamSession::DownstreamSession(Worker& worker, int fd)
     : H2Connection(worker, fd) {}
 
-DownstreamSession::~DownstreamSession() = default;
+DownstreamSession::~DownstreamSession() { CancelTimers(); }
 
 void DownstreamSession::Start() {
   nghttp2_option* option;
@@ -825,6 +879,59 @@ void DownstreamSession::Start() {
       static_cast<int32_t>(o.connection_window_bytes));
   StartReading();
   MarkDirty();
+  // Half-open and slowloris connections go: the preface and SETTINGS (and
+  // TLS) must arrive in time, and a connection left without streams gets
+  // GOAWAY.
+  handshake_timer_ = worker_.loop().AddTimer(o.handshake_timeout, [this] {
+    handshake_timer_ = 0;
+    Close("no connection preface and SETTINGS within handshake_timeout");
+  });
+  idle_since_ = worker_.clock().Now();
+  ArmIdleTimer(o.idle_timeout);
+}
+
+void DownstreamSession::OnHandshakeDone() {
+  if (handshake_timer_ == 0) return;
+  worker_.loop().CancelTimer(handshake_timer_);
+  handshake_timer_ = 0;
+}
+
+void DownstreamSession::CancelTimers() {
+  if (handshake_timer_ != 0) worker_.loop().CancelTimer(handshake_timer_);
+  if (idle_timer_ != 0) worker_.loop().CancelTimer(idle_timer_);
+  handshake_timer_ = 0;
+  idle_timer_ = 0;
+}
+
+void DownstreamSession::ArmIdleTimer(absl::Duration after) {
+  if (idle_timer_ != 0) worker_.loop().CancelTimer(idle_timer_);
+  idle_timer_ = worker_.loop().AddTimer(after, [this] {
+    idle_timer_ = 0;
+    OnIdleTimer();
+  });
+}
+
+void DownstreamSession::OnIdleTimer() {
+  if (closed()) return;
+  if (idle_goaway_sent_) {
+    Close("idle connection did not take its GOAWAY");
+    return;
+  }
+  const absl::Duration limit = worker_.options().idle_timeout;
+  // One timer per connection, not one per stream: it looks at the streams
+  // when it fires and sleeps again for what is left.
+  if (!streams_.empty()) {
+    ArmIdleTimer(limit);
+    return;
+  }
+  const absl::Duration idle = worker_.clock().Now() - idle_since_;
+  if (idle < limit) {
+    ArmIdleTimer(limit - idle);
+    return;
+  }
+  idle_goaway_sent_ = true;
+  Drain();
+  ArmIdleTimer(kIdleGoawayGrace);
 }
 
 void DownstreamSession::Drain() {
@@ -835,6 +942,47 @@ void DownstreamSession::Drain() {
   MarkDirty();
 }
 
+void DownstreamSession::CloseForAbuse(const char* why) {
+  // GOAWAY with the last stream id processed; nghttp2 ignores what else the
+  // client sends, and the flush closes the connection once the GOAWAY is out.
+  // Open streams end as cancelled (OnClosed).
+  nghttp2_session_terminate_session2(
+      session_, nghttp2_session_get_last_proc_stream_id(session_),
+      NGHTTP2_ENHANCE_YOUR_CALM);
+  // Debug only: a client reconnecting to do it again must not flood the log.
+  Log(LogLevel::kDebug, "client connection closed: %s", why);
+  MarkDirty();
+}
+
+int DownstreamSession::AbandonHeaderBlock(int32_t stream_id) {
+  // Past the limit, each further field would still be decoded, checked and
+  // counted: with HPACK references to a large table entry, a 1 KB block costs
+  // megabytes of that. Returning TEMPORAL_CALLBACK_FAILURE makes nghttp2 skip
+  // the callbacks and the field checks for the rest of the block (it still
+  // decodes it, cheaply, to keep the HPACK table in step) and reset the
+  // stream, which from then on can carry no answer. The reset says
+  // ENHANCE_YOUR_CALM, which gRPC clients report as RESOURCE_EXHAUSTED (a gRPC
+  // client never sends such a block: it checks the advertised limit itself).
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id,
+                            NGHTTP2_ENHANCE_YOUR_CALM);
+  if (++oversized_header_blocks_ >= kMaxOversizedHeaderBlocks) {
+    CloseForAbuse("header blocks over the header list limit");
+  }
+  MarkDirty();
+  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
+void DownstreamSession::CountClosedStream(bool forwarded, bool premature) {
+  if (!forwarded && !premature) return;
+  ++counted_streams_;
+  if (!premature) return;
+  ++premature_resets_;
+  if (counted_streams_ >= kPrematureResetMinStreams &&
+      premature_resets_ * 2 > counted_streams_) {
+    CloseForAbuse("most streams reset before their answer (rapid reset)");
+  }
+}
+
 DownstreamStream* DownstreamSession::FindStream(int32_t id) {
   auto it = streams_.find(id);
   return it == streams_.end() ? nullptr : it->second.get();
@@ -843,9 +991,11 @@ DownstreamStream* DownstreamSession::FindStream(int32_t id) {
 void DownstreamSession::EraseStream(int32_t id) {
   nghttp2_session_set_stream_user_data(session_, id, nullptr);
   streams_.erase(id);
+  if (streams_.empty()) idle_since_ = worker_.clock().Now();
 }
 
 void DownstreamSession::OnClosed(std::string_view) {
+  CancelTimers();
   // The client is gone: every open call ends as cancelled by the client.
   auto streams = std::move(streams_);
   streams_.clear();

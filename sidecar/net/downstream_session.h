@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
 #include "sidecar/net/grpc_framing.h"
 #include "sidecar/net/h2_connection.h"
 #include "sidecar/net/stream_handler.h"
@@ -52,9 +53,20 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   void ForwardHeld(const UpstreamAddress& upstream, std::string body) override;
 
   // --- downstream session events ---
-  // Returns false when the header list grew past the limit.
+  // Return false when the header list grew past the limit (the block is then
+  // abandoned: DownstreamSession::AbandonHeaderBlock). Request trailers carry
+  // nothing gRPC uses; they are only counted, as a header list of their own.
   bool AddRequestHeader(std::string_view name, std::string_view value,
                         uint32_t limit);
+  bool AddRequestTrailer(std::string_view name, std::string_view value,
+                         uint32_t limit);
+  void BeginRequestTrailers() { header_bytes_ = 0; }
+  // The client sent RST_STREAM. Premature (Envoy's term): before any answer
+  // began, within kPrematureResetWindow of the headers, and not the client's
+  // own deadline firing.
+  void OnClientReset();
+  bool reset_prematurely() const { return reset_prematurely_; }
+  bool forwarded() const { return result_.forwarded; }
   void OnRequestHeadersDone(bool end_stream);
   void OnRequestData(const uint8_t* data, size_t len);
   void OnRequestEnd();
@@ -106,8 +118,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   std::string method_;
   std::string content_type_;
   HeaderList request_headers_;  // regular headers only, in arrival order
-  uint32_t header_bytes_ = 0;
-  bool header_overflow_ = false;
+  uint32_t header_bytes_ = 0;   // of the header list being received
+  bool reset_prematurely_ = false;
   absl::Time start_;
   absl::Time client_deadline_ = absl::InfiniteFuture();
   absl::Time deadline_ = absl::InfiniteFuture();
@@ -165,15 +177,53 @@ class DownstreamSession final : public H2Connection {
   DownstreamSession(Worker& worker, int fd);
   ~DownstreamSession() override;
 
+  // Starts reading, and the handshake and idle timeouts (WorkerOptions).
   void Start();
   // GOAWAY with the last stream id: no new streams, open ones finish.
   void Drain();
   DownstreamStream* FindStream(int32_t id);
   void EraseStream(int32_t id);
+  // The client's connection preface and first SETTINGS have arrived (nghttp2
+  // just sent their ACK, so TLS is up too): handshake_timeout no longer
+  // applies.
+  void OnHandshakeDone();
 
  private:
   friend struct DownstreamCallbacks;
   void OnClosed(std::string_view why) override;
+
+  // Abuse that costs the sidecar more than it is worth (SPEC section 11)
+  // ends the connection: GOAWAY(ENHANCE_YOUR_CALM), then close.
+  void CloseForAbuse(const char* why);
+  // A header block passed the header list limit on `stream_id`: the stream is
+  // reset and the rest of the block skipped (returns what the header callback
+  // returns for that); the kMaxOversizedHeaderBlocks-th closes the connection.
+  int AbandonHeaderBlock(int32_t stream_id);
+  static constexpr int kMaxOversizedHeaderBlocks = 8;
+  int oversized_header_blocks_ = 0;
+  // Rapid reset, paced or batched (Envoy's premature-reset check): once
+  // kPrematureResetMinStreams streams count, more than half of them reset
+  // prematurely closes the connection. A stream counts if it was forwarded
+  // upstream or reset prematurely; those the sidecar answered itself cost the
+  // upstream nothing and cannot dilute the ratio.
+  void CountClosedStream(bool forwarded, bool premature);
+  static constexpr uint64_t kPrematureResetMinStreams = 100;
+  uint64_t counted_streams_ = 0;
+  uint64_t premature_resets_ = 0;
+
+  // handshake_timeout and idle_timeout (WorkerOptions).
+  void CancelTimers();
+  void ArmIdleTimer(absl::Duration after);
+  // No open stream for idle_timeout: GOAWAY (nghttp2 then wants neither read
+  // nor write, and the flush closes); a client that does not take it within
+  // kIdleGoawayGrace is cut.
+  void OnIdleTimer();
+  static constexpr absl::Duration kIdleGoawayGrace = absl::Seconds(5);
+
+  uint64_t handshake_timer_ = 0;  // EventLoop timer ids; 0: not armed
+  uint64_t idle_timer_ = 0;
+  absl::Time idle_since_;  // when the last open stream closed (or Start)
+  bool idle_goaway_sent_ = false;
 
   absl::flat_hash_map<int32_t, std::unique_ptr<DownstreamStream>> streams_;
 };

@@ -1,6 +1,7 @@
 #include "sidecar/net/http_server.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -21,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/host_port.h"
+#include "sidecar/net/accept_pause.h"
 
 namespace bulwark {
 namespace {
@@ -171,7 +173,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
   }
   // From here the server owns base and http; its destructor frees them.
   std::unique_ptr<HttpServer> server(
-      new HttpServer(std::move(handler), port, base, http, nullptr));
+      new HttpServer(std::move(handler), port, options, base, http, nullptr));
   server->stop_event_ =
       event_new(base, -1, 0, &HttpServer::OnStop, server.get());
 
@@ -186,15 +188,20 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
   const timeval timeout = absl::ToTimeval(options.timeout);
   evhttp_set_timeout_tv(http, &timeout);
   evhttp_set_gencb(http, &HttpServer::OnRequest, server.get());
+  evhttp_set_bevcb(http, &HttpServer::OnNewConnection, server.get());
   // On success evhttp owns the socket (closed by evhttp_free); on failure it is
   // still ours.
-  if (server->stop_event_ == nullptr ||
-      evhttp_accept_socket_with_handle(http, fd) == nullptr) {
+  evhttp_bound_socket* bound = server->stop_event_ == nullptr
+                                   ? nullptr
+                                   : evhttp_accept_socket_with_handle(http, fd);
+  if (bound == nullptr) {
     close(fd);
     return absl::InternalError(
         absl::StrCat("cannot listen on ", Quoted(address),
                      ": cannot attach the socket to the loop"));
   }
+  server->accept_pause_ = std::make_unique<net::AcceptPause>(
+      base, evhttp_bound_socket_get_listener(bound), "admin");
 
   // The admin thread must not take process signals (SIGTERM, SIGHUP, SIGPIPE on
   // a write to a gone client): those belong to the main thread's handling. A
@@ -209,10 +216,21 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
   return server;
 }
 
-HttpServer::HttpServer(Handler handler, uint16_t port, event_base* base,
-                       evhttp* http, event* stop_event)
+// A client connection's deadline: the timer first runs at once (set up), then
+// fires when the request it waits for has not arrived whole in time.
+struct HttpServer::Connection {
+  HttpServer* server;
+  event* timer;
+  // Until set up: the bufferevent given to evhttp, with a reference of ours.
+  bufferevent* bev;
+  evhttp_connection* evcon = nullptr;
+};
+
+HttpServer::HttpServer(Handler handler, uint16_t port, const Options& options,
+                       event_base* base, evhttp* http, event* stop_event)
     : handler_(std::move(handler)),
       port_(port),
+      options_(options),
       base_(base),
       http_(http),
       stop_event_(stop_event) {}
@@ -230,11 +248,112 @@ void HttpServer::Stop() {
       thread_.join();
     }
     // The loop is gone: freeing on this thread races nothing. evhttp_free
-    // closes the listener and every client connection.
+    // closes the listener and every client connection (OnConnectionClosed
+    // forgets the tracked ones).
+    accept_pause_.reset();
     evhttp_free(http_);
+    for (Connection* c : pending_) {
+      event_free(c->timer);
+      bufferevent_decref(c->bev);
+      delete c;
+    }
+    pending_.clear();
+    for (auto& [evcon, c] : connections_) {
+      event_free(c->timer);
+      delete c;
+    }
+    connections_.clear();
     if (stop_event_ != nullptr) event_free(stop_event_);
     event_base_free(base_);
   });
+}
+
+bufferevent* HttpServer::OnNewConnection(event_base* base, void* arg) {
+  auto* self = static_cast<HttpServer*>(arg);
+  // What evhttp would make itself (it closes the socket on its own).
+  bufferevent* bev = bufferevent_socket_new(base, -1, 0);
+  if (bev == nullptr) return nullptr;
+  auto* connection =
+      new Connection{.server = self, .timer = nullptr, .bev = bev};
+  connection->timer =
+      evtimer_new(base, &HttpServer::OnConnectionTimer, connection);
+  if (connection->timer == nullptr) {
+    delete connection;
+    return bev;
+  }
+  // evhttp makes its connection object around `bev` only after this returns,
+  // and may free both if that fails: the extra reference keeps `bev` readable
+  // until the timer, activated now, runs (before any I/O on the connection,
+  // whose events only become active at the next poll) and finds out.
+  bufferevent_incref(bev);
+  self->pending_.insert(connection);
+  event_active(connection->timer, EV_TIMEOUT, 0);
+  return bev;
+}
+
+void HttpServer::OnConnectionTimer(int, short, void* arg) {
+  auto* connection = static_cast<Connection*>(arg);
+  if (connection->evcon == nullptr) {
+    connection->server->Track(connection);
+    return;
+  }
+  // The request did not arrive whole in time. OnConnectionClosed deletes
+  // `connection`.
+  evhttp_connection_free(connection->evcon);
+}
+
+void HttpServer::Track(Connection* connection) {
+  pending_.erase(connection);
+  bufferevent* bev = std::exchange(connection->bev, nullptr);
+  bufferevent_event_cb eventcb = nullptr;
+  void* cbarg = nullptr;
+  bufferevent_getcb(bev, nullptr, nullptr, &eventcb, &cbarg);
+  // evhttp sets its callbacks, with the connection as their argument, when it
+  // makes the connection, and clears them when it frees it.
+  auto* evcon = static_cast<evhttp_connection*>(cbarg);
+  bufferevent_decref(bev);  // evhttp's own reference remains, if any
+  if (eventcb == nullptr || evcon == nullptr) {
+    event_free(connection->timer);
+    delete connection;
+    return;
+  }
+  if (connections_.size() >= static_cast<size_t>(options_.max_connections)) {
+    event_free(connection->timer);
+    delete connection;
+    accept_pause_->NoteRefused([this] {
+      return absl::StrCat(
+          "connection closed at accept: ", options_.max_connections,
+          " admin connections are open");
+    });
+    evhttp_connection_free(evcon);
+    return;
+  }
+  connection->evcon = evcon;
+  connections_.emplace(evcon, connection);
+  open_connections_.store(static_cast<int>(connections_.size()),
+                          std::memory_order_relaxed);
+  evhttp_connection_set_closecb(evcon, &HttpServer::OnConnectionClosed,
+                                connection);
+  const timeval deadline = absl::ToTimeval(options_.request_timeout);
+  evtimer_add(connection->timer, &deadline);
+}
+
+void HttpServer::OnConnectionClosed(evhttp_connection* evcon, void* arg) {
+  auto* connection = static_cast<Connection*>(arg);
+  HttpServer* self = connection->server;
+  self->connections_.erase(evcon);
+  self->open_connections_.store(static_cast<int>(self->connections_.size()),
+                                std::memory_order_relaxed);
+  event_free(connection->timer);
+  delete connection;
+}
+
+void HttpServer::OnAnswerSent(evhttp_request*, void* arg) {
+  // The next request on this connection gets the same time to arrive whole.
+  auto* connection = static_cast<Connection*>(arg);
+  const timeval deadline =
+      absl::ToTimeval(connection->server->options_.request_timeout);
+  evtimer_add(connection->timer, &deadline);
 }
 
 void HttpServer::OnStop(int /*fd*/, short /*events*/, void* self) {
@@ -246,6 +365,14 @@ void HttpServer::OnRequest(evhttp_request* request, void* self) {
 }
 
 void HttpServer::Serve(evhttp_request* request) {
+  // The request is whole: its deadline is met, and the next one's starts once
+  // this answer is sent.
+  if (auto it = connections_.find(evhttp_request_get_connection(request));
+      it != connections_.end()) {
+    evtimer_del(it->second->timer);
+    evhttp_request_set_on_complete_cb(request, &HttpServer::OnAnswerSent,
+                                      it->second);
+  }
   const evhttp_cmd_type command = evhttp_request_get_command(request);
   const std::string_view method = MethodName(command);
   const evhttp_uri* uri = evhttp_request_get_evhttp_uri(request);

@@ -10,11 +10,14 @@
 //
 // Cost: one thread and one event loop per server. Each request copies the
 // handler's body into libevent's output buffer once. Requests are bounded
-// (headers, body, idle time), so a slow or hostile client costs a socket for at
-// most the timeout.
+// (headers, body, the time to arrive whole, idle time) and so are connections
+// (at most max_connections; at the file-descriptor limit accepting pauses, see
+// net::AcceptPause), so a slow or hostile client costs a socket for at most the
+// request timeout.
 #ifndef BULWARK_SIDECAR_NET_HTTP_SERVER_H_
 #define BULWARK_SIDECAR_NET_HTTP_SERVER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -22,16 +25,23 @@
 #include <string_view>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
+struct bufferevent;
 struct event_base;
 struct event;
 struct evhttp;
+struct evhttp_connection;
 struct evhttp_request;
 
 namespace bulwark {
+namespace net {
+class AcceptPause;
+}  // namespace net
 
 class HttpServer {
  public:
@@ -52,9 +62,17 @@ class HttpServer {
                                               std::string_view path)>;
 
   struct Options {
-    // Longest a connection may take to send a request or stay idle between
-    // requests.
+    // Longest a connection may stay silent (idle between requests, or stalled
+    // within one) or leave an answer unread.
     absl::Duration timeout = absl::Seconds(10);
+    // A request must arrive whole (request line, headers, body) within this
+    // long of the connection's accept or of the previous answer's end, however
+    // it trickles in (a byte a second keeps `timeout` from firing); otherwise
+    // the connection is closed.
+    absl::Duration request_timeout = absl::Seconds(10);
+    // Client connections at once; further ones are closed as they are
+    // accepted.
+    int max_connections = 256;
     // Admin requests are a request line and a few headers; nothing has a body.
     int64_t max_headers_bytes = 8 * 1024;
     int64_t max_body_bytes = 4 * 1024;
@@ -76,6 +94,10 @@ class HttpServer {
 
   // The port actually bound (the ephemeral one when the address said 0).
   uint16_t port() const { return port_; }
+  // Client connections open now (a racy snapshot, for tests).
+  int ConnectionsApprox() const {
+    return open_connections_.load(std::memory_order_relaxed);
+  }
 
   // Stops the loop, joins the thread and closes the listener and every open
   // connection. Prompt whatever clients do: a request in progress is abandoned.
@@ -83,20 +105,37 @@ class HttpServer {
   void Stop();
 
  private:
-  HttpServer(Handler handler, uint16_t port, event_base* base, evhttp* http,
-             event* stop_event);
+  // One client connection's request deadline (http_server.cc).
+  struct Connection;
+
+  HttpServer(Handler handler, uint16_t port, const Options& options,
+             event_base* base, evhttp* http, event* stop_event);
 
   static void OnRequest(evhttp_request* request, void* self);
   static void OnStop(int fd, short events, void* self);
+  // evhttp's bufferevent factory, called for every accepted connection: the
+  // hook where the connection's deadline starts.
+  static bufferevent* OnNewConnection(event_base* base, void* self);
+  static void OnConnectionTimer(int fd, short events, void* connection);
+  static void OnConnectionClosed(evhttp_connection* evcon, void* connection);
+  static void OnAnswerSent(evhttp_request* request, void* connection);
+  void Track(Connection* connection);
   void Serve(evhttp_request* request);
 
   Handler handler_;
   const uint16_t port_;
+  const Options options_;
   // Owned; freed by Stop() after the thread is joined, so only one thread ever
   // uses them at a time (the loop thread, then the stopping one).
   event_base* base_;
   evhttp* http_;
   event* stop_event_;
+  std::unique_ptr<net::AcceptPause> accept_pause_;
+  // Loop thread only (and Stop, once the thread is joined): connections
+  // accepted whose evhttp connection is not known yet, and those tracked.
+  absl::flat_hash_set<Connection*> pending_;
+  absl::flat_hash_map<evhttp_connection*, Connection*> connections_;
+  std::atomic<int> open_connections_{0};
   std::thread thread_;
   std::once_flag stop_once_;
 };

@@ -108,16 +108,15 @@ void UpstreamCall::OnResponseHeadersDone(bool end_stream) {
     OnResponseEnd();
     return;
   }
-  const std::string_view status = FindHeader(headers_, ":status");
-  if (!status.empty() && status[0] == '1') {
+  const ResponseHead head = ParseResponseHead(headers_);
+  if (head.kind == ResponseHead::Kind::kInformational) {
     headers_.clear();
     return;
   }
   headers_done_ = true;
-  if (status != "200") {
+  if (head.kind == ResponseHead::Kind::kHttpError) {
     Detach(/*reset=*/!end_stream);
-    Finish(GrpcCodeFromHttpStatus(std::atoi(std::string(status).c_str())),
-           "upstream answered HTTP status " + std::string(status), true, false);
+    Finish(head.grpc_code, head.message, true, false);
     return;
   }
   if (end_stream) OnResponseEnd();

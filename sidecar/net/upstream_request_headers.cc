@@ -1,5 +1,8 @@
 #include "sidecar/net/upstream_request_headers.h"
 
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
 #include "sidecar/net/grpc_framing.h"
 #include "sidecar/net/header_util.h"
 
@@ -20,7 +23,8 @@ UpstreamRequestHeaders::UpstreamRequestHeaders(
   for (const auto& [name, value] : headers) {
     if (name.empty()) continue;
     if (name[0] == ':') {
-      if (name == ":authority"sv && !value.empty()) nv_[3] = MakeNv(name, value);
+      if (name == ":authority"sv && !value.empty())
+        nv_[3] = MakeNv(name, value);
       continue;
     }
     if (name.size() == 12) {
@@ -39,6 +43,20 @@ UpstreamRequestHeaders::UpstreamRequestHeaders(
     timeout_ = EncodeGrpcTimeout(remaining);
     nv_.push_back(MakeNv("grpc-timeout", timeout_));
   }
+}
+
+ResponseHead ParseResponseHead(const HeaderList& headers) {
+  const std::string_view status = FindHeader(headers, ":status");
+  if (!status.empty() && status[0] == '1') {
+    return {.kind = ResponseHead::Kind::kInformational};
+  }
+  if (status == "200") return {.kind = ResponseHead::Kind::kGrpc};
+  const int http_status = std::atoi(std::string(status).c_str());
+  return {
+      .kind = ResponseHead::Kind::kHttpError,
+      .grpc_code = GrpcCodeFromHttpStatus(http_status),
+      .message = absl::StrCat("upstream answered HTTP status ",
+                              absl::string_view(status.data(), status.size()))};
 }
 
 }  // namespace bulwark::net

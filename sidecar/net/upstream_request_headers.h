@@ -48,6 +48,18 @@ class UpstreamRequestHeaders {
   std::vector<nghttp2_nv> nv_;
 };
 
+// What an upstream's first header block says, for the forwarding path and the
+// sidecar's own upstream calls alike: an informational (1xx) head to skip, a
+// gRPC answer (:status 200), or an HTTP error, with the gRPC status it maps to
+// (gRPC's HTTP-to-status table) and the message to give the caller.
+struct ResponseHead {
+  enum class Kind { kInformational, kGrpc, kHttpError };
+  Kind kind = Kind::kGrpc;
+  int grpc_code = 0;    // kHttpError only
+  std::string message;  // kHttpError only
+};
+ResponseHead ParseResponseHead(const HeaderList& headers);
+
 }  // namespace bulwark::net
 
 #endif  // BULWARK_SIDECAR_NET_UPSTREAM_REQUEST_HEADERS_H_

@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "sidecar/net/accept_pause.h"
 #include "sidecar/net/downstream_session.h"
 #include "sidecar/net/h2_connection.h"
 #include "sidecar/net/tls.h"
@@ -108,6 +109,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
                          LEV_OPT_CLOSE_ON_FREE, -1, worker->listen_fd_);
   if (worker->listener_ == nullptr)
     return absl::InternalError("evconnlistener_new failed");
+  worker->accept_pause_ = std::make_unique<AcceptPause>(
+      worker->loop_.base(), worker->listener_,
+      absl::StrCat("listener (worker ", options.index, ")"));
   return worker;
 }
 
@@ -118,6 +122,7 @@ Worker::~Worker() {
   for (DownstreamSession* s : downstream_) delete s;
   for (UpstreamConnection* c : all_upstream_) delete c;
   for (H2Connection* c : to_delete_) delete c;
+  accept_pause_.reset();
   if (listener_ != nullptr) evconnlistener_free(listener_);
 }
 
@@ -131,9 +136,17 @@ void Worker::Join() {
 
 void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<Worker*>(arg);
-  if (self->draining_ ||
-      self->downstream_.size() >= self->options_.max_connections) {
+  if (self->draining_) {
     close(fd);
+    return;
+  }
+  if (self->downstream_.size() >= self->options_.max_connections) {
+    close(fd);
+    self->accept_pause_->NoteRefused([self] {
+      return absl::StrCat(
+          "connection closed at accept: this worker holds its cap of ",
+          self->options_.max_connections, " client connections");
+    });
     return;
   }
   const int one = 1;
@@ -162,6 +175,7 @@ void Worker::BeginDrain() {
   Post([this] {
     draining_ = true;
     if (listener_ != nullptr) {
+      accept_pause_.reset();
       evconnlistener_free(listener_);
       listener_ = nullptr;
     }

@@ -28,6 +28,7 @@ struct evconnlistener;
 
 namespace bulwark::net {
 
+class AcceptPause;
 class H2Connection;
 class DownstreamSession;
 class DownstreamStream;
@@ -43,8 +44,15 @@ struct WorkerOptions {
   uint32_t max_concurrent_streams = 1000;
   uint32_t max_header_list_bytes = 64 * 1024;
   // Client connections this worker keeps at once; past it new ones are closed
-  // at accept.
+  // at accept. The sidecar derives it from the file-descriptor limit.
   uint32_t max_connections = 10000;
+  // A client connection whose preface and first SETTINGS (and TLS handshake)
+  // have not arrived this long after accept is closed (listener
+  // handshake_timeout).
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  // A client connection without open streams this long gets GOAWAY
+  // (listener idle_timeout).
+  absl::Duration idle_timeout = absl::Hours(1);
   // HTTP/2 windows the sidecar advertises: they bound what it buffers per
   // stream and per connection, since bytes are consumed only when the other
   // side took them. Per stream and direction; the connection window is given
@@ -144,6 +152,9 @@ class Worker final : public Executor {
   int listen_fd_ = -1;
   uint16_t listen_port_ = 0;
   evconnlistener* listener_ = nullptr;
+  // Pauses accepting when accept(2) fails (out of fds); reset before listener_
+  // is freed.
+  std::unique_ptr<AcceptPause> accept_pause_;
   bool draining_ = false;
   bool trim_scheduled_ = false;
   std::vector<uint8_t> scratch_;

@@ -302,5 +302,33 @@ TEST_F(ReloadTest, ListenerOrWorkerChangesAreRefusedAndNeedARestart) {
   EXPECT_EQ(Echo(), grpc::StatusCode::OK);
 }
 
+// handshake_timeout and idle_timeout are listener fields like the others:
+// connections take them at accept, so a change needs a restart.
+TEST_F(ReloadTest, ListenerTimeoutChangesAreRefusedToo) {
+  StartSidecar(Config(2, "5s"));
+  const std::string listener =
+      absl::StrCat("listener: { address: \"127.0.0.1:", port_, "\" }");
+  const std::string failure =
+      "bulwark_config_reloads_total{result=\"failure\"}";
+  for (const char* field : {"idle_timeout: 2m", "handshake_timeout: 3s"}) {
+    std::string changed = Config(2, "5s");
+    changed.replace(changed.find(listener), listener.size(),
+                    absl::StrCat("listener: { address: \"127.0.0.1:", port_,
+                                 "\", ", field, " }"));
+    const double before = Metric(failure);
+    Reload(changed);
+    ASSERT_TRUE(
+        PollUntil([&] { return Metric(failure) > before; }, absl::Seconds(10)))
+        << field << "\n"
+        << sidecar_->Log();
+  }
+  EXPECT_TRUE(PollUntil(
+      [&] { return absl::StrContains(sidecar_->Log(), "need a restart"); },
+      absl::Seconds(10)))
+      << sidecar_->Log();
+  EXPECT_LE(Metric("bulwark_config_reloads_total{result=\"success\"}"), 0);
+  EXPECT_EQ(Echo(), grpc::StatusCode::OK);
+}
+
 }  // namespace
 }  // namespace bulwark::test

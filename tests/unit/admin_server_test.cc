@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -10,8 +11,10 @@
 #include <cerrno>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -19,6 +22,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sidecar/metrics.h"
@@ -404,6 +409,139 @@ TEST(HttpServerTest, SuccessToAWriteMethodBecomes405) {
   Reply reply = Fetch((*server)->port(), "POST", "/");
   EXPECT_EQ(reply.status, 405);
   EXPECT_EQ(reply.headers.count("allow"), 1u);
+}
+
+// --- admin port bounds: whole requests in time, connections capped ---
+
+TEST(HttpServerTest, TheDefaultsAreTenSecondsAndTwoHundredFiftySixConnections) {
+  const HttpServer::Options defaults;
+  EXPECT_EQ(defaults.request_timeout, absl::Seconds(10));
+  EXPECT_EQ(defaults.max_connections, 256);
+}
+
+// Sends one byte of an endless request line every 100ms until the server
+// closes; returns how long that took from the connect (or 10 s if it never
+// did), and how many bytes went out.
+std::pair<absl::Duration, int> TrickleUntilClosed(uint16_t port) {
+  const absl::Time start = absl::Now();
+  Socket socket = Connect(port);
+  if (socket.fd() < 0) return {absl::ZeroDuration(), 0};
+  const std::string request = absl::StrCat("GET /", std::string(4000, 'a'));
+  int sent = 0;
+  while (absl::Now() - start < absl::Seconds(10)) {
+    pollfd p = {socket.fd(), POLLIN, 0};
+    // The pacing of the trickle; a close wakes it at once.
+    if (poll(&p, 1, 100) > 0) {
+      char buf[512];
+      if (recv(socket.fd(), buf, sizeof(buf), MSG_DONTWAIT) <= 0) break;
+      continue;
+    }
+    if (send(socket.fd(), &request[sent % request.size()], 1, MSG_NOSIGNAL) !=
+        1) {
+      break;
+    }
+    ++sent;
+  }
+  return {absl::Now() - start, sent};
+}
+
+TEST(HttpServerTest, ARequestTricklingInIsCutAtTheRequestTimeout) {
+  // The idle timeout alone never fires: a byte arrives every 100ms.
+  auto server =
+      HttpServer::Create("127.0.0.1:0",
+                         [](std::string_view, std::string_view) {
+                           return HttpServer::Response{.body = "x"};
+                         },
+                         {.timeout = absl::Seconds(5),
+                          .request_timeout = absl::Milliseconds(500)});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const auto [took, sent] = TrickleUntilClosed((*server)->port());
+  EXPECT_GE(took, absl::Milliseconds(450));
+  EXPECT_LT(took, absl::Milliseconds(1500)) << "after " << sent << " bytes";
+  EXPECT_GE(sent, 3) << "the client was cut before it trickled";
+}
+
+TEST(HttpServerTest, EachRequestOnAKeepAliveConnectionGetsTheWholeTimeout) {
+  // Four requests 300ms apart on one connection: 1.2 s in all, more than the
+  // 500ms timeout, which starts again after each answer.
+  auto server =
+      HttpServer::Create("127.0.0.1:0",
+                         [](std::string_view, std::string_view) {
+                           return HttpServer::Response{.body = "x"};
+                         },
+                         {.request_timeout = absl::Milliseconds(500)});
+  ASSERT_TRUE(server.ok()) << server.status();
+  Socket socket = Connect((*server)->port());
+  ASSERT_GE(socket.fd(), 0);
+  for (int i = 0; i < 4; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(300));  // the client's pace
+    ASSERT_TRUE(SendAll(socket, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")) << i;
+    std::string raw;
+    char buf[512];
+    while (raw.find("\r\n\r\nx") == std::string::npos) {
+      const ssize_t n = recv(socket.fd(), buf, sizeof(buf), 0);
+      ASSERT_GT(n, 0) << "request " << i << " not answered: " << raw;
+      raw.append(buf, static_cast<size_t>(n));
+    }
+    EXPECT_THAT(raw, StartsWith("HTTP/1.1 200")) << i;
+  }
+}
+
+TEST(HttpServerTest, ConnectionsPastTheCapAreClosedAtAccept) {
+  auto server = HttpServer::Create("127.0.0.1:0",
+                                   [](std::string_view, std::string_view) {
+                                     return HttpServer::Response{.body = "x"};
+                                   },
+                                   {.max_connections = 4});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const uint16_t port = (*server)->port();
+  std::vector<std::unique_ptr<Socket>> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(std::make_unique<Socket>(Connect(port)));
+    ASSERT_GE(held.back()->fd(), 0);
+  }
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while ((*server)->ConnectionsApprox() < 4 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));  // polling
+  }
+  ASSERT_EQ((*server)->ConnectionsApprox(), 4);
+
+  // The fifth is closed unanswered, at once (well before the 5 s read timeout
+  // of ReadToEnd, and before the server's 10 s timeouts).
+  const absl::Time start = absl::Now();
+  Socket extra = Connect(port);
+  ASSERT_GE(extra.fd(), 0);  // the kernel accepted it into the backlog
+  SendAll(extra, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(ReadToEnd(extra), "");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  EXPECT_EQ((*server)->ConnectionsApprox(), 4);
+
+  // The four held ones are served.
+  for (auto& socket : held) {
+    ASSERT_TRUE(
+        SendAll(*socket, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+    EXPECT_EQ(Parse(ReadToEnd(*socket)).status, 200);
+  }
+  // Those gone, a new connection is served again.
+  held.clear();
+  Reply reply;
+  const absl::Time again = absl::Now() + absl::Seconds(5);
+  while (reply.status != 200 && absl::Now() < again) {
+    reply = Fetch(port, "GET", "/");
+  }
+  EXPECT_EQ(reply.status, 200);
+}
+
+TEST(AdminServerCreateTest, TakesTheHttpServerLimits) {
+  FakeSidecar sidecar;
+  auto server = AdminServer::Create(
+      "127.0.0.1:0", sidecar.Providers(),
+      {.request_timeout = absl::Milliseconds(500), .max_connections = 2});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const auto [took, sent] = TrickleUntilClosed((*server)->port());
+  EXPECT_GE(took, absl::Milliseconds(450));
+  EXPECT_LT(took, absl::Milliseconds(1500)) << "after " << sent << " bytes";
+  EXPECT_EQ(Fetch((*server)->port(), "GET", "/healthz").status, 200);
 }
 
 }  // namespace

@@ -102,6 +102,8 @@ listener:
   address: "127.0.0.1:15000"
   max_message_bytes: 4194304
   max_concurrent_streams: 1000
+  handshake_timeout: 10s
+  idle_timeout: 1h
 admin:
   address: "127.0.0.1:15001"
 drain_timeout: 20s
@@ -161,6 +163,8 @@ TEST(ConfigLoaderTest, LoadsTheSpecExampleWithEveryValue) {
   EXPECT_EQ(c.listener().address(), "127.0.0.1:15000");
   EXPECT_EQ(c.listener().max_message_bytes(), 4194304u);
   EXPECT_EQ(c.listener().max_concurrent_streams(), 1000u);
+  EXPECT_EQ(D(c.listener().handshake_timeout()), absl::Seconds(10));
+  EXPECT_EQ(D(c.listener().idle_timeout()), absl::Hours(1));
   EXPECT_FALSE(c.listener().has_tls());
   EXPECT_EQ(c.admin().address(), "127.0.0.1:15001");
   EXPECT_EQ(D(c.drain_timeout()), absl::Seconds(20));
@@ -225,6 +229,8 @@ TEST(ConfigLoaderTest, FillsTheSpecDefaultsIntoAMinimalFile) {
   EXPECT_EQ(c.listener().address(), "0.0.0.0:15000");
   EXPECT_EQ(c.listener().max_message_bytes(), 4194304u);
   EXPECT_EQ(c.listener().max_concurrent_streams(), 1000u);
+  EXPECT_EQ(D(c.listener().handshake_timeout()), absl::Seconds(10));
+  EXPECT_EQ(D(c.listener().idle_timeout()), absl::Hours(1));
   EXPECT_EQ(c.admin().address(), "0.0.0.0:15001");
   EXPECT_EQ(D(c.drain_timeout()), absl::Seconds(20));
   EXPECT_TRUE(c.has_workers());
@@ -716,6 +722,27 @@ routes:
           "\n"));
 }
 
+TEST(ConfigLoaderTest, ListenerTimeoutsOutsideTheirRangesAreErrors) {
+  EXPECT_EQ(ErrorOf(absl::StrCat(
+                "listener: {handshake_timeout: 99ms, idle_timeout: 999ms}\n",
+                kMinimal)),
+            "test.yaml: listener.handshake_timeout: must be between 100ms and "
+            "1h (got 99ms)\n"
+            "test.yaml: listener.idle_timeout: must be between 1s and 24h "
+            "(got 999ms)");
+  EXPECT_EQ(
+      ErrorOf(absl::StrCat(
+          "listener: {handshake_timeout: 61m, idle_timeout: 25h}\n", kMinimal)),
+      "test.yaml: listener.handshake_timeout: must be between 100ms and "
+      "1h (got 1h1m)\n"
+      "test.yaml: listener.idle_timeout: must be between 1s and 24h "
+      "(got 25h)");
+  EXPECT_EQ(ErrorOf(absl::StrCat(
+                "listener: {handshake_timeout: 100ms, idle_timeout: 1s}\n",
+                kMinimal)),
+            "OK");
+}
+
 TEST(ConfigLoaderTest, MaxMessageBytesAboveTwoGigabytesIsAnError) {
   EXPECT_EQ(ErrorOf(absl::StrCat("listener: {max_message_bytes: 2147483648}\n",
                                  kMinimal)),
@@ -792,7 +819,8 @@ TEST(ConfigLoaderTest, EveryMaximumItselfIsValid) {
   EXPECT_EQ(ErrorOf(R"yaml(
 workers: 256
 drain_timeout: 1h
-listener: {max_message_bytes: 2147483647, max_concurrent_streams: 1000000}
+listener: {max_message_bytes: 2147483647, max_concurrent_streams: 1000000,
+           handshake_timeout: 1h, idle_timeout: 24h}
 clusters:
   - name: demo
     endpoints: ["127.0.0.1:50051"]
@@ -1575,7 +1603,8 @@ TEST(SummarizeConfigTest, ListsListenerClustersAndRoutesWithTheirPolicies) {
       absl::StrCat(
           "config: ", path, "\n",
           "listener: 127.0.0.1:15000 (h2c), max_message_bytes 4194304, "
-          "max_concurrent_streams 1000\n"
+          "max_concurrent_streams 1000, handshake_timeout 10s, idle_timeout "
+          "1h\n"
           "admin: 127.0.0.1:15001\n"
           "workers: 0 (one per core), drain_timeout 20s\n"
           "clusters: 1\n"
