@@ -14,6 +14,10 @@
 // YAML aliases expand to at most 1 000 000 nodes and 64 MiB of scalars; past
 // any of these, and on any exception (std::bad_alloc included), the answer is
 // a config error, never an abort.
+//
+// The work is split by job in sidecar/config/: yaml_to_proto (YAML -> the
+// proto, strictly), defaults, validator; config_loader.cc runs them in that
+// order, and summary.cc defines ConfigToJson and SummarizeConfig.
 #ifndef BULWARK_SIDECAR_CONFIG_LOADER_H_
 #define BULWARK_SIDECAR_CONFIG_LOADER_H_
 

@@ -55,10 +55,11 @@ TEST(UpstreamRequestHeadersTest, SpeaksHttpsToTlsUpstreams) {
 }
 
 TEST(UpstreamRequestHeadersTest, SendsTheTimeLeftNotTheClientsGrpcTimeout) {
-  const UpstreamRequestHeaders headers(
-      "/pkg.S/M",
-      {{"grpc-timeout", "1H"}, {"content-type", "application/grpc"}}, "up:80",
-      absl::Milliseconds(1500), false);
+  // The fields point into the request's headers: they must outlive them.
+  const HeaderList request = {{"grpc-timeout", "1H"},
+                              {"content-type", "application/grpc"}};
+  const UpstreamRequestHeaders headers("/pkg.S/M", request, "up:80",
+                                       absl::Milliseconds(1500), false);
   const HeaderList fields = Fields(headers);
   ASSERT_FALSE(fields.empty());
   EXPECT_THAT(fields.back(), Pair("grpc-timeout", "1500000u"));
