@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/log.h"
@@ -15,10 +16,15 @@
 namespace bulwark::net {
 namespace {
 
-constexpr int kDeadlineExceeded = 4;
-constexpr int kResourceExhausted = 8;
-constexpr int kInternal = 13;
-constexpr int kUnavailable = 14;
+// gRPC status codes: absl::StatusCode has gRPC's numbering (one enum for every
+// layer; the wire carries the number).
+constexpr int kCancelled = static_cast<int>(absl::StatusCode::kCancelled);
+constexpr int kDeadlineExceeded =
+    static_cast<int>(absl::StatusCode::kDeadlineExceeded);
+constexpr int kResourceExhausted =
+    static_cast<int>(absl::StatusCode::kResourceExhausted);
+constexpr int kInternal = static_cast<int>(absl::StatusCode::kInternal);
+constexpr int kUnavailable = static_cast<int>(absl::StatusCode::kUnavailable);
 // How far before its grpc-timeout deadline (as the sidecar counts it from the
 // headers' arrival) a client's reset still counts as its deadline firing.
 constexpr absl::Duration kClientDeadlineSlack = absl::Milliseconds(5);
@@ -783,7 +789,7 @@ void DownstreamStream::OnUpstreamClosed(uint32_t error_code) {
   // client. Refused unseen (REFUSED_STREAM before any response): not the
   // endpoint's failure.
   result_.ending = refused ? CallResult::Ending::kUpstreamRefused
-                          : CallResult::Ending::kUpstreamReset;
+                           : CallResult::Ending::kUpstreamReset;
   result_.grpc_code = GrpcCodeFromHttp2Error(error_code);
   response_ended_ = true;
   response_state_ = ResponseState::kFinished;
@@ -834,10 +840,10 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
     if (client_deadline_ != absl::InfiniteFuture() &&
         worker().clock().Now() >= client_deadline_ - kClientDeadlineSlack) {
       result_.ending = CallResult::Ending::kDeadlineExceeded;
-      result_.grpc_code = 4;  // DEADLINE_EXCEEDED
+      result_.grpc_code = kDeadlineExceeded;
     } else {
       result_.ending = CallResult::Ending::kClientCancelled;
-      result_.grpc_code = 1;  // CANCELLED
+      result_.grpc_code = kCancelled;
     }
   }
   worker().UnregisterCall(call_id_);

@@ -3,12 +3,20 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "sidecar/net/grpc_framing.h"
 #include "sidecar/net/header_util.h"
 #include "sidecar/net/upstream_request_headers.h"
 #include "sidecar/net/worker.h"
 
 namespace bulwark::net {
+namespace {
+
+// gRPC status codes, by absl::StatusCode (gRPC's numbering).
+constexpr int Code(absl::StatusCode code) { return static_cast<int>(code); }
+
+}  // namespace
+
 UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
                            UpstreamCallListener* listener,
                            const Options& options)
@@ -33,7 +41,8 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(
     std::weak_ptr<bool> alive = self->alive_;
     worker.Post([self, alive, why = std::move(why)]() mutable {
       if (alive.lock() == nullptr) return;
-      self->Finish(14, std::move(why), /*transport_failure=*/true, false);
+      self->Finish(Code(absl::StatusCode::kUnavailable), std::move(why),
+                   /*transport_failure=*/true, false);
     });
   };
   std::string error;
@@ -53,7 +62,8 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(
         self->request_.deadline - worker.clock().Now(), [self] {
           self->deadline_timer_ = 0;
           self->Detach(/*reset=*/true);
-          self->Finish(4, "deadline exceeded in the sidecar", false,
+          self->Finish(Code(absl::StatusCode::kDeadlineExceeded),
+                       "deadline exceeded in the sidecar", false,
                        /*deadline=*/true);
         });
   }
@@ -133,8 +143,9 @@ void UpstreamCall::OnResponseData(const uint8_t* data, size_t len) {
     too_large_ = true;
     body_.clear();
     body_.shrink_to_fit();
-    Finish(8, "upstream response larger than the sidecar keeps for sharing",
-           false, false);
+    Finish(Code(absl::StatusCode::kResourceExhausted),
+           "upstream response larger than the sidecar keeps for sharing", false,
+           false);
     return;
   }
   if (options_.capture) body_.append(reinterpret_cast<const char*>(data), len);
@@ -177,7 +188,8 @@ void UpstreamCall::OnUpstreamFailed(std::string_view why) {
   conn_ = nullptr;
   stream_id_ = -1;
   if (finished_) return;
-  Finish(14, "upstream connection failed: " + std::string(why), true, false);
+  Finish(Code(absl::StatusCode::kUnavailable),
+         "upstream connection failed: " + std::string(why), true, false);
 }
 
 void UpstreamCall::OnResponseOverLimit(std::string_view why) {
@@ -188,7 +200,7 @@ void UpstreamCall::OnResponseOverLimit(std::string_view why) {
   headers_.clear();
   trailers_.clear();
   headers_done_ = false;
-  Finish(13, std::string(why), false, false);
+  Finish(Code(absl::StatusCode::kInternal), std::string(why), false, false);
 }
 
 void UpstreamCall::Finish(int code, std::string message, bool transport_failure,
