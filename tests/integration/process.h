@@ -151,6 +151,10 @@ absl::Status WaitForTcpPort(int port, absl::Duration timeout,
 // before the binary binds it.
 int PickFreePort();
 
+// A blocking TCP connection to 127.0.0.1:`port` (SO_RCVBUF set first when
+// `rcvbuf` > 0), for tests that speak raw bytes or frames.
+absl::StatusOr<int> ConnectTo(int port, int rcvbuf = 0);
+
 struct HttpResponse {
   int status_code = 0;
   // Names lower-cased, in the order received.

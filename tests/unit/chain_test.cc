@@ -834,8 +834,8 @@ TEST_F(ChainTest, EveryPolicyCombinationReleasesEverythingItHolds) {
       "    rate_limit: {requests_per_second: 1, burst: 3%s}\n",
       "    circuit_breaker: {consecutive_failures: 1%s}\n",
       "    singleflight: {%s}\n",
-      "    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: "
-      "50ms%s}\n",
+      ("    concurrency: {max_in_flight: 1, max_queued: 1, queue_timeout: "
+       "50ms%s}\n"),
   };
   for (int combo = 0; combo < 81; ++combo) {
     std::string policies;
