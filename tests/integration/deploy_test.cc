@@ -675,8 +675,28 @@ TEST(DeployMetrics, ReadmeCatalogueMatchesSpec) {
   if (!fs::exists(spec_path)) GTEST_SKIP() << spec_path << " not present";
   std::map<std::string, MetricSpec> from_spec =
       ParseMetricTable(Slurp(spec_path));
-  ASSERT_EQ(from_spec.size(), spec.metrics.size());
+  // SPEC metrics of work still open are named in the README's "Not exported
+  // yet" paragraph instead of its table; every SPEC metric is in one of them,
+  // and nothing is in both.
+  const std::string readme = Slurp(SourcePath("README.md"));
+  const size_t from = readme.find("Not exported yet");
+  ASSERT_NE(from, std::string::npos) << "README.md: no \"Not exported yet\"";
+  const std::string planned_text =
+      readme.substr(from, readme.find("\n\n", from) - from);
+  std::set<std::string> planned;
+  for (size_t at = planned_text.find("`bulwark_"); at != std::string::npos;
+       at = planned_text.find("`bulwark_", at + 1)) {
+    const size_t end = planned_text.find('`', at + 1);
+    planned.insert(planned_text.substr(at + 1, end - at - 1));
+  }
+  EXPECT_EQ(from_spec.size(), spec.metrics.size() + planned.size());
+  for (const std::string& name : planned) {
+    EXPECT_TRUE(from_spec.contains(name)) << name << " is not in SPEC.md";
+    EXPECT_FALSE(spec.metrics.contains(name))
+        << name << " is both exported and not exported yet";
+  }
   for (const auto& [name, m] : from_spec) {
+    if (planned.contains(name)) continue;
     ASSERT_TRUE(spec.metrics.contains(name))
         << name << " is in SPEC.md, not in README.md";
     EXPECT_EQ(spec.metrics.at(name).type, m.type) << name;
