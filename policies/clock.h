@@ -47,8 +47,7 @@ class MonotonicClock final : public Clock {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     // One conversion (absl's Duration additions normalize on every step).
-    return absl::FromUnixNanos(int64_t{ts.tv_sec} * 1'000'000'000 +
-                               ts.tv_nsec);
+    return absl::FromUnixNanos(int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec);
   }
   static MonotonicClock& Get() {
     static MonotonicClock clock;

@@ -170,8 +170,9 @@ UpstreamHealthProbeTransport::Check(
     const Endpoint& endpoint, const std::string& service,
     absl::Duration timeout, absl::AnyInvocable<void(ProbeResult)> done) {
   auto probe = std::make_unique<CheckProbe>(std::move(done));
-  probe->Begin(worker_, endpoint,
-               HealthRequest("Check", service, worker_.clock().Now() + timeout));
+  probe->Begin(
+      worker_, endpoint,
+      HealthRequest("Check", service, worker_.clock().Now() + timeout));
   return probe;
 }
 

@@ -141,7 +141,8 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   // A refused stream is sent again once if its request bytes sent so far fit
   // in kReplayBytes (kept in replay_ until the response begins).
   static constexpr size_t kReplayBytes = 4096;
-  const UpstreamAddress* forwarded_to_ = nullptr;  // the snapshot's, kept by the call
+  const UpstreamAddress* forwarded_to_ =
+      nullptr;  // the snapshot's, kept by the call
   std::string replay_;
   bool replayable_ = true;
   bool resent_ = false;

@@ -275,7 +275,8 @@ TEST(SingleflightTest, HashCollisionNeverSharesAResult) {
   auto bob = flights.Join(
       Key("user=bob"), [&](Outcome o) { bob_got = o.result; }, [](bool) {});
   auto alice_twin = flights.Join(
-      Key("user=alice"), [&](Outcome o) { alice_twin_got = o.result; }, [](bool) {});
+      Key("user=alice"), [&](Outcome o) { alice_twin_got = o.result; },
+      [](bool) {});
   EXPECT_EQ(alice.role, CollidingFlights::Role::kLeader);
   EXPECT_EQ(bob.role, CollidingFlights::Role::kLeader);
   EXPECT_EQ(alice_twin.role, CollidingFlights::Role::kFollower);
