@@ -45,6 +45,7 @@
 #include "absl/time/time.h"
 #include "bulwark/demo/v1/demo.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "sidecar/json_string.h"
 
 ABSL_FLAG(std::string, target, "", "host:port to load (required)");
 ABSL_FLAG(std::string, rpc, "echo",
@@ -913,36 +914,6 @@ std::string TextReport(const Report& r) {
         "\n");
   }
   return out;
-}
-
-std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          out += absl::StrFormat("\\u%04x", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
 }
 
 std::string JsonLatency(const Histogram& h) {
