@@ -577,6 +577,13 @@ TEST_F(ConnectionLimitsTest, AtTheFdLimitTheSidecarPausesAcceptingAndServes) {
   // 64 fds for the whole process, 2 workers: a cap of 16 client connections
   // per worker (the rest of the limit is kept for everything else), and the
   // admin port (up to 256 connections) runs out of fds.
+  if (SidecarUnderThreadSanitizer()) {
+    // With every fd spent, TSan cannot start its symbolizer, so its
+    // suppressions (tests/tsan_suppressions.txt, matched by function name)
+    // cannot apply to Abseil's known Mutex report. The release and ASan runs
+    // cover this test.
+    GTEST_SKIP() << "ThreadSanitizer cannot symbolize at the fd limit";
+  }
   ASSERT_NO_FATAL_FAILURE(StartSidecar({.fd_limit = 64}));
   if (IsSkipped()) return;
   EXPECT_TRUE(absl::StrContains(sidecar_->Log(),
