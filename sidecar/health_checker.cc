@@ -64,8 +64,9 @@ class CheckProbe final : public HealthProbeTransport::Handle,
 
   void Begin(net::Worker& worker, const Endpoint& endpoint,
              net::UpstreamRequest request) {
-    call_ = net::UpstreamCall::Start(worker, endpoint.upstream,
-                                     std::move(request), this, {});
+    call_ =
+        net::UpstreamCall::Start(worker, endpoint.upstream, std::move(request),
+                                 this, {.use = net::UpstreamUse::kHealthProbe});
   }
 
   void OnMessage(std::string_view payload) override {
@@ -104,7 +105,8 @@ class WatchStream final : public HealthProbeTransport::Handle,
     // The stream lives as long as the endpoint is watched: no byte limit.
     call_ = net::UpstreamCall::Start(
         worker, endpoint.upstream, std::move(request), this,
-        {.max_response_bytes = std::numeric_limits<uint64_t>::max() / 2});
+        {.use = net::UpstreamUse::kHealthProbe,
+         .max_response_bytes = std::numeric_limits<uint64_t>::max() / 2});
   }
 
   void OnMessage(std::string_view payload) override {

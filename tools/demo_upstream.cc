@@ -55,6 +55,9 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mTLS)");
+ABSL_FLAG(int32_t, max_concurrent_streams, 0,
+          "SETTINGS_MAX_CONCURRENT_STREAMS per connection (0: gRPC's default, "
+          "no limit)");
 ABSL_FLAG(std::string, port_file, "",
           "once listening, write the bound port to this file (atomically, via "
           "rename)");
@@ -786,6 +789,10 @@ int Main() {
   builder.RegisterService(&control);
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  if (const int32_t limit = absl::GetFlag(FLAGS_max_concurrent_streams);
+      limit > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, limit);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
     std::cerr << "cannot listen on "

@@ -194,8 +194,13 @@ class UpstreamCallListener {
   virtual void OnFinish(const UpstreamCallResult& result) = 0;
 };
 
+// What an upstream connection is for: calls, or the endpoint's health probes
+// (a connection of their own, never queued behind calls).
+enum class UpstreamUse { kCall, kHealthProbe };
+
 struct UpstreamCallOptions {
   bool capture = false;
+  UpstreamUse use = UpstreamUse::kCall;
   // Report each whole message through OnMessage (health probes); off for a
   // capture-only call, which then never splits the body into messages.
   bool deliver_messages = true;

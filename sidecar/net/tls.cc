@@ -1,13 +1,17 @@
 #include "sidecar/net/tls.h"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include <atomic>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "sidecar/file_util.h"
 
 namespace bulwark::net {
 namespace {
@@ -30,6 +34,123 @@ int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen,
 absl::Status Fail(std::string_view what, const std::string& file) {
   return absl::InvalidArgumentError(
       absl::StrCat(std::string(what), " ", file, ": ", TlsErrorString()));
+}
+
+// Every PEM file is read whole through ReadConfigFile (a regular file of at
+// most 16 MiB, SPEC section 11) and parsed from memory: a file swapped for a
+// FIFO or a device between the loader's check and this read is an error, never
+// a blocked reload.
+using BioPtr = std::unique_ptr<BIO, decltype(&BIO_free)>;
+
+absl::StatusOr<std::string> ReadPem(absl::string_view what,
+                                    const std::string& file) {
+  absl::StatusOr<std::string> pem = ReadConfigFile(file);
+  if (!pem.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot load ", what, " ", file, ": ", pem.status().message()));
+  }
+  return pem;
+}
+
+BioPtr MemoryBio(const std::string& pem) {
+  return BioPtr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())),
+                &BIO_free);
+}
+
+// PEM's end of input ("no start line" after the last block) is no error.
+bool OnlyEndOfPemLeft() {
+  const unsigned long err = ERR_peek_last_error();
+  if (ERR_GET_LIB(err) == ERR_LIB_PEM &&
+      ERR_GET_REASON(err) == PEM_R_NO_START_LINE) {
+    ERR_clear_error();
+    return true;
+  }
+  return err == 0;
+}
+
+// An encrypted key is refused rather than prompting on a terminal.
+int NoPassphrase(char*, int, int, void*) { return -1; }
+
+// The certificate and its chain (SSL_CTX_use_certificate_chain_file's job).
+absl::Status UseCertificateChain(SSL_CTX* ctx, absl::string_view what,
+                                 const std::string& file) {
+  absl::StatusOr<std::string> pem = ReadPem(what, file);
+  if (!pem.ok()) return pem.status();
+  ERR_clear_error();
+  BioPtr bio = MemoryBio(*pem);
+  const std::string cannot = absl::StrCat("cannot load ", what);
+  X509* leaf = bio == nullptr ? nullptr
+                              : PEM_read_bio_X509_AUX(bio.get(), nullptr,
+                                                      &NoPassphrase, nullptr);
+  if (leaf == nullptr) return Fail(cannot, file);
+  const int used = SSL_CTX_use_certificate(ctx, leaf);
+  X509_free(leaf);
+  if (used != 1) return Fail(cannot, file);
+  SSL_CTX_clear_chain_certs(ctx);
+  while (X509* ca =
+             PEM_read_bio_X509(bio.get(), nullptr, &NoPassphrase, nullptr)) {
+    if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {
+      X509_free(ca);
+      return Fail(cannot, file);
+    }
+  }
+  if (!OnlyEndOfPemLeft()) return Fail(cannot, file);
+  return absl::OkStatus();
+}
+
+absl::Status UsePrivateKey(SSL_CTX* ctx, absl::string_view what,
+                           const std::string& file) {
+  absl::StatusOr<std::string> pem = ReadPem(what, file);
+  if (!pem.ok()) return pem.status();
+  ERR_clear_error();
+  BioPtr bio = MemoryBio(*pem);
+  EVP_PKEY* key =
+      bio == nullptr
+          ? nullptr
+          : PEM_read_bio_PrivateKey(bio.get(), nullptr, &NoPassphrase, nullptr);
+  const std::string cannot = absl::StrCat("cannot load ", what);
+  if (key == nullptr) return Fail(cannot, file);
+  const int used = SSL_CTX_use_PrivateKey(ctx, key);
+  EVP_PKEY_free(key);
+  if (used != 1) return Fail(cannot, file);
+  return absl::OkStatus();
+}
+
+// A CA bundle into the context's trust store (SSL_CTX_load_verify_locations'
+// job): every certificate (and CRL) in the file; none is an error.
+absl::Status LoadCaBundle(SSL_CTX* ctx, absl::string_view what,
+                          const std::string& file) {
+  absl::StatusOr<std::string> pem = ReadPem(what, file);
+  if (!pem.ok()) return pem.status();
+  ERR_clear_error();
+  BioPtr bio = MemoryBio(*pem);
+  const std::string cannot = absl::StrCat("cannot load ", what);
+  STACK_OF(X509_INFO)* infos =
+      bio == nullptr
+          ? nullptr
+          : PEM_X509_INFO_read_bio(bio.get(), nullptr, &NoPassphrase, nullptr);
+  if (infos == nullptr) return Fail(cannot, file);
+  X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+  int certificates = 0;
+  bool ok = true;
+  for (int i = 0; i < sk_X509_INFO_num(infos) && ok; ++i) {
+    X509_INFO* info = sk_X509_INFO_value(infos, i);
+    if (info->x509 != nullptr) {
+      ok = X509_STORE_add_cert(store, info->x509) == 1;
+      ++certificates;
+    }
+    if (ok && info->crl != nullptr) {
+      ok = X509_STORE_add_crl(store, info->crl) == 1;
+    }
+  }
+  sk_X509_INFO_pop_free(infos, X509_INFO_free);
+  if (!ok) return Fail(cannot, file);
+  if (certificates == 0) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat(cannot, " ", file, ": no PEM certificate in it"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -64,20 +185,21 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Server(
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
-  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert_file.c_str()) != 1) {
-    return Fail("cannot load certificate", files.cert_file);
+  if (absl::Status s = UseCertificateChain(ctx, "certificate", files.cert_file);
+      !s.ok()) {
+    return s;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, files.key_file.c_str(),
-                                  SSL_FILETYPE_PEM) != 1) {
-    return Fail("cannot load private key", files.key_file);
+  if (absl::Status s = UsePrivateKey(ctx, "private key", files.key_file);
+      !s.ok()) {
+    return s;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     return Fail("private key does not match the certificate", files.cert_file);
   }
   if (!files.client_ca_file.empty()) {
-    if (SSL_CTX_load_verify_locations(ctx, files.client_ca_file.c_str(),
-                                      nullptr) != 1) {
-      return Fail("cannot load client CA", files.client_ca_file);
+    if (absl::Status s = LoadCaBundle(ctx, "client CA", files.client_ca_file);
+        !s.ok()) {
+      return s;
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
                        nullptr);
@@ -100,18 +222,19 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Client(
                             SSL_MODE_RELEASE_BUFFERS);
   if (files.ca_file.empty()) {
     SSL_CTX_set_default_verify_paths(ctx);
-  } else if (SSL_CTX_load_verify_locations(ctx, files.ca_file.c_str(),
-                                           nullptr) != 1) {
-    return Fail("cannot load CA", files.ca_file);
+  } else if (absl::Status s = LoadCaBundle(ctx, "CA", files.ca_file); !s.ok()) {
+    return s;
   }
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   if (!files.cert_file.empty()) {
-    if (SSL_CTX_use_certificate_chain_file(ctx, files.cert_file.c_str()) != 1) {
-      return Fail("cannot load client certificate", files.cert_file);
+    if (absl::Status s =
+            UseCertificateChain(ctx, "client certificate", files.cert_file);
+        !s.ok()) {
+      return s;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, files.key_file.c_str(),
-                                    SSL_FILETYPE_PEM) != 1) {
-      return Fail("cannot load client key", files.key_file);
+    if (absl::Status s = UsePrivateKey(ctx, "client key", files.key_file);
+        !s.ok()) {
+      return s;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
       return Fail("client key does not match the certificate", files.cert_file);

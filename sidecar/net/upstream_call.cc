@@ -46,7 +46,7 @@ std::unique_ptr<UpstreamCall> UpstreamCall::Start(
     });
   };
   std::string error;
-  UpstreamConnection* conn = worker.UpstreamFor(address, &error);
+  UpstreamConnection* conn = worker.UpstreamFor(address, &error, options.use);
   if (conn == nullptr) {
     fail_later(std::move(error));
     return call;

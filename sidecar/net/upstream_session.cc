@@ -77,6 +77,12 @@ struct UpstreamCallbacks {
           }
         }
         break;
+      case NGHTTP2_SETTINGS:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) == 0) {
+          static_cast<UpstreamConnection*>(user_data)->settings_received_ =
+              true;
+        }
+        break;
       case NGHTTP2_GOAWAY:
         // No new streams here; the worker opens a fresh connection for the next
         // call.
@@ -108,6 +114,10 @@ struct UpstreamCallbacks {
       nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
       self->streams_.erase(peer);
       peer->OnUpstreamClosed(error_code);
+    }
+    if (self->open_streams_ > 0 && --self->open_streams_ == 0) {
+      self->idle_since_ = self->worker_.clock().Now();
+      self->worker_.OnUpstreamIdle(self);
     }
     return 0;
   }
@@ -155,8 +165,16 @@ struct UpstreamCallbacks {
 };
 
 UpstreamConnection::UpstreamConnection(Worker& worker, int fd,
-                                       const UpstreamAddress& address)
-    : H2Connection(worker, fd), key_(address.key) {}
+                                       const UpstreamAddress& address,
+                                       UpstreamUse use, uint64_t id)
+    : H2Connection(worker, fd), key_(address.key), use_(use), id_(id) {}
+
+uint32_t UpstreamConnection::max_streams() const {
+  return settings_received_
+             ? nghttp2_session_get_remote_settings(
+                   session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+             : assumed_max_streams_;
+}
 
 UpstreamConnection::~UpstreamConnection() = default;
 
@@ -173,6 +191,8 @@ void UpstreamConnection::Retire() {
 
 UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
                                                 const UpstreamAddress& address,
+                                                UpstreamUse use, uint64_t id,
+                                                uint32_t assumed_max_streams,
                                                 std::string* error) {
   const int fd = socket(address.addr.ss_family,
                         SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -191,7 +211,8 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
     close(fd);
     return nullptr;
   }
-  auto* conn = new UpstreamConnection(worker, fd, address);
+  auto* conn = new UpstreamConnection(worker, fd, address, use, id);
+  conn->assumed_max_streams_ = std::max<uint32_t>(1, assumed_max_streams);
   if (address.tls != nullptr) {
     SSL* ssl = address.tls->NewConnection(fd, address.host);
     if (ssl == nullptr) {
@@ -207,6 +228,8 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
   // As downstream: what gRPC accepts passes (metadata values with leading or
   // trailing spaces).
   nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1);
+  nghttp2_option_set_peer_max_concurrent_streams(option,
+                                                 conn->assumed_max_streams_);
   nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn,
                               option);
   nghttp2_option_del(option);
@@ -247,7 +270,10 @@ int32_t UpstreamConnection::Submit(UpstreamPeer* stream,
   provider.read_callback = &UpstreamCallbacks::ReadRequest;
   const int32_t id = nghttp2_submit_request(session_, nullptr, headers, count,
                                             &provider, stream);
-  if (id >= 0) streams_.insert(stream);
+  if (id >= 0) {
+    streams_.insert(stream);
+    ++open_streams_;
+  }
   return id;
 }
 

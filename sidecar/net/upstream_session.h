@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/time/time.h"
 #include "sidecar/net/h2_connection.h"
 #include "sidecar/net/stream_handler.h"
 
@@ -53,13 +54,33 @@ class UpstreamConnection final : public H2Connection {
  public:
   // Starts a non-blocking connect; nullptr with `error` set if it fails at
   // once.
+  // Until the endpoint's SETTINGS arrive, it is taken to allow
+  // `assumed_max_streams` concurrent streams (what an earlier connection to it
+  // learned, else 100 as RFC 9113 recommends); nghttp2 holds back the rest.
   static UpstreamConnection* Connect(Worker& worker,
                                      const UpstreamAddress& address,
+                                     UpstreamUse use, uint64_t id,
+                                     uint32_t assumed_max_streams,
                                      std::string* error);
+  static constexpr uint32_t kDefaultAssumedMaxStreams = 100;
   ~UpstreamConnection() override;
 
   const std::string& key() const { return key_; }
+  UpstreamUse use() const { return use_; }
+  // Unique on its worker (a timer's way to find it again).
+  uint64_t id() const { return id_; }
   bool accepting_streams() const { return !goaway_received_ && !retired_; }
+  // Streams submitted and not yet closed (those nghttp2 holds back included).
+  size_t open_streams() const { return open_streams_; }
+  // The endpoint's SETTINGS_MAX_CONCURRENT_STREAMS (the assumed value until
+  // its SETTINGS arrive), and whether they have.
+  uint32_t max_streams() const;
+  bool settings_received() const { return settings_received_; }
+  // Whether another stream would go out at once: fewer open than
+  // max_streams().
+  bool HasRoom() const { return open_streams_ < max_streams(); }
+  // When its last stream ended (meaningful while open_streams() is 0).
+  absl::Time idle_since() const { return idle_since_; }
   // The endpoint is gone: sends GOAWAY, takes no new streams, and closes once
   // the streams in progress are done.
   void Retire();
@@ -75,12 +96,22 @@ class UpstreamConnection final : public H2Connection {
 
  private:
   friend struct UpstreamCallbacks;
-  UpstreamConnection(Worker& worker, int fd, const UpstreamAddress& address);
+  UpstreamConnection(Worker& worker, int fd, const UpstreamAddress& address,
+                     UpstreamUse use, uint64_t id);
   void OnWritableFirstTime() override;
   void OnClosed(std::string_view why) override;
   void ArmConnect();
 
   std::string key_;
+  UpstreamUse use_;
+  uint64_t id_;
+  size_t open_streams_ = 0;
+  uint32_t assumed_max_streams_ = kDefaultAssumedMaxStreams;
+  bool settings_received_ = false;
+  absl::Time idle_since_;
+  // The worker's idle timer for a spare connection is pending.
+  bool spare_timer_armed_ = false;
+  friend class Worker;
   bool goaway_received_ = false;
   bool retired_ = false;
   bool connected_ = false;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/algorithm/container.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "sidecar/net/accept_pause.h"
@@ -215,15 +216,30 @@ void Worker::RegisterCall(uint64_t id, DownstreamStream* stream) {
 void Worker::UnregisterCall(uint64_t id) { calls_.erase(id); }
 
 UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
-                                        std::string* error) {
-  UpstreamSlot& slot = upstream_[address.key];
-  if (slot.conn != nullptr && !slot.conn->closed() &&
-      slot.conn->accepting_streams()) {
-    return slot.conn;
+                                        std::string* error, UpstreamUse use) {
+  UpstreamSlot& slot = SlotsFor(use)[address.key];
+  // Those that took a GOAWAY (or were retired) drain and take no new streams.
+  std::erase_if(slot.conns, [](UpstreamConnection* c) {
+    return c->closed() || !c->accepting_streams();
+  });
+  UpstreamConnection* least_busy = nullptr;
+  for (UpstreamConnection* conn : slot.conns) {
+    if (conn->settings_received())
+      slot.learned_max_streams = conn->max_streams();
+    if (conn->HasRoom()) return conn;
+    if (least_busy == nullptr ||
+        conn->open_streams() < least_busy->open_streams()) {
+      least_busy = conn;
+    }
   }
-  slot.conn = nullptr;
+  const size_t cap =
+      use == UpstreamUse::kHealthProbe ? 1 : kMaxConnectionsPerEndpoint;
+  if (least_busy != nullptr && slot.conns.size() >= cap) return least_busy;
   const absl::Time now = clock_.Now();
   if (now < slot.retry_after) {
+    // Connecting failed a moment ago; a connection that is full still takes
+    // the call (it waits for a stream to end).
+    if (least_busy != nullptr) return least_busy;
     *error = absl::StrCat("upstream ", address.key,
                           " is unreachable (next connect attempt in ",
                           absl::FormatDuration(absl::Ceil(
@@ -231,25 +247,35 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
                           ")");
     return nullptr;
   }
-  auto conn = UpstreamConnection::Connect(*this, address, error);
+  auto conn = UpstreamConnection::Connect(
+      *this, address, use, ++last_upstream_id_,
+      slot.learned_max_streams > 0
+          ? slot.learned_max_streams
+          : UpstreamConnection::kDefaultAssumedMaxStreams,
+      error);
   if (conn == nullptr) {
     slot.backoff =
         std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
     slot.retry_after = now + slot.backoff;
+    if (least_busy != nullptr) {
+      error->clear();
+      return least_busy;
+    }
     return nullptr;
   }
-  slot.conn = conn;
+  slot.conns.push_back(conn);
   all_upstream_.insert(conn);
   if (retained_.has_value() && !retained_->contains(address.key)) {
     // A call still holding an older snapshot reached an endpoint that has left
-    // since: serve it, then let the connection go once its streams are done
-    // (the task runs after the caller has submitted its stream).
-    Post([this, key = address.key] {
+    // since: serve it, then let the connections go once their streams are
+    // done (the task runs after the caller has submitted its stream).
+    Post([this, key = address.key, use] {
       if (retained_.has_value() && retained_->contains(key)) return;
-      auto it = upstream_.find(key);
-      if (it == upstream_.end()) return;
-      if (it->second.conn != nullptr) it->second.conn->Retire();
-      upstream_.erase(it);
+      auto& slots = SlotsFor(use);
+      auto it = slots.find(key);
+      if (it == slots.end()) return;
+      for (UpstreamConnection* c : it->second.conns) c->Retire();
+      slots.erase(it);
     });
   }
   return conn;
@@ -258,13 +284,15 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
 void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   all_upstream_.erase(conn);
   ScheduleMemoryTrim();
-  auto it = upstream_.find(conn->key());
-  if (it == upstream_.end()) return;
+  auto& slots = SlotsFor(conn->use());
+  auto it = slots.find(conn->key());
+  if (it == slots.end()) return;
   UpstreamSlot& slot = it->second;
-  // A connection that is no longer the slot's (drained after GOAWAY, or
-  // retired before its key came back) says nothing about the current one.
-  if (slot.conn != conn) return;
-  slot.conn = nullptr;
+  // A connection that left the slot (drained after GOAWAY, or retired before
+  // its key came back) says nothing about the current ones.
+  auto pos = std::find(slot.conns.begin(), slot.conns.end(), conn);
+  if (pos == slot.conns.end()) return;
+  slot.conns.erase(pos);
   if (connect_failed) {
     slot.backoff =
         std::min(kMaxBackoff, std::max(kInitialBackoff, slot.backoff * 2));
@@ -275,13 +303,55 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
   }
 }
 
+void Worker::OnUpstreamIdle(UpstreamConnection* conn) {
+  // An endpoint's first connection stays; a further one goes after
+  // kSpareConnectionIdle without streams. One timer per connection at a time.
+  if (conn->spare_timer_armed_ || !conn->accepting_streams()) return;
+  auto& slots = SlotsFor(conn->use());
+  auto it = slots.find(conn->key());
+  if (it == slots.end() || it->second.conns.empty() ||
+      it->second.conns.front() == conn) {
+    return;
+  }
+  conn->spare_timer_armed_ = true;
+  ArmSpareTimer(conn->use(), conn->key(), conn->id(),
+                conn->idle_since() + kSpareConnectionIdle);
+}
+
+void Worker::ArmSpareTimer(UpstreamUse use, std::string key, uint64_t id,
+                           absl::Time when) {
+  timers_.Schedule(when, [this, use, key = std::move(key), id]() mutable {
+    auto& slots = SlotsFor(use);
+    auto it = slots.find(key);
+    if (it == slots.end()) return;
+    auto& conns = it->second.conns;
+    auto pos = absl::c_find_if(
+        conns, [id](UpstreamConnection* c) { return c->id() == id; });
+    if (pos == conns.end()) return;
+    UpstreamConnection* conn = *pos;
+    conn->spare_timer_armed_ = false;
+    // Busy again: the next time it empties arms a new timer.
+    if (conn->open_streams() > 0 || pos == conns.begin()) return;
+    const absl::Time due = conn->idle_since() + kSpareConnectionIdle;
+    if (clock_.Now() < due) {
+      conn->spare_timer_armed_ = true;
+      ArmSpareTimer(use, std::move(key), id, due);
+      return;
+    }
+    conns.erase(pos);
+    conn->Retire();
+  });
+}
+
 void Worker::RetainUpstreams(absl::flat_hash_set<std::string> keys) {
   Post([this, keys = std::move(keys)]() mutable {
-    absl::erase_if(upstream_, [&](const auto& entry) {
-      if (keys.contains(entry.first)) return false;
-      if (entry.second.conn != nullptr) entry.second.conn->Retire();
-      return true;
-    });
+    for (auto* slots : {&upstream_, &probe_upstream_}) {
+      absl::erase_if(*slots, [&](const auto& entry) {
+        if (keys.contains(entry.first)) return false;
+        for (UpstreamConnection* c : entry.second.conns) c->Retire();
+        return true;
+      });
+    }
     retained_ = std::move(keys);
   });
 }

@@ -1,7 +1,10 @@
 // Worker: one event-loop thread of the data plane. It owns its SO_REUSEPORT
-// listening socket, the downstream connections it accepted, and one multiplexed
-// upstream connection per endpoint it talks to. A call (stream) lives on one
-// worker for its whole life; other threads reach a worker only through Post.
+// listening socket, the downstream connections it accepted, and the multiplexed
+// upstream connections to each endpoint it talks to: one while the endpoint's
+// SETTINGS_MAX_CONCURRENT_STREAMS leaves room, more (up to
+// kMaxConnectionsPerEndpoint) when it does not, plus one of its own for the
+// health probes. A call (stream) lives on one worker for its whole life; other
+// threads reach a worker only through Post.
 //
 // Thread-safety: Create/Start/Join/Post/BeginDrain/ForceClose from any thread;
 // the rest only on the worker's own thread. Cost: nothing per call beyond the
@@ -118,12 +121,29 @@ class Worker final : public Executor {
   void StreamOpened() { open_streams_.fetch_add(1, std::memory_order_relaxed); }
   void StreamClosed() { open_streams_.fetch_sub(1, std::memory_order_relaxed); }
 
-  // The connection for an upstream endpoint, connecting (or failing fast while
-  // it backs off after a failure) as needed. nullptr with `error` set when it
-  // cannot be used now.
+  // Connections per endpoint for calls: a further one opens when every one
+  // is at the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS; past this many,
+  // calls wait on the least busy (nghttp2 holds them back until a stream
+  // ends). Health probes have a connection of their own besides.
+  static constexpr size_t kMaxConnectionsPerEndpoint = 16;
+  // A further connection (not an endpoint's first) without streams this long
+  // is closed (GOAWAY).
+  static constexpr absl::Duration kSpareConnectionIdle = absl::Seconds(30);
+
+  // The connection for an upstream endpoint: the first in use with room for
+  // another stream, else a new one (connecting, or failing fast while it backs
+  // off after a failure), else the least busy. Health probes
+  // (`UpstreamUse::kHealthProbe`) use their own connection, so traffic held
+  // back by the endpoint's stream limit never delays them. nullptr with
+  // `error` set when none can be used now.
   UpstreamConnection* UpstreamFor(const UpstreamAddress& address,
-                                  std::string* error);
+                                  std::string* error,
+                                  UpstreamUse use = UpstreamUse::kCall);
   void OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed);
+  // The connection's last open stream ended.
+  void OnUpstreamIdle(UpstreamConnection* conn);
+  // Upstream connections open now (for tests and /routes).
+  size_t UpstreamConnectionCount() const { return all_upstream_.size(); }
   // Posts: upstream connections whose key is not in `keys` (their endpoint
   // left the configuration or the DNS answer) take no new streams and close
   // once their streams are done; their reconnect state is forgotten.
@@ -138,6 +158,10 @@ class Worker final : public Executor {
   static void OnAccept(evconnlistener* listener, int fd, sockaddr* addr,
                        int len, void* arg);
   void FlushDirty();
+  // Retires the spare connection `id` once it has been without streams for
+  // kSpareConnectionIdle (checked at `when`).
+  void ArmSpareTimer(UpstreamUse use, std::string key, uint64_t id,
+                     absl::Time when);
   // After a connection closed: malloc_trim once kMemoryTrimDelay has passed
   // (coalescing closes in between).
   void ScheduleMemoryTrim();
@@ -164,12 +188,24 @@ class Worker final : public Executor {
   absl::flat_hash_set<DownstreamSession*> downstream_;
   absl::flat_hash_map<uint64_t, DownstreamStream*> calls_;
   struct UpstreamSlot {
-    UpstreamConnection* conn =
-        nullptr;  // current connection (owned via all_upstream_)
+    // The connections taking new streams, oldest first (owned via
+    // all_upstream_). Those that stopped taking streams (GOAWAY, retired)
+    // leave the list and drain.
+    std::vector<UpstreamConnection*> conns;
     absl::Time retry_after = absl::InfinitePast();
     absl::Duration backoff = absl::ZeroDuration();
+    // The endpoint's SETTINGS_MAX_CONCURRENT_STREAMS as a connection last
+    // learned it (0: not yet): what a new connection assumes until its own
+    // SETTINGS arrive.
+    uint32_t learned_max_streams = 0;
   };
+  absl::flat_hash_map<std::string, UpstreamSlot>& SlotsFor(UpstreamUse use) {
+    return use == UpstreamUse::kHealthProbe ? probe_upstream_ : upstream_;
+  }
+  // Calls' connections and health probes', by endpoint key.
   absl::flat_hash_map<std::string, UpstreamSlot> upstream_;
+  absl::flat_hash_map<std::string, UpstreamSlot> probe_upstream_;
+  uint64_t last_upstream_id_ = 0;
   absl::flat_hash_set<UpstreamConnection*> all_upstream_;
   // The upstream keys of the current configuration (RetainUpstreams); unset
   // until the first call.

@@ -632,6 +632,11 @@ class RawH2Client {
   // (END_STREAM) when `end_stream`.
   int32_t Submit(const std::string& path, const std::string& body,
                  bool end_stream) {
+    return Submit(path, std::make_shared<const std::string>(body), end_stream);
+  }
+  // The same, with a body shared by many streams.
+  int32_t Submit(const std::string& path,
+                 std::shared_ptr<const std::string> body, bool end_stream) {
     const std::string authority = absl::StrCat("127.0.0.1:", port_);
     const std::pair<std::string, std::string> headers[] = {
         {":method", "POST"},
@@ -647,7 +652,8 @@ class RawH2Client {
                     reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())),
                     name.size(), value.size(), NGHTTP2_NV_FLAG_NONE});
     }
-    bodies_.push_back(std::make_unique<Body>(Body{body, 0, end_stream}));
+    bodies_.push_back(
+        std::make_unique<Body>(Body{std::move(body), 0, end_stream}));
     nghttp2_data_provider provider{};
     provider.source.ptr = bodies_.back().get();
     provider.read_callback = &ReadBody;
@@ -704,6 +710,19 @@ class RawH2Client {
   }
 
   int closed_streams() const { return closed_streams_; }
+  // Request body bytes handed to nghttp2 so far, and whether every request
+  // body submitted is out.
+  uint64_t request_bytes_sent() const {
+    uint64_t n = 0;
+    for (const auto& body : bodies_) n += body->offset;
+    return n;
+  }
+  bool AllRequestBytesSent() const {
+    for (const auto& body : bodies_) {
+      if (body->offset < body->bytes->size()) return false;
+    }
+    return true;
+  }
 
   // Sends RST_STREAM(CANCEL) on `stream_id` with the next Flush.
   void Cancel(int32_t stream_id) {
@@ -755,7 +774,7 @@ class RawH2Client {
 
  private:
   struct Body {
-    std::string bytes;
+    std::shared_ptr<const std::string> bytes;
     size_t offset;
     bool end_stream;
   };
@@ -766,10 +785,10 @@ class RawH2Client {
                           size_t length, uint32_t* flags,
                           nghttp2_data_source* source, void*) {
     auto* body = static_cast<Body*>(source->ptr);
-    const size_t n = std::min(length, body->bytes.size() - body->offset);
-    std::memcpy(buf, body->bytes.data() + body->offset, n);
+    const size_t n = std::min(length, body->bytes->size() - body->offset);
+    std::memcpy(buf, body->bytes->data() + body->offset, n);
     body->offset += n;
-    if (body->offset == body->bytes.size()) {
+    if (body->offset == body->bytes->size()) {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
       if (!body->end_stream) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     }
@@ -2247,6 +2266,64 @@ TEST_F(FaultsTest, SharedAnswersHeldForClientsThatNeverReadEndAtTheDeadline) {
   // The flights ran: one upstream call per key, and nothing is still held.
   const std::string routes = Routes();
   EXPECT_THAT(routes, ::testing::HasSubstr("\"flights_open\": 0"));
+}
+
+// SPEC section 11 (issue 15 item 1): on a singleflight route, 150 streams on
+// one connection each send a 4 MiB request and never half-close. The sidecar
+// holds at most max_request_bytes of a request for coalescing; past that the
+// call goes on as a plain, flow-controlled one, so what it holds stays within
+// the stream windows (256 KiB each) instead of the whole requests (617 MiB of
+// RSS before).
+TEST_F(FaultsTest,
+       LargeRequestsThatNeverEndHoldAStreamWindowEachWhenCoalesced) {
+  ASSERT_NO_FATAL_FAILURE(StartSidecar(
+      "",
+      "  - name: coalesced\n"
+      "    match: { service: bulwark.demo.v1.Demo, method: Echo }\n"
+      "    cluster: demo\n"
+      "    timeout: 30s\n"
+      "    singleflight: {}\n"));
+  ASSERT_NO_FATAL_FAILURE(WarmUpAndMeasureBaseline());
+  constexpr int kStreams = 150;
+  constexpr size_t kRequestBytes = 4 << 20;
+  absl::StatusOr<std::unique_ptr<RawH2Client>> client =
+      RawH2Client::Connect(port_, {.peer_max_concurrent_streams = 1000});
+  ASSERT_TRUE(client.ok()) << client.status();
+  EchoRequest request;
+  // Just under max_message_bytes (4 MiB) with the protobuf framing.
+  request.set_payload(std::string(kRequestBytes - 16, 'r'));
+  auto body = std::make_shared<const std::string>(
+      GrpcFrame(request.SerializeAsString()));
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_GT((*client)->Submit("/bulwark.demo.v1.Demo/Echo", body,
+                                /*end_stream=*/false),
+              0);
+  }
+  // Send what the windows let through for up to 10 s (or until every byte
+  // is out), sampling the sidecar's RSS.
+  int64_t peak_kib = RssKib(pid_);
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < end && !(*client)->AllRequestBytesSent()) {
+    ASSERT_TRUE((*client)->Flush(end, /*read=*/true).ok());
+    peak_kib = std::max(peak_kib, RssKib(pid_));
+    absl::SleepFor(absl::Milliseconds(10));  // pacing the client
+  }
+  peak_kib = std::max(peak_kib, RssKib(pid_));
+  const int64_t growth_kib = peak_kib - baseline_rss_kib_;
+  RecordProperty("rss_growth_kib", static_cast<int>(growth_kib));
+  std::cout << "[ measure ] " << kStreams << " never-ending 4 MiB requests: "
+            << (*client)->request_bytes_sent() / (1 << 20)
+            << " MiB sent; sidecar RSS " << baseline_rss_kib_ << " -> "
+            << peak_kib << " KiB\n";
+  // 150 stream windows are 37.5 MiB; a margin for the allocator.
+  if (!SidecarUnderThreadSanitizer()) {
+    EXPECT_LT(growth_kib, 64 * 1024)
+        << "RSS " << baseline_rss_kib_ << " KiB -> " << peak_kib << " KiB";
+  }
+  // The calls did go on: more than the windows hold reached the sidecar.
+  EXPECT_GT((*client)->request_bytes_sent(), uint64_t{kStreams} * (256 << 10));
+  (*client)->Abort();
+  ASSERT_NO_FATAL_FAILURE(ExpectBackToBaseline("never-ending large requests"));
 }
 
 }  // namespace
