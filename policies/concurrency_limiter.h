@@ -18,27 +18,57 @@
 // clock read, one timer and two short critical sections (numbers in
 // tests/microbench/queue_flight_bench.cc).
 //
+// Priorities (SPEC section 7): each waiter has one (critical, high, normal,
+// sheddable); the queue serves higher priorities first, and a full queue that
+// a higher-priority call reaches sheds its lowest-priority, newest waiter
+// (kLoadShed) instead of refusing the arrival.
+//
+// Adaptive (Options::adaptive): the limit moves by itself (AdaptiveLimit, fed
+// by Permit::ReleaseSample from the calls' latencies and outcomes) between
+// min_limit and max_in_flight, and the queue sheds early: a waiter whose
+// remaining deadline is below the expected wait (waiters ahead x the mean
+// latency / the limit) is shed at once; once the queue has not been empty for
+// queue_interval (a standing queue, not a burst), new waiters wait at most
+// queue_target and the newest is served first; every refusal is kLoadShed.
+// The lock-free paths stay as they are (they read the moving limit); a sample
+// takes the lock once per sampled call.
+//
 // Lifetime: the limiter must outlive every Permit it granted and every waiter
 // still parked (the route's policy state is held by the config snapshot that
 // those calls keep alive).
 #ifndef BULWARK_POLICIES_CONCURRENCY_LIMITER_H_
 #define BULWARK_POLICIES_CONCURRENCY_LIMITER_H_
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "policies/adaptive_limit.h"
 #include "policies/clock.h"
 
 namespace bulwark {
 
+// A call's priority (SPEC section 7), most important first.
+enum class Priority : uint8_t { kCritical = 0, kHigh, kNormal, kSheddable };
+inline constexpr int kPriorityCount = 4;
+
 class ConcurrencyLimiter {
  public:
+  struct AdaptiveOptions {
+    uint32_t min_limit = 4;
+    uint32_t initial_limit = 20;
+    absl::Duration queue_target = absl::Milliseconds(10);
+    absl::Duration queue_interval = absl::Milliseconds(100);
+  };
   struct Options {
     // Slots: calls allowed upstream at once. Must be >= 1 (config validation
     // checks).
@@ -49,6 +79,12 @@ class ConcurrencyLimiter {
     // Longest wait for a slot; absl::InfiniteDuration() waits until the call
     // deadline.
     absl::Duration queue_timeout = absl::Milliseconds(50);
+    // Whether callers carry priorities other than kNormal (a priority_header
+    // is configured): only then can an arrival displace a waiter, so without
+    // it a full queue refuses without the lock.
+    bool priorities = false;
+    // Set: the limit adapts, max_in_flight is its ceiling.
+    std::optional<AdaptiveOptions> adaptive;
   };
 
   // One held slot. Move-only; releases its slot exactly once, on Release() or
@@ -66,12 +102,23 @@ class ConcurrencyLimiter {
     ~Permit() { Release(); }
 
     void Release();
+    // Releases after a call that is a latency sample of an adaptive limit (a
+    // unary call; SPEC section 7): the time since the grant, and whether it
+    // ended in overload (deadline, RESOURCE_EXHAUSTED, UNAVAILABLE), move the
+    // limit. Same as Release() on a fixed limiter.
+    void ReleaseSample(bool overloaded);
     bool Held() const { return limiter_ != nullptr; }
 
    private:
     friend class ConcurrencyLimiter;
     explicit Permit(ConcurrencyLimiter* limiter) : limiter_(limiter) {}
+    Permit(ConcurrencyLimiter* limiter, absl::Time granted_at,
+           uint32_t in_flight)
+        : limiter_(limiter), granted_at_(granted_at), in_flight_(in_flight) {}
     ConcurrencyLimiter* limiter_ = nullptr;
+    // Adaptive only: when it was granted, and the calls in flight then.
+    absl::Time granted_at_;
+    uint32_t in_flight_ = 0;
   };
 
   enum class AcquireStatus : uint8_t {
@@ -81,6 +128,9 @@ class ConcurrencyLimiter {
     kParked,
     // No free slot and the queue is full (or max_queued == 0): reject now.
     kConcurrencyLimit,
+    // Adaptive: refused (full queue, or a deadline shorter than the expected
+    // wait): reject with load_shed.
+    kLoadShed,
   };
   enum class WaitStatus : uint8_t {
     // `permit` holds a slot: go upstream.
@@ -89,6 +139,8 @@ class ConcurrencyLimiter {
     kQueueTimeout,
     // The call's own deadline came first, or at the same instant.
     kDeadlineExceeded,
+    // Displaced from a full queue by a higher-priority arrival.
+    kLoadShed,
   };
   enum class CancelStatus : uint8_t {
     // The waiter was still queued: removed; its on_done will never run.
@@ -107,6 +159,7 @@ class ConcurrencyLimiter {
   // harmless.
   struct WaitHandle {
     uint64_t id = 0;
+    Priority priority = Priority::kNormal;
   };
 
   // What a caller supplies in case it has to wait; used only when Acquire parks
@@ -118,6 +171,7 @@ class ConcurrencyLimiter {
     TimerQueue& timers;
     // The call's own deadline; absl::InfiniteFuture() if it has none.
     absl::Time call_deadline = absl::InfiniteFuture();
+    Priority priority = Priority::kNormal;
     // Invoked exactly once with the waiter's end unless Cancel returns
     // kCancelled first. Runs on the thread that resolved the wait (a releasing
     // worker, or the thread running `timers`), possibly before Acquire has
@@ -164,19 +218,34 @@ class ConcurrencyLimiter {
   uint32_t QueuedApprox() const {
     return QueuedOf(slots_.load(std::memory_order_relaxed));
   }
+  // The limit now (max_in_flight when not adaptive).
+  uint32_t LimitApprox() const {
+    return limit_.load(std::memory_order_relaxed);
+  }
+  bool adaptive() const { return adaptive_ != nullptr; }
+  // Adaptive: how long a new waiter would wait (the waiters x the mean
+  // latency / the limit); ZeroDuration before any sample or when not adaptive.
+  absl::Duration ExpectedWaitApprox() const {
+    const uint32_t limit = std::max<uint32_t>(1, LimitApprox());
+    return absl::Nanoseconds(mean_latency_ns_.load(std::memory_order_relaxed) *
+                             (QueuedApprox() + 1) / limit);
+  }
 
   const Options& options() const { return options_; }
 
  private:
   struct ParkedWaiter {
     TimerQueue* timers;
+    absl::Time parked_at;
     // Unset until armed, and for good if neither a queue timeout nor a
     // deadline applies.
     std::optional<TimerQueue::TimerId> timer;
     absl::AnyInvocable<void(WaitResult)> on_done;
   };
-  // Keyed by arrival number, so begin() is the oldest waiter.
-  using WaiterMap = std::map<uint64_t, ParkedWaiter>;
+  // Keyed by (priority, arrival number): begin() is the oldest waiter of the
+  // highest priority, prev(end()) the newest of the lowest.
+  using WaiterKey = std::pair<Priority, uint64_t>;
+  using WaiterMap = std::map<WaiterKey, ParkedWaiter>;
 
   // The slot accounting is one atomic word, so that the paths every call
   // takes when nobody waits (a free slot; a release with no waiter) are one
@@ -199,9 +268,20 @@ class ConcurrencyLimiter {
   // queued, or reject when the queue is full (so an overloaded route rejects
   // without contending for mu_).
   enum class LockFreeAnswer : uint8_t { kTookSlot, kQueueFull, kNeedsLock };
-  LockFreeAnswer TryWithoutLock();
+  // On kTookSlot, `in_flight` is the count with the new permit.
+  LockFreeAnswer TryWithoutLock(uint32_t* in_flight);
   void ReleaseSlot() ABSL_LOCKS_EXCLUDED(mu_);
-  void OnWaitExpired(uint64_t id, WaitStatus status) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnSample(absl::Time granted_at, uint32_t in_flight, bool overloaded)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void OnWaitExpired(WaiterKey key, WaitStatus status) ABSL_LOCKS_EXCLUDED(mu_);
+  // The waiter a freed slot goes to: the highest priority's oldest, or its
+  // newest while the queue stands (adaptive).
+  WaiterMap::iterator NextWaiter(absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Standing(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  WaiterMap::node_type Extract(WaiterMap::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Permit Grant(uint32_t in_flight);
 
   const Options options_;
   Clock& clock_;
@@ -210,9 +290,18 @@ class ConcurrencyLimiter {
   // CASes need no ordering beyond their own atomicity; relaxed throughout.
   std::atomic<uint64_t> slots_{0};
 
+  // max_in_flight, or the adaptive limit's current value.
+  std::atomic<uint32_t> limit_;
+  // The adaptive limit's mean latency, for ExpectedWaitApprox.
+  std::atomic<int64_t> mean_latency_ns_{0};
+
   absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   WaiterMap waiters_ ABSL_GUARDED_BY(mu_);
+  std::array<uint32_t, kPriorityCount> waiting_ ABSL_GUARDED_BY(mu_) = {};
+  // When the queue last went from empty to not empty.
+  absl::Time nonempty_since_ ABSL_GUARDED_BY(mu_);
+  const std::unique_ptr<AdaptiveLimit> adaptive_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 }  // namespace bulwark

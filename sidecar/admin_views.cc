@@ -49,6 +49,7 @@ void RefreshGauges(const Snapshot& snapshot) {
       const ConcurrencyLimiter& limiter = route->concurrency->limiter();
       route->metrics->InFlight().Set(limiter.InFlightApprox());
       route->metrics->Queued().Set(limiter.QueuedApprox());
+      route->metrics->Limit().Set(limiter.LimitApprox());
     }
   }
   for (const auto& cluster : snapshot.cluster_list) {

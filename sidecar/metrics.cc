@@ -33,7 +33,7 @@ constexpr std::array<std::string_view, kRejectReasonCount> kRejectReasonNames =
     {
         "rate_limited",  "circuit_open",        "concurrency_limit",
         "queue_timeout", "no_healthy_endpoint", "message_too_large",
-        "coalesced",
+        "coalesced",     "load_shed",
 };
 
 constexpr std::array<std::string_view, 3> kBreakerStateNames = {
@@ -131,6 +131,11 @@ struct Families {
                    .Name("bulwark_concurrency_queued")
                    .Help("calls waiting for a slot")
                    .Register(registry)),
+        limit(prometheus::BuildGauge()
+                  .Name("bulwark_concurrency_limit")
+                  .Help("the limit on calls in flight (adaptive: its current "
+                        "value)")
+                  .Register(registry)),
         singleflight(prometheus::BuildCounter()
                          .Name("bulwark_singleflight_calls_total")
                          .Help("leader (went upstream) or follower (coalesced)")
@@ -164,6 +169,7 @@ struct Families {
   prometheus::Family<prometheus::Gauge>& tokens;
   prometheus::Family<prometheus::Gauge>& in_flight;
   prometheus::Family<prometheus::Gauge>& queued;
+  prometheus::Family<prometheus::Gauge>& limit;
   prometheus::Family<prometheus::Counter>& singleflight;
   prometheus::Family<prometheus::Gauge>& endpoint_healthy;
   prometheus::Family<prometheus::Counter>& health_checks;
@@ -238,6 +244,10 @@ prometheus::Gauge& RouteMetrics::InFlight() {
 
 prometheus::Gauge& RouteMetrics::Queued() {
   return queued_.Get(families_.queued, [&] { return route_label_; });
+}
+
+prometheus::Gauge& RouteMetrics::Limit() {
+  return limit_.Get(families_.limit, [&] { return route_label_; });
 }
 
 prometheus::Counter& RouteMetrics::Singleflight(SingleflightRole role) {

@@ -59,8 +59,9 @@ enum class RejectReason {
   kNoHealthyEndpoint,
   kMessageTooLarge,
   kCoalesced,  // shadow singleflight only: the call would have joined a flight
+  kLoadShed,   // adaptive concurrency, or displaced by a higher priority
 };
-inline constexpr int kRejectReasonCount = 7;
+inline constexpr int kRejectReasonCount = 8;
 std::string_view RejectReasonName(RejectReason reason);
 
 namespace metrics_internal {
@@ -139,6 +140,8 @@ class RouteMetrics {
   prometheus::Gauge& InFlight();
   // bulwark_concurrency_queued{route}.
   prometheus::Gauge& Queued();
+  // bulwark_concurrency_limit{route}: the adaptive limit (or max_in_flight).
+  prometheus::Gauge& Limit();
   // bulwark_singleflight_calls_total{route, role}.
   prometheus::Counter& Singleflight(SingleflightRole role);
 
@@ -167,6 +170,7 @@ class RouteMetrics {
   metrics_internal::LazySeries<prometheus::Gauge> tokens_;
   metrics_internal::LazySeries<prometheus::Gauge> in_flight_;
   metrics_internal::LazySeries<prometheus::Gauge> queued_;
+  metrics_internal::LazySeries<prometheus::Gauge> limit_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 2>
       singleflight_;
 };

@@ -92,7 +92,9 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     }
     if (state.limiter != nullptr) {
       route->concurrency = std::make_unique<chain::ConcurrencyStage>(
-          rc.concurrency(), rc.name(), *state.limiter, *route->metrics);
+          rc.concurrency(), rc.name(), *state.limiter, *route->metrics,
+          !rc.match().service().empty() && !rc.match().method().empty(),
+          unary_methods);
     }
     route->upstream = std::make_unique<chain::UpstreamStage>(route->cluster);
 

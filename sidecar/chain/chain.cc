@@ -131,7 +131,14 @@ class FlightCall final : public net::UpstreamCallListener {
     if (route_.breaker != nullptr) {
       route_.breaker->Settle(ticket_, OutcomeOfFlight(result), now);
     }
-    permit_.Release();
+    // A flight is a unary call: a latency sample of an adaptive limit.
+    permit_.ReleaseSample(
+        result.deadline_exceeded ||
+        result.grpc_code ==
+            static_cast<int>(absl::StatusCode::kResourceExhausted) ||
+        result.grpc_code == static_cast<int>(absl::StatusCode::kUnavailable) ||
+        result.grpc_code ==
+            static_cast<int>(absl::StatusCode::kDeadlineExceeded));
     if (endpoint_->metrics != nullptr) {
       endpoint_->metrics->UpstreamRequests(result.grpc_code).Increment();
     }
@@ -228,6 +235,9 @@ class ChainCall final : public net::CallObserver {
     metrics.Requests(result.grpc_code).Increment();
     route_.state->recent.AddCall(now);
     metrics.Duration().Observe(absl::ToDoubleSeconds(now - call_.start_time()));
+    if (permit_.Held() && route_.concurrency->IsSample(call_.path(), result)) {
+      permit_.ReleaseSample(ConcurrencyStage::Overloaded(result));
+    }
     permit_.Release();
   }
 
@@ -378,6 +388,7 @@ class ChainCall final : public net::CallObserver {
     std::shared_ptr<RouteState> state = route_.state;
     auto acquired = route_.concurrency->Acquire(
         executor_.timers(), call_.deadline(),
+        route_.concurrency->PriorityOf(call_),
         [executor, call_id, acquisition,
          state](ConcurrencyStage::WaitResult result) mutable {
           // Any thread: hop to the call's worker. If the call is gone, the

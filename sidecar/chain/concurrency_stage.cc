@@ -7,28 +7,77 @@ namespace bulwark::chain {
 
 std::unique_ptr<ConcurrencyLimiter> ConcurrencyStage::NewState(
     const config::v1::Concurrency& c, Clock& clock) {
-  return std::make_unique<ConcurrencyLimiter>(
-      ConcurrencyLimiter::Options{
-          .max_in_flight = c.max_in_flight(),
-          .max_queued = c.max_queued(),
-          .queue_timeout = ToAbslDuration(c.queue_timeout())},
-      clock);
+  ConcurrencyLimiter::Options options{
+      .max_in_flight = c.max_in_flight(),
+      .max_queued = c.max_queued(),
+      .queue_timeout = ToAbslDuration(c.queue_timeout()),
+      .priorities = !c.priority_header().empty()};
+  if (c.has_adaptive()) {
+    options.adaptive = ConcurrencyLimiter::AdaptiveOptions{
+        .min_limit = c.adaptive().min_limit(),
+        .initial_limit = c.adaptive().initial_limit(),
+        .queue_target = ToAbslDuration(c.adaptive().queue_target()),
+        .queue_interval = ToAbslDuration(c.adaptive().queue_interval())};
+  }
+  return std::make_unique<ConcurrencyLimiter>(options, clock);
 }
 
-ConcurrencyStage::ConcurrencyStage(const config::v1::Concurrency& config,
-                                   std::string route,
-                                   ConcurrencyLimiter& limiter,
-                                   RouteMetrics& metrics)
+ConcurrencyStage::ConcurrencyStage(
+    const config::v1::Concurrency& config, std::string route,
+    ConcurrencyLimiter& limiter, RouteMetrics& metrics, bool exact_method,
+    const absl::flat_hash_set<std::string>* unary_methods)
     : route_(std::move(route)),
       shadow_(config.shadow()),
+      priority_header_(config.priority_header()),
+      exact_method_(exact_method),
+      unary_methods_(unary_methods),
       limiter_(limiter),
       metrics_(metrics) {}
 
+bool ConcurrencyStage::IsSample(std::string_view path,
+                                const net::CallResult& result) const {
+  if (!result.forwarded) return false;
+  if (result.unary_shaped || exact_method_) return true;
+  return unary_methods_ != nullptr &&
+         unary_methods_->contains(absl::string_view(path.data(), path.size()));
+}
+
+bool ConcurrencyStage::Overloaded(const net::CallResult& result) {
+  if (result.ending == net::CallResult::Ending::kDeadlineExceeded) return true;
+  const int code = result.upstream_grpc_code;
+  return code == static_cast<int>(absl::StatusCode::kDeadlineExceeded) ||
+         code == static_cast<int>(absl::StatusCode::kResourceExhausted) ||
+         code == static_cast<int>(absl::StatusCode::kUnavailable);
+}
+
+Priority ConcurrencyStage::PriorityOf(const net::Call& call) const {
+  if (priority_header_.empty()) return Priority::kNormal;
+  const std::string_view value = call.header(priority_header_);
+  if (value == "critical") return Priority::kCritical;
+  if (value == "high") return Priority::kHigh;
+  if (value == "sheddable") return Priority::kSheddable;
+  return Priority::kNormal;
+}
+
+Verdict ConcurrencyStage::LoadShed(std::string_view why) const {
+  if (shadow_) {
+    metrics_.ShadowRejections(RejectReason::kLoadShed).Increment();
+    return Verdict::Continue();
+  }
+  return Verdict::Answer(
+      {.code = absl::StatusCode::kResourceExhausted,
+       .reason = RejectReason::kLoadShed,
+       .message = absl::StrCat("load shed on route ", route_, ": ",
+                               absl::string_view(why.data(), why.size())),
+       .pushback = limiter_.ExpectedWaitApprox()});
+}
+
 ConcurrencyStage::Acquired ConcurrencyStage::Acquire(
-    TimerQueue& timers, absl::Time call_deadline,
+    TimerQueue& timers, absl::Time call_deadline, Priority priority,
     absl::AnyInvocable<void(WaitResult)> on_done) const {
   auto acquired = limiter_.Acquire({.timers = timers,
                                     .call_deadline = call_deadline,
+                                    .priority = priority,
                                     .on_done = std::move(on_done)});
   Acquired out;
   switch (acquired.status) {
@@ -50,6 +99,11 @@ ConcurrencyStage::Acquired ConcurrencyStage::Acquire(
            .message = absl::StrCat("concurrency limit of route ", route_,
                                    " reached")});
       return out;
+    case ConcurrencyLimiter::AcquireStatus::kLoadShed:
+      out.verdict = LoadShed(
+          "the upstream is at its adaptive limit, or the wait would pass the "
+          "call's deadline");
+      return out;
   }
   return out;
 }
@@ -59,7 +113,12 @@ Verdict ConcurrencyStage::OnWaitEnded(
   switch (status) {
     case ConcurrencyLimiter::WaitStatus::kGranted:
       return Verdict::Continue();
+    case ConcurrencyLimiter::WaitStatus::kLoadShed:
+      return LoadShed("displaced from the queue by a higher priority");
     case ConcurrencyLimiter::WaitStatus::kQueueTimeout:
+      // On an adaptive route every refusal is load_shed (SPEC section 7).
+      if (limiter_.adaptive())
+        return LoadShed("no slot within the queue's wait");
       if (shadow_) {
         metrics_.ShadowRejections(RejectReason::kQueueTimeout).Increment();
         return Verdict::Continue();
@@ -81,11 +140,16 @@ Verdict ConcurrencyStage::OnWaitEnded(
 }
 
 std::string ConcurrencyStage::DescribeJson() const {
-  return absl::StrCat("{\"limit\": ", limiter_.options().max_in_flight,
-                      ", \"in_flight\": ", limiter_.InFlightApprox(),
-                      ", \"queued\": ", limiter_.QueuedApprox(),
-                      ", \"max_queued\": ", limiter_.options().max_queued,
-                      ", \"shadow\": ", shadow_ ? "true" : "false", "}");
+  return absl::StrCat(
+      "{\"limit\": ", limiter_.LimitApprox(),
+      limiter_.adaptive()
+          ? absl::StrCat(", \"adaptive\": true, \"max_in_flight\": ",
+                         limiter_.options().max_in_flight)
+          : "",
+      ", \"in_flight\": ", limiter_.InFlightApprox(),
+      ", \"queued\": ", limiter_.QueuedApprox(),
+      ", \"max_queued\": ", limiter_.options().max_queued,
+      ", \"shadow\": ", shadow_ ? "true" : "false", "}");
 }
 
 }  // namespace bulwark::chain

@@ -20,12 +20,15 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
+#include "absl/container/flat_hash_set.h"
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/clock.h"
 #include "policies/concurrency_limiter.h"
 #include "sidecar/chain/verdict.h"
 #include "sidecar/metrics.h"
+#include "sidecar/net/stream_handler.h"
 
 namespace bulwark::chain {
 
@@ -37,8 +40,14 @@ class ConcurrencyStage {
 
   static std::unique_ptr<ConcurrencyLimiter> NewState(
       const config::v1::Concurrency& config, Clock& clock);
-  ConcurrencyStage(const config::v1::Concurrency& config, std::string route,
-                   ConcurrencyLimiter& limiter, RouteMetrics& metrics);
+  // `exact_method`: the route matches one exact method; `unary_methods`
+  // ("/pkg.Service/Method", from descriptor_sets) may be null. Both tell calls
+  // known unary, the adaptive limit's latency samples.
+  ConcurrencyStage(
+      const config::v1::Concurrency& config, std::string route,
+      ConcurrencyLimiter& limiter, RouteMetrics& metrics,
+      bool exact_method = false,
+      const absl::flat_hash_set<std::string>* unary_methods = nullptr);
 
   struct Acquired {
     // kContinue: go upstream (holding `permit` unless shadow booked none);
@@ -50,21 +59,36 @@ class ConcurrencyStage {
     // first.
     std::optional<WaitHandle> wait;
   };
+  // The call's priority from priority_header (kNormal without one).
+  Priority PriorityOf(const net::Call& call) const;
   // `on_done` may run on any thread (see ConcurrencyLimiter::Waiter).
   Acquired Acquire(TimerQueue& timers, absl::Time call_deadline,
+                   Priority priority,
                    absl::AnyInvocable<void(WaitResult)> on_done) const;
   // How a booked wait ended: kContinue (granted; in shadow always), or the
   // answer an enforcing waiter gets.
   Verdict OnWaitEnded(ConcurrencyLimiter::WaitStatus status) const;
   void Cancel(WaitHandle wait) const { limiter_.Cancel(wait); }
   bool shadow() const { return shadow_; }
+  // Whether a call that ended with `result` is a latency sample (SPEC section
+  // 7): known unary, or shaped like one; streams hold slots but are not.
+  bool IsSample(std::string_view path, const net::CallResult& result) const;
+  // Whether an ending says the upstream is overloaded: a deadline, or
+  // RESOURCE_EXHAUSTED / UNAVAILABLE from upstream.
+  static bool Overloaded(const net::CallResult& result);
 
   std::string DescribeJson() const;
   ConcurrencyLimiter& limiter() const { return limiter_; }
 
  private:
+  // load_shed (counted only, in shadow).
+  Verdict LoadShed(std::string_view why) const;
+
   const std::string route_;
   const bool shadow_;
+  const std::string priority_header_;
+  const bool exact_method_;
+  const absl::flat_hash_set<std::string>* unary_methods_;
   ConcurrencyLimiter& limiter_;
   RouteMetrics& metrics_;
 };

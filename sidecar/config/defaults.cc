@@ -64,6 +64,26 @@ void FillConcurrencyDefaults(cfg::Concurrency& c) {
   if (!c.has_queue_timeout()) {
     *c.mutable_queue_timeout() = ToProtoDuration(absl::Milliseconds(50));
   }
+  if (c.has_adaptive()) {
+    cfg::AdaptiveConcurrency& a = *c.mutable_adaptive();
+    if (!a.has_min_limit()) {
+      a.set_min_limit(std::min<uint32_t>(4, c.max_in_flight()));
+    }
+    if (!a.has_initial_limit()) {
+      a.set_initial_limit(std::clamp<uint32_t>(
+          20, a.min_limit(), std::max(a.min_limit(), c.max_in_flight())));
+    }
+    if (!a.has_queue_target()) {
+      const absl::Duration queue_timeout =
+          absl::Seconds(c.queue_timeout().seconds()) +
+          absl::Nanoseconds(c.queue_timeout().nanos());
+      *a.mutable_queue_target() =
+          ToProtoDuration(std::min(absl::Milliseconds(10), queue_timeout));
+    }
+    if (!a.has_queue_interval()) {
+      *a.mutable_queue_interval() = ToProtoDuration(absl::Milliseconds(100));
+    }
+  }
 }
 
 void FillSingleflightDefaults(cfg::Singleflight& sf,

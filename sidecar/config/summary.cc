@@ -60,11 +60,18 @@ std::string DescribePolicies(const cfg::Route& route) {
   }
   if (route.has_concurrency()) {
     const cfg::Concurrency& c = route.concurrency();
-    parts.push_back(
-        absl::StrCat("concurrency ", c.max_in_flight(), " in flight, ",
-                     c.max_queued(), " queued for ",
-                     FormatDurationForHumans(ToAbslDuration(c.queue_timeout())),
-                     Shadow(c.shadow())));
+    const std::string limit =
+        c.has_adaptive() ? absl::StrCat("adaptive ", c.adaptive().min_limit(),
+                                        "..", c.max_in_flight(), " (from ",
+                                        c.adaptive().initial_limit(), ")")
+                         : absl::StrCat(c.max_in_flight());
+    parts.push_back(absl::StrCat(
+        "concurrency ", limit, " in flight, ", c.max_queued(), " queued for ",
+        FormatDurationForHumans(ToAbslDuration(c.queue_timeout())),
+        c.priority_header().empty()
+            ? ""
+            : absl::StrCat(", priority from ", c.priority_header()),
+        Shadow(c.shadow())));
   }
   if (parts.empty()) return "no policies";
   return absl::StrJoin(parts, "; ");

@@ -562,6 +562,23 @@ void ConfigValidator::ValidateConcurrency(const cfg::Concurrency& c) {
   // queue_timeout >= 0 holds already: the parser refuses negative durations.
   CheckDurationAtMost(errors_, "queue_timeout", c.queue_timeout(),
                       kMaxQueueTimeout);
+  if (!c.priority_header().empty()) {
+    Field h(&errors_, ".priority_header");
+    CheckHeaderName(errors_, c.priority_header());
+  }
+  if (c.has_adaptive()) {
+    Field a(&errors_, ".adaptive");
+    const cfg::AdaptiveConcurrency& ad = c.adaptive();
+    const uint32_t ceiling = std::max<uint32_t>(1, c.max_in_flight());
+    CheckBetween(errors_, "min_limit", ad.min_limit(), 1, ceiling);
+    CheckBetween(errors_, "initial_limit", ad.initial_limit(),
+                 std::max<uint32_t>(1, ad.min_limit()), ceiling);
+    CheckDurationPositiveAtMost(
+        errors_, "queue_target", ad.queue_target(),
+        std::max(absl::Nanoseconds(1), ToAbslDuration(c.queue_timeout())));
+    CheckDurationPositiveAtMost(errors_, "queue_interval", ad.queue_interval(),
+                                kMaxQueueTimeout);
+  }
 }
 
 void ConfigValidator::ValidateSingleflight(const cfg::Route& route,

@@ -458,6 +458,11 @@ void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
 
 void DownstreamStream::OnRequestEnd() {
   request_ended_ = true;
+  // Shaped like a unary call: one whole message, half-closed before the
+  // answer began (an adaptive limit's latency sample, SPEC section 7).
+  result_.unary_shaped = response_state_ == ResponseState::kNone &&
+                         request_scanner_.messages_started() == 1 &&
+                         request_scanner_.AtBoundary();
   if (collecting_) {
     collecting_ = false;
     auto done = std::move(collect_done_);

@@ -103,6 +103,8 @@ struct CallResult {
   // reason.
   std::string_view reason;
   absl::Duration upstream_duration = absl::ZeroDuration();
+  // The request was one whole message, half-closed before the answer began.
+  bool unary_shaped = false;
 };
 
 class CallObserver {

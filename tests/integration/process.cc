@@ -374,6 +374,14 @@ bool SidecarUnderThreadSanitizer() {
   return tsan;
 }
 
+bool SidecarUnderAddressSanitizer() {
+  static const bool asan = [] {
+    absl::StatusOr<std::string> binary = ReadFile(BinaryPath("bulwark"));
+    return binary.ok() && absl::StrContains(*binary, "AddressSanitizer: ");
+  }();
+  return asan;
+}
+
 namespace {
 
 absl::Mutex temp_dirs_mu(absl::kConstInit);

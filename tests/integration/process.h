@@ -122,6 +122,10 @@ std::string BinaryPath(std::string_view name);
 // so tests that measure the sidecar's memory skip those checks; the release
 // run keeps them.
 bool SidecarUnderThreadSanitizer();
+// Whether it is built with AddressSanitizer: its allocator keeps freed memory
+// in quarantine (256 MiB by default), so tests whose bytes pass through the
+// sidecar skip their RSS bounds under it too.
+bool SidecarUnderAddressSanitizer();
 
 // A fresh, empty directory for the current test (under TEST_TMPDIR or /tmp).
 // Removed at exit if the test passed, kept (for its logs) if it failed or if

@@ -758,6 +758,97 @@ TEST_F(ChainTest, FollowerTakesNoSlot) {
 
 // --- shadow is honest -------------------------------------------------------
 
+// --- adaptive concurrency and priorities (SPEC section 7)
+// ---------------------
+
+TEST_F(ChainTest, AdaptiveRouteRefusesWithLoadShed) {
+  Build(R"(    concurrency:
+      max_in_flight: 100
+      max_queued: 0
+      adaptive: {min_limit: 1, initial_limit: 1}
+)");
+  FakeCall& holder = Call();
+  EXPECT_EQ(holder.decision(), FakeCall::Decision::kForwarded);
+  FakeCall& shed = Call();
+  EXPECT_EQ(shed.reason(), "load_shed");
+  EXPECT_EQ(shed.answer().grpc_code, 8);
+  EXPECT_EQ(Rejections(RejectReason::kLoadShed), 1);
+  holder.CloseAnswered();
+  EXPECT_EQ(route().concurrency->limiter().InFlightApprox(), 0u);
+}
+
+TEST_F(ChainTest, UnaryCallsMoveTheAdaptiveLimitAndStreamsDoNot) {
+  Build(R"(    concurrency:
+      max_in_flight: 100
+      adaptive: {min_limit: 1, initial_limit: 2}
+)",
+        "{prefix: /shop.v1.Orders/}");
+  const ConcurrencyLimiter& limiter = route().concurrency->limiter();
+  // Streams (not shaped like unary calls) end after 10 ms each, many times:
+  // no sample, the limit stays.
+  for (int i = 0; i < 64; ++i) {
+    FakeCall& stream = Call();
+    executor_.AdvanceBy(absl::Milliseconds(10));
+    stream.CloseAnswered();
+  }
+  EXPECT_EQ(limiter.LimitApprox(), 2u);
+  // Unary-shaped calls with the upstream unloaded: the limit grows.
+  for (int i = 0; i < 64; ++i) {
+    FakeCall& a = Call();
+    FakeCall& b = Call();
+    executor_.AdvanceBy(absl::Milliseconds(10));
+    for (FakeCall* call : {&a, &b}) {
+      CallResult result;
+      result.ending = Ending::kCompleted;
+      result.forwarded = true;
+      result.grpc_code = 0;
+      result.upstream_grpc_code = 0;
+      result.unary_shaped = true;
+      call->Close(result);
+    }
+  }
+  EXPECT_GT(limiter.LimitApprox(), 2u);
+}
+
+TEST_F(ChainTest, PriorityHeaderOrdersTheQueueAndDisplacesLowerPriorities) {
+  Build(R"(    concurrency:
+      max_in_flight: 1
+      max_queued: 1
+      queue_timeout: 1s
+      priority_header: x-priority
+)");
+  FakeCall& holder = Call();
+  FakeCall& sheddable =
+      Call({{"content-type", "application/grpc"}, {"x-priority", "sheddable"}});
+  EXPECT_EQ(sheddable.decision(), FakeCall::Decision::kNone);
+  // The queue is full; a critical call takes the sheddable one's place.
+  FakeCall& critical =
+      Call({{"content-type", "application/grpc"}, {"x-priority", "critical"}});
+  EXPECT_EQ(sheddable.reason(), "load_shed");
+  EXPECT_EQ(critical.decision(), FakeCall::Decision::kNone);
+  // An unknown value is normal, below critical: refused as the queue is full.
+  FakeCall& other =
+      Call({{"content-type", "application/grpc"}, {"x-priority", "urgent!"}});
+  EXPECT_EQ(other.reason(), "concurrency_limit");
+  holder.CloseAnswered();
+  EXPECT_EQ(critical.decision(), FakeCall::Decision::kForwarded);
+}
+
+TEST_F(ChainTest, ShadowAdaptiveCountsLoadShedAndLetsTheCallGo) {
+  Build(R"(    concurrency:
+      max_in_flight: 100
+      max_queued: 0
+      shadow: true
+      adaptive: {min_limit: 1, initial_limit: 1}
+)");
+  FakeCall& first = Call();
+  FakeCall& second = Call();
+  EXPECT_EQ(first.decision(), FakeCall::Decision::kForwarded);
+  EXPECT_EQ(second.decision(), FakeCall::Decision::kForwarded);
+  EXPECT_EQ(Shadow(RejectReason::kLoadShed), 1);
+  EXPECT_EQ(Rejections(RejectReason::kLoadShed), 0);
+}
+
 TEST_F(ChainTest, ShadowSemaphoreCountsWhatEnforcingWouldHaveRejected) {
   // SPEC: with {max_in_flight: 1, max_queued: 2, queue_timeout: 50ms}, six
   // concurrent calls: 3 concurrency_limit and 2 queue_timeout.

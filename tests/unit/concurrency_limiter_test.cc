@@ -396,6 +396,9 @@ TEST(ConcurrencyLimiterThreadsTest, InFlightNeverExceedsLimitUnderManyThreads) {
           case AcquireStatus::kConcurrencyLimit:
             rejected.fetch_add(1);
             break;
+          case AcquireStatus::kLoadShed:  // adaptive only
+            ADD_FAILURE() << "load_shed from a fixed limiter";
+            break;
         }
         // Keep permits for a while, so attempts find the slots taken, but give
         // one back whenever this attempt got none, so supply never runs dry.
@@ -423,6 +426,201 @@ TEST(ConcurrencyLimiterThreadsTest, InFlightNeverExceedsLimitUnderManyThreads) {
   RecordProperty("granted_after_wait", granted_after_wait.load());
   RecordProperty("cancelled", cancelled.load());
   RecordProperty("cancel_lost_race", cancel_lost_race.load());
+}
+
+// --- priorities, and the adaptive queue (SPEC section 7) -------------------
+
+ConcurrencyLimiter::Waiter PriorityWaiter(
+    FakeTimerQueue& timers, Outcome& outcome, Priority priority,
+    absl::Time deadline = absl::InfiniteFuture()) {
+  return {.timers = timers,
+          .call_deadline = deadline,
+          .priority = priority,
+          .on_done = [&outcome](WaitResult result) {
+            ++outcome.calls;
+            outcome.status = result.status;
+            outcome.permit = std::move(result.permit);
+          }};
+}
+
+TEST_F(ConcurrencyLimiterTest, HigherPrioritiesAreServedFirst) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 3,
+                              .queue_timeout = absl::Seconds(1),
+                              .priorities = true},
+                             clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome sheddable, normal, critical;
+  limiter.Acquire(PriorityWaiter(timers_, sheddable, Priority::kSheddable));
+  limiter.Acquire(PriorityWaiter(timers_, normal, Priority::kNormal));
+  limiter.Acquire(PriorityWaiter(timers_, critical, Priority::kCritical));
+  held.permit.Release();
+  EXPECT_EQ(critical.status, WaitStatus::kGranted);
+  EXPECT_EQ(normal.calls, 0);
+  critical.permit.Release();
+  EXPECT_EQ(normal.status, WaitStatus::kGranted);
+  EXPECT_EQ(sheddable.calls, 0);
+  normal.permit.Release();
+  EXPECT_EQ(sheddable.status, WaitStatus::kGranted);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       AFullQueueShedsItsLowestNewestWaiterForAHigherArrival) {
+  ConcurrencyLimiter limiter({.max_in_flight = 1,
+                              .max_queued = 2,
+                              .queue_timeout = absl::Seconds(1),
+                              .priorities = true},
+                             clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome old_sheddable, new_sheddable, high, critical, normal;
+  limiter.Acquire(PriorityWaiter(timers_, old_sheddable, Priority::kSheddable));
+  limiter.Acquire(PriorityWaiter(timers_, new_sheddable, Priority::kSheddable));
+  // Full: a high arrival takes the newest sheddable waiter's place.
+  auto parked = limiter.Acquire(PriorityWaiter(timers_, high, Priority::kHigh));
+  EXPECT_EQ(parked.status, AcquireStatus::kParked);
+  EXPECT_EQ(new_sheddable.status, WaitStatus::kLoadShed);
+  EXPECT_EQ(old_sheddable.calls, 0);
+  EXPECT_EQ(limiter.QueuedApprox(), 2u);
+  // A critical one displaces the remaining sheddable, never the high one.
+  limiter.Acquire(PriorityWaiter(timers_, critical, Priority::kCritical));
+  EXPECT_EQ(old_sheddable.status, WaitStatus::kLoadShed);
+  EXPECT_EQ(high.calls, 0);
+  // Nobody below normal is left: a normal arrival is refused.
+  auto refused =
+      limiter.Acquire(PriorityWaiter(timers_, normal, Priority::kNormal));
+  EXPECT_EQ(refused.status, AcquireStatus::kConcurrencyLimit);
+  EXPECT_EQ(limiter.QueuedApprox(), 2u);
+  held.permit.Release();
+  EXPECT_EQ(critical.status, WaitStatus::kGranted);
+  critical.permit.Release();
+  EXPECT_EQ(high.status, WaitStatus::kGranted);
+}
+
+ConcurrencyLimiter::Options AdaptiveOptions(uint32_t initial) {
+  return {.max_in_flight = 100,
+          .max_queued = 8,
+          .queue_timeout = absl::Milliseconds(50),
+          .priorities = true,
+          .adaptive = ConcurrencyLimiter::AdaptiveOptions{
+              .min_limit = 1,
+              .initial_limit = initial,
+              .queue_target = absl::Milliseconds(10),
+              .queue_interval = absl::Milliseconds(100)}};
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       AdaptiveStartsAtTheInitialLimitAndRefusesWithLoadShed) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 100,
+       .max_queued = 0,
+       .adaptive = ConcurrencyLimiter::AdaptiveOptions{.min_limit = 1,
+                                                       .initial_limit = 2}},
+      clock_);
+  EXPECT_EQ(limiter.LimitApprox(), 2u);
+  auto a = limiter.Acquire(UnusedWaiter());
+  auto b = limiter.Acquire(UnusedWaiter());
+  auto c = limiter.Acquire(UnusedWaiter());
+  EXPECT_EQ(a.status, AcquireStatus::kGranted);
+  EXPECT_EQ(b.status, AcquireStatus::kGranted);
+  EXPECT_EQ(c.status, AcquireStatus::kLoadShed);
+}
+
+// Samples of 10 ms calls that show the upstream unloaded make the limit grow;
+// the growth hands slots to waiters at once.
+TEST_F(ConcurrencyLimiterTest, AGrowingLimitServesWaiters) {
+  ConcurrencyLimiter limiter(AdaptiveOptions(2), clock_);
+  std::vector<Permit> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(std::move(limiter.Acquire(UnusedWaiter()).permit));
+  }
+  Outcome waiting;
+  ASSERT_EQ(limiter.Acquire(PriorityWaiter(timers_, waiting, Priority::kNormal))
+                .status,
+            AcquireStatus::kParked);
+  // Calls come and go on the two slots at 10 ms each (the waiter stays
+  // queued behind them: a release hands it a slot, so it is released too).
+  for (int i = 0; i < 64 && waiting.calls == 0; ++i) {
+    clock_.AdvanceBy(absl::Milliseconds(10));
+    Permit p = std::move(held.front());
+    held.erase(held.begin());
+    p.ReleaseSample(/*overloaded=*/false);
+    if (waiting.calls > 0) break;
+    // The freed slot went to nobody else (the waiter would have had it).
+    held.push_back(std::move(limiter.Acquire(UnusedWaiter()).permit));
+  }
+  EXPECT_EQ(waiting.status, WaitStatus::kGranted);
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       AdaptiveShedsAWaiterWhoseDeadlineIsShorterThanTheWait) {
+  ConcurrencyLimiter limiter(AdaptiveOptions(1), clock_);
+  // Teach it a 100 ms latency: sixteen samples over more than 20 ms.
+  for (int i = 0; i < 16; ++i) {
+    auto p = limiter.Acquire(UnusedWaiter());
+    ASSERT_EQ(p.status, AcquireStatus::kGranted);
+    clock_.AdvanceBy(absl::Milliseconds(100));
+    p.permit.ReleaseSample(false);
+  }
+  const uint32_t limit = limiter.LimitApprox();
+  std::vector<Permit> held;
+  for (uint32_t i = 0; i < limit; ++i) {
+    held.push_back(std::move(limiter.Acquire(UnusedWaiter()).permit));
+  }
+  // One waiter ahead at 100 ms per slot / limit: a deadline 1 ms away cannot
+  // be met, one 10 s away can.
+  Outcome first, hopeless, patient;
+  ASSERT_EQ(
+      limiter.Acquire(PriorityWaiter(timers_, first, Priority::kNormal)).status,
+      AcquireStatus::kParked);
+  EXPECT_EQ(limiter
+                .Acquire(PriorityWaiter(timers_, hopeless, Priority::kNormal,
+                                        clock_.Now() + absl::Milliseconds(1)))
+                .status,
+            AcquireStatus::kLoadShed);
+  EXPECT_EQ(limiter
+                .Acquire(PriorityWaiter(timers_, patient, Priority::kNormal,
+                                        clock_.Now() + absl::Seconds(10)))
+                .status,
+            AcquireStatus::kParked);
+  EXPECT_EQ(hopeless.calls, 0);  // answered by Acquire itself
+}
+
+TEST_F(ConcurrencyLimiterTest,
+       AStandingQueueServesNewestFirstAndCutsWaitsToTheTarget) {
+  ConcurrencyLimiter::Options options = AdaptiveOptions(1);
+  options.queue_timeout = absl::Seconds(1);
+  ConcurrencyLimiter limiter(options, clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome a, b, c;
+  limiter.Acquire(PriorityWaiter(timers_, a, Priority::kNormal));
+  // Not empty for queue_interval (100 ms): the queue stands. Waiters parked
+  // now wait at most queue_target (10 ms); the newest is served first.
+  timers_.AdvanceBy(absl::Milliseconds(100));
+  limiter.Acquire(PriorityWaiter(timers_, b, Priority::kNormal));
+  timers_.AdvanceBy(absl::Milliseconds(1));
+  limiter.Acquire(PriorityWaiter(timers_, c, Priority::kNormal));
+  held.permit.Release();
+  EXPECT_EQ(c.status, WaitStatus::kGranted);
+  EXPECT_EQ(b.calls, 0);
+  timers_.AdvanceBy(absl::Milliseconds(9));  // b: 10 ms parked
+  EXPECT_EQ(b.status, WaitStatus::kQueueTimeout);
+  EXPECT_EQ(a.calls, 0);  // parked before the queue stood: queue_timeout
+  timers_.AdvanceBy(absl::Milliseconds(890));
+  EXPECT_EQ(a.status, WaitStatus::kQueueTimeout);
+}
+
+TEST_F(ConcurrencyLimiterTest, WithoutAdaptiveTheQueueStaysFifo) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 4, .queue_timeout = absl::Seconds(10)},
+      clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome first, second;
+  limiter.Acquire(WaiterInto(first));
+  timers_.AdvanceBy(absl::Seconds(1));  // long past any queue_interval
+  limiter.Acquire(WaiterInto(second));
+  held.permit.Release();
+  EXPECT_EQ(first.status, WaitStatus::kGranted);
+  EXPECT_EQ(second.calls, 0);
 }
 
 }  // namespace

@@ -1678,3 +1678,79 @@ TEST(ValidationErrorsTest, CountsErrorsPastTheCapOnOneLine) {
 
 }  // namespace
 }  // namespace bulwark
+
+namespace bulwark {
+namespace {
+
+// SPEC section 7: concurrency.adaptive and priority_header.
+TEST(ConfigLoaderAdaptiveTest, AnEmptyAdaptiveBlockGetsTheSpecDefaults) {
+  auto loaded = ParseConfigText(WithRoutes(R"yaml(
+routes:
+  - name: all
+    cluster: demo
+    concurrency: {max_in_flight: 256, adaptive: {}, priority_header: x-priority}
+)yaml"),
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const auto& c = loaded->proto.routes(0).concurrency();
+  ASSERT_TRUE(c.has_adaptive());
+  EXPECT_EQ(c.adaptive().min_limit(), 4u);
+  EXPECT_EQ(c.adaptive().initial_limit(), 20u);
+  EXPECT_EQ(D(c.adaptive().queue_target()), absl::Milliseconds(10));
+  EXPECT_EQ(D(c.adaptive().queue_interval()), absl::Milliseconds(100));
+  EXPECT_EQ(c.priority_header(), "x-priority");
+}
+
+TEST(ConfigLoaderAdaptiveTest, DefaultsFitASmallCeiling) {
+  auto loaded = ParseConfigText(WithRoutes(R"yaml(
+routes:
+  - name: all
+    cluster: demo
+    concurrency: {max_in_flight: 2, queue_timeout: 5ms, adaptive: {}}
+)yaml"),
+                                "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  const auto& a = loaded->proto.routes(0).concurrency().adaptive();
+  EXPECT_EQ(a.min_limit(), 2u);
+  EXPECT_EQ(a.initial_limit(), 2u);
+  EXPECT_EQ(D(a.queue_target()), absl::Milliseconds(5));
+}
+
+TEST(ConfigLoaderAdaptiveTest, EveryAdaptiveFieldIsChecked) {
+  EXPECT_EQ(
+      ErrorOf(WithRoutes(R"yaml(
+routes:
+  - name: all
+    cluster: demo
+    concurrency:
+      max_in_flight: 10
+      queue_timeout: 20ms
+      priority_header: "X Priority"
+      adaptive:
+        min_limit: 0
+        initial_limit: 11
+        queue_target: 30ms
+        queue_interval: 0s
+)yaml")),
+      "test.yaml: routes[0].concurrency.priority_header: must be a "
+      "lower-case HTTP/2 header name (got \"X Priority\")\n"
+      "test.yaml: routes[0].concurrency.adaptive.min_limit: must be >= 1 "
+      "(got 0)\n"
+      "test.yaml: routes[0].concurrency.adaptive.initial_limit: must be "
+      "<= 10 (got 11)\n"
+      "test.yaml: routes[0].concurrency.adaptive.queue_target: must be <= "
+      "20ms (got 30ms)\n"
+      "test.yaml: routes[0].concurrency.adaptive.queue_interval: must be "
+      "> 0 (got 0s)");
+  EXPECT_EQ(ErrorOf(WithRoutes(R"yaml(
+routes:
+  - name: all
+    cluster: demo
+    concurrency: {max_in_flight: 50, adaptive: {min_limit: 10, initial_limit: 5}}
+)yaml")),
+            "test.yaml: routes[0].concurrency.adaptive.initial_limit: must be "
+            ">= 10 (got 5)");
+}
+
+}  // namespace
+}  // namespace bulwark
