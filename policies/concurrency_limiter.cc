@@ -212,9 +212,11 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
   // Until the timer's id is recorded, a grant on another thread cannot cancel
   // it, so if the waiter is gone by then, this thread cancels it.
   const absl::Time parked = adaptive_ != nullptr ? now : clock_.Now();
-  // A standing queue (adaptive) holds a waiter at most queue_target.
+  // A standing queue (adaptive) holds a waiter at most queue_target; a
+  // critical one keeps queue_timeout (critical calls are shed only when
+  // nothing else is left to shed, and the queue serves them first anyway).
   const absl::Duration timeout =
-      standing
+      standing && priority != Priority::kCritical
           ? std::min(options_.queue_timeout, options_.adaptive->queue_target)
           : options_.queue_timeout;
   const absl::Time queue_expiry = parked + timeout;

@@ -152,6 +152,17 @@ struct Families {
                            .Name("bulwark_config_reloads_total")
                            .Help("success, failure")
                            .Register(registry)),
+        method_requests(prometheus::BuildCounter()
+                            .Name("bulwark_method_requests_total")
+                            .Help("downstream calls per method (pkg.Service/"
+                                  "Method; _OTHER for one neither an "
+                                  "exact-method route nor descriptor_sets "
+                                  "names) by final status")
+                            .Register(registry)),
+        method_duration(prometheus::BuildHistogram()
+                            .Name("bulwark_method_request_duration_seconds")
+                            .Help("downstream call time per method")
+                            .Register(registry)),
         build_info(prometheus::BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("always 1")
@@ -174,6 +185,8 @@ struct Families {
   prometheus::Family<prometheus::Gauge>& endpoint_healthy;
   prometheus::Family<prometheus::Counter>& health_checks;
   prometheus::Family<prometheus::Counter>& config_reloads;
+  prometheus::Family<prometheus::Counter>& method_requests;
+  prometheus::Family<prometheus::Histogram>& method_duration;
   prometheus::Family<prometheus::Gauge>& build_info;
   const prometheus::Histogram::BucketBoundaries duration_buckets;
 };
@@ -244,6 +257,29 @@ prometheus::Gauge& RouteMetrics::InFlight() {
 
 prometheus::Gauge& RouteMetrics::Queued() {
   return queued_.Get(families_.queued, [&] { return route_label_; });
+}
+
+MethodMetrics& RouteMetrics::Method(std::string_view method) {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<MethodMetrics>& slot =
+      methods_[absl::string_view(method.data(), method.size())];
+  if (slot == nullptr) {
+    slot.reset(new MethodMetrics(With("method", method), families_));
+  }
+  return *slot;
+}
+
+prometheus::Counter& MethodMetrics::Requests(int grpc_code) {
+  const int i = CodeIndex(grpc_code);
+  return requests_[i].Get(families_.method_requests, [&] {
+    return AddLabel(labels_, "code", kGrpcCodeNames[i]);
+  });
+}
+
+prometheus::Histogram& MethodMetrics::Duration() {
+  return duration_.Get(
+      families_.method_duration, [&] { return labels_; },
+      families_.duration_buckets);
 }
 
 prometheus::Gauge& RouteMetrics::Limit() {

@@ -109,6 +109,32 @@ class LazySeries {
 
 }  // namespace metrics_internal
 
+// The per-method series of one route (labels `route`, `method`; SPEC section
+// 5): bulwark_method_requests_total{route, method, code} and
+// bulwark_method_request_duration_seconds{route, method}. `method` is
+// "pkg.Service/Method" for a method an exact-method route or descriptor_sets
+// names, "_OTHER" otherwise, so requests cannot create series. Obtained from
+// RouteMetrics::Method; lives as long as its RouteMetrics.
+class MethodMetrics {
+ public:
+  MethodMetrics(const MethodMetrics&) = delete;
+  MethodMetrics& operator=(const MethodMetrics&) = delete;
+
+  prometheus::Counter& Requests(int grpc_code);
+  prometheus::Histogram& Duration();
+
+ private:
+  friend class RouteMetrics;
+  MethodMetrics(prometheus::Labels labels, metrics_internal::Families& families)
+      : labels_(std::move(labels)), families_(families) {}
+
+  const prometheus::Labels labels_;
+  metrics_internal::Families& families_;
+  std::array<metrics_internal::LazySeries<prometheus::Counter>, kGrpcCodeCount>
+      requests_;
+  metrics_internal::LazySeries<prometheus::Histogram> duration_;
+};
+
 // The series of one route (label `route`). Obtained from Metrics::ForRoute.
 class RouteMetrics {
  public:
@@ -144,6 +170,10 @@ class RouteMetrics {
   prometheus::Gauge& Limit();
   // bulwark_singleflight_calls_total{route, role}.
   prometheus::Counter& Singleflight(SingleflightRole role);
+  // The series of `method` ("pkg.Service/Method" or "_OTHER") on this route,
+  // created on first use and kept. Thread-safe; takes a lock (call it when a
+  // route table is built, not per call).
+  MethodMetrics& Method(std::string_view method) ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string& name() const { return name_; }
 
@@ -173,6 +203,9 @@ class RouteMetrics {
   metrics_internal::LazySeries<prometheus::Gauge> limit_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 2>
       singleflight_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<MethodMetrics>> methods_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // The series of one upstream endpoint (labels `cluster`, `endpoint`).

@@ -51,8 +51,20 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     const config::v1::Config& config,
     const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
     Metrics& metrics, const RouteTable* previous,
-    const absl::flat_hash_set<std::string>* unary_methods, Clock& clock) {
+    const absl::flat_hash_set<std::string>* unary_methods, Clock& clock,
+    const absl::flat_hash_set<std::string>* streaming_methods) {
   std::unique_ptr<RouteTable> table(new RouteTable());
+  // The methods that get a label of their own in the per-method series.
+  absl::flat_hash_set<std::string> known_methods;
+  for (const config::v1::Route& rc : config.routes()) {
+    if (!rc.match().service().empty() && !rc.match().method().empty()) {
+      known_methods.insert(
+          absl::StrCat("/", rc.match().service(), "/", rc.match().method()));
+    }
+  }
+  for (const auto* set : {unary_methods, streaming_methods}) {
+    if (set != nullptr) known_methods.insert(set->begin(), set->end());
+  }
   for (const config::v1::Route& rc : config.routes()) {
     auto route = std::make_unique<Route>();
     route->name = rc.name();
@@ -97,6 +109,13 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
           unary_methods);
     }
     route->upstream = std::make_unique<chain::UpstreamStage>(route->cluster);
+    for (const std::string& path : known_methods) {
+      if (table->Matches(*route, path)) {
+        route->method_metrics.emplace(
+            path, &route->metrics->Method(std::string_view(path).substr(1)));
+      }
+    }
+    route->other_method = &route->metrics->Method("_OTHER");
 
     const size_t index = table->routes_.size();
     const auto& match = rc.match();

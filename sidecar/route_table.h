@@ -77,6 +77,15 @@ struct Route {
   std::unique_ptr<chain::SingleflightStage> singleflight;
   std::unique_ptr<chain::ConcurrencyStage> concurrency;
   std::unique_ptr<chain::UpstreamStage> upstream;
+  // Per-method series (SPEC section 5), by path ("/pkg.Service/Method"): the
+  // methods an exact-method route or descriptor_sets name that this route
+  // matches; every other call counts under `other_method` ("_OTHER").
+  absl::flat_hash_map<std::string, MethodMetrics*> method_metrics;
+  MethodMetrics* other_method = nullptr;
+  MethodMetrics& MethodMetricsFor(std::string_view path) const {
+    auto it = method_metrics.find(absl::string_view(path.data(), path.size()));
+    return it != method_metrics.end() ? *it->second : *other_method;
+  }
 };
 
 class RouteTable {
@@ -88,7 +97,8 @@ class RouteTable {
           clusters,
       Metrics& metrics, const RouteTable* previous,
       const absl::flat_hash_set<std::string>* unary_methods = nullptr,
-      Clock& clock = MonotonicClock::Get());
+      Clock& clock = MonotonicClock::Get(),
+      const absl::flat_hash_set<std::string>* streaming_methods = nullptr);
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
   const Route* Match(std::string_view path) const;

@@ -30,7 +30,8 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
   auto routes = RouteTable::Build(
       snapshot->config.proto, snapshot->clusters, deps.metrics,
       previous != nullptr ? previous->routes.get() : nullptr,
-      &snapshot->config.unary_methods, deps.clock);
+      &snapshot->config.unary_methods, deps.clock,
+      &snapshot->config.streaming_methods);
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
   snapshot->config_json = ConfigToJson(snapshot->config.proto);

@@ -234,7 +234,11 @@ class ChainCall final : public net::CallObserver {
     }
     metrics.Requests(result.grpc_code).Increment();
     route_.state->recent.AddCall(now);
-    metrics.Duration().Observe(absl::ToDoubleSeconds(now - call_.start_time()));
+    const double seconds = absl::ToDoubleSeconds(now - call_.start_time());
+    metrics.Duration().Observe(seconds);
+    MethodMetrics& method = route_.MethodMetricsFor(call_.path());
+    method.Requests(result.grpc_code).Increment();
+    method.Duration().Observe(seconds);
     if (permit_.Held() && route_.concurrency->IsSample(call_.path(), result)) {
       permit_.ReleaseSample(ConcurrencyStage::Overloaded(result));
     }

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "policies/clock.h"
 #include "sidecar/config_loader.h"
@@ -757,6 +758,35 @@ TEST_F(ChainTest, FollowerTakesNoSlot) {
 }
 
 // --- shadow is honest -------------------------------------------------------
+
+// --- per-method series (SPEC section 5)
+
+TEST_F(ChainTest, PerMethodSeriesNameKnownMethodsAndOtherwiseOther) {
+  Build("", "{prefix: /shop.v1.}");
+  // A broad route without descriptor_sets knows no method: _OTHER.
+  FakeCall& call = Call({{"content-type", "application/grpc"}},
+                        absl::InfiniteDuration(), "/shop.v1.Orders/Made.Up");
+  call.CloseAnswered();
+  EXPECT_EQ(&route().MethodMetricsFor("/shop.v1.Orders/Made.Up"),
+            route().other_method);
+  EXPECT_EQ(route().other_method->Requests(0).Value(), 1);
+  EXPECT_TRUE(route().method_metrics.empty());
+}
+
+TEST_F(ChainTest, AnExactMethodRouteNamesItsMethod) {
+  Build("");
+  FakeCall& call = Call();
+  call.CloseAnswered(/*upstream_code=*/5);
+  MethodMetrics& method = route().MethodMetricsFor(kMethod);
+  EXPECT_NE(&method, route().other_method);
+  EXPECT_EQ(method.Requests(5).Value(), 1);
+  EXPECT_EQ(method.Duration().Collect().histogram.sample_count, 1u);
+  EXPECT_EQ(route().other_method->Requests(5).Value(), 0);
+  EXPECT_THAT(metrics().Serialize(),
+              ::testing::HasSubstr(
+                  "bulwark_method_requests_total{code=\"NOT_FOUND\","
+                  "method=\"shop.v1.Orders/GetOrder\",route=\"r\"} 1"));
+}
 
 // --- adaptive concurrency and priorities (SPEC section 7)
 // ---------------------

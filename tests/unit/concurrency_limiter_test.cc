@@ -428,6 +428,104 @@ TEST(ConcurrencyLimiterThreadsTest, InFlightNeverExceedsLimitUnderManyThreads) {
   RecordProperty("cancel_lost_race", cancel_lost_race.load());
 }
 
+// The same with an adaptive limit that moves (samples, some overloaded, shrink
+// and grow it while threads acquire and release), priorities, and
+// displacement: every attempt still ends exactly once (granted, refused,
+// cancelled or displaced), and the permits held never exceed max_in_flight.
+TEST(ConcurrencyLimiterThreadsTest, AMovingAdaptiveLimitKeepsExactAccounts) {
+  constexpr uint32_t kMaxInFlight = 6;
+  constexpr int kThreads = 8;
+  constexpr int kAttemptsPerThread = 20000;
+  FakeClock clock;
+  FakeTimerQueue timers(clock);  // never advanced: waits end by grant or cancel
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = kMaxInFlight,
+       .max_queued = 4,
+       .queue_timeout = absl::Seconds(1),
+       .priorities = true,
+       .adaptive = ConcurrencyLimiter::AdaptiveOptions{.min_limit = 1,
+                                                       .initial_limit = 3}},
+      clock);
+  std::atomic<int> holding{0};
+  std::atomic<int> most_held{0};
+  std::atomic<int> ended{0};
+  std::atomic<int> granted_after_wait{0};
+  std::atomic<int> displaced{0};
+  auto mark_held = [&] {
+    const int now_held = holding.fetch_add(1) + 1;
+    int seen = most_held.load();
+    while (now_held > seen &&
+           !most_held.compare_exchange_weak(seen, now_held)) {
+    }
+  };
+  std::atomic<uint64_t> samples{0};
+  auto release = [&](Permit& permit) {
+    holding.fetch_sub(1);
+    const uint64_t n = samples.fetch_add(1);
+    clock.AdvanceBy(absl::Microseconds(50));
+    permit.ReleaseSample(/*overloaded=*/(n / 2000) % 3 == 0);
+  };
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      start.arrive_and_wait();
+      std::deque<Permit> kept;
+      for (int i = 0; i < kAttemptsPerThread; ++i) {
+        auto result = limiter.Acquire(
+            {.timers = timers,
+             .priority = static_cast<Priority>((t + i) % kPriorityCount),
+             .on_done = [&](WaitResult wait) {
+               ended.fetch_add(1);
+               if (wait.status == WaitStatus::kLoadShed) {
+                 displaced.fetch_add(1);
+                 return;
+               }
+               ASSERT_EQ(wait.status, WaitStatus::kGranted);
+               granted_after_wait.fetch_add(1);
+               mark_held();
+               release(wait.permit);
+             }});
+        switch (result.status) {
+          case AcquireStatus::kGranted:
+            ended.fetch_add(1);
+            mark_held();
+            kept.push_back(std::move(result.permit));
+            break;
+          case AcquireStatus::kParked:
+            if (i % 3 == 0 &&
+                limiter.Cancel(result.wait) == CancelStatus::kCancelled) {
+              ended.fetch_add(1);
+            }
+            break;
+          case AcquireStatus::kLoadShed:
+            ended.fetch_add(1);
+            break;
+          case AcquireStatus::kConcurrencyLimit:
+            ADD_FAILURE() << "an adaptive limiter refuses with load_shed";
+            break;
+        }
+        if (!kept.empty() &&
+            (kept.size() > 2 || result.status != AcquireStatus::kGranted)) {
+          release(kept.front());
+          kept.pop_front();
+        }
+      }
+      for (Permit& permit : kept) release(permit);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(ended.load(), kThreads * kAttemptsPerThread);
+  EXPECT_LE(most_held.load(), static_cast<int>(kMaxInFlight));
+  EXPECT_EQ(holding.load(), 0);
+  EXPECT_EQ(limiter.InFlightApprox(), 0u);
+  EXPECT_EQ(limiter.QueuedApprox(), 0u);
+  EXPECT_EQ(timers.PendingCount(), 0u);
+  EXPECT_GT(granted_after_wait.load(), 0);
+  RecordProperty("displaced", displaced.load());
+  RecordProperty("final_limit", static_cast<int>(limiter.LimitApprox()));
+}
+
 // --- priorities, and the adaptive queue (SPEC section 7) -------------------
 
 ConcurrencyLimiter::Waiter PriorityWaiter(
@@ -602,8 +700,13 @@ TEST_F(ConcurrencyLimiterTest,
   held.permit.Release();
   EXPECT_EQ(c.status, WaitStatus::kGranted);
   EXPECT_EQ(b.calls, 0);
+  // A critical waiter is not cut to the target: it keeps queue_timeout.
+  Outcome critical;
+  limiter.Acquire(PriorityWaiter(timers_, critical, Priority::kCritical));
   timers_.AdvanceBy(absl::Milliseconds(9));  // b: 10 ms parked
   EXPECT_EQ(b.status, WaitStatus::kQueueTimeout);
+  timers_.AdvanceBy(absl::Milliseconds(20));
+  EXPECT_EQ(critical.calls, 0);
   EXPECT_EQ(a.calls, 0);  // parked before the queue stood: queue_timeout
   timers_.AdvanceBy(absl::Milliseconds(890));
   EXPECT_EQ(a.status, WaitStatus::kQueueTimeout);
