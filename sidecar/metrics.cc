@@ -163,6 +163,10 @@ struct Families {
                             .Name("bulwark_method_request_duration_seconds")
                             .Help("downstream call time per method")
                             .Register(registry)),
+        access_log_dropped(prometheus::BuildCounter()
+                               .Name("bulwark_access_log_dropped_total")
+                               .Help("access log lines dropped under pressure")
+                               .Register(registry)),
         build_info(prometheus::BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("always 1")
@@ -187,6 +191,7 @@ struct Families {
   prometheus::Family<prometheus::Counter>& config_reloads;
   prometheus::Family<prometheus::Counter>& method_requests;
   prometheus::Family<prometheus::Histogram>& method_duration;
+  prometheus::Family<prometheus::Counter>& access_log_dropped;
   prometheus::Family<prometheus::Gauge>& build_info;
   const prometheus::Histogram::BucketBoundaries duration_buckets;
 };
@@ -385,7 +390,8 @@ Metrics::Metrics(std::string_view version)
       reload_success_(
           &families_->config_reloads.Add(Labels1("result", "success"))),
       reload_failure_(
-          &families_->config_reloads.Add(Labels1("result", "failure"))) {
+          &families_->config_reloads.Add(Labels1("result", "failure"))),
+      access_log_dropped_(&families_->access_log_dropped.Add({})) {
   families_->build_info.Add(Labels1("version", version)).Set(1);
 }
 

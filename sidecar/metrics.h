@@ -302,6 +302,8 @@ class Metrics {
   // bulwark_config_reloads_total{result}; both series exist from construction
   // so that increase() over them works from the first scrape.
   prometheus::Counter& Reloads(ReloadResult result);
+  // bulwark_access_log_dropped_total (no labels); exists from construction.
+  prometheus::Counter& AccessLogDropped() { return *access_log_dropped_; }
 
   // Runs before every Serialize() collects, on the scraping thread, so gauges
   // that mirror live policy state (tokens, breaker state, in flight, queued)
@@ -321,6 +323,7 @@ class Metrics {
   std::unique_ptr<metrics_internal::Families> families_;
   prometheus::Counter* reload_success_;
   prometheus::Counter* reload_failure_;
+  prometheus::Counter* access_log_dropped_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<RouteMetrics>> routes_

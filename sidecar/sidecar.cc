@@ -275,6 +275,16 @@ int Sidecar::Run() {
       return 0;
     }
     if (sig == SIGHUP) {
+      // Log rotation: the access log opens its path again (the writer thread
+      // does, before its next line).
+      std::shared_ptr<const Snapshot> current;
+      {
+        absl::MutexLock lock(&mu_);
+        current = snapshot_;
+      }
+      if (current != nullptr && current->access_log != nullptr) {
+        current->access_log->Reopen();
+      }
       Reload("SIGHUP");
       continue;
     }

@@ -35,6 +35,18 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
   snapshot->config_json = ConfigToJson(snapshot->config.proto);
+  if (const std::string& path = snapshot->config.proto.access_log().path();
+      !path.empty()) {
+    if (previous != nullptr && previous->access_log != nullptr &&
+        previous->access_log->path() == path) {
+      snapshot->access_log = previous->access_log;
+    } else {
+      auto writer =
+          AccessLogWriter::Open(path, &deps.metrics.AccessLogDropped());
+      if (!writer.ok()) return writer.status();
+      snapshot->access_log = *std::move(writer);
+    }
+  }
   return snapshot;
 }
 

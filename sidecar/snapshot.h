@@ -12,6 +12,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "policies/clock.h"
+#include "sidecar/access_log.h"
 #include "sidecar/cluster.h"
 #include "sidecar/config_loader.h"
 #include "sidecar/dns.h"
@@ -26,6 +27,8 @@ struct Snapshot {
   std::vector<std::shared_ptr<Cluster>> cluster_list;  // file order
   std::unique_ptr<RouteTable> routes;
   std::string config_json;
+  // The access log (null: off). Kept across reloads while its path stays.
+  std::shared_ptr<AccessLogWriter> access_log;
 };
 
 struct SnapshotDeps {

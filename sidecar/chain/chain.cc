@@ -239,6 +239,11 @@ class ChainCall final : public net::CallObserver {
     MethodMetrics& method = route_.MethodMetricsFor(call_.path());
     method.Requests(result.grpc_code).Increment();
     method.Duration().Observe(seconds);
+    if (snapshot_->access_log != nullptr &&
+        handler_.KeepInAccessLog(snapshot_->config.proto.access_log(),
+                                 result.grpc_code == 0)) {
+      WriteAccessLog(result, now);
+    }
     if (permit_.Held() && route_.concurrency->IsSample(call_.path(), result)) {
       permit_.ReleaseSample(ConcurrencyStage::Overloaded(result));
     }
@@ -368,6 +373,7 @@ class ChainCall final : public net::CallObserver {
         .Singleflight(leader ? RouteMetrics::SingleflightRole::kLeader
                              : RouteMetrics::SingleflightRole::kFollower)
         .Increment();
+    flight_role_ = leader ? "leader" : "follower";
     membership_ = std::move(joined.membership);
     if (!leader) {
       route_.state->recent.AddCoalesced(Now());
@@ -429,6 +435,7 @@ class ChainCall final : public net::CallObserver {
       Answer(route_.upstream->NoHealthyEndpoint());
       return;
     }
+    answering_endpoint_ = endpoint->resolved;
     if (leadership_.Held()) {
       // The flight's upstream call runs to the route timeout (callers leave
       // at their own deadlines; the last one leaving cancels it).
@@ -459,6 +466,30 @@ class ChainCall final : public net::CallObserver {
     call_.Forward(endpoint->upstream);
   }
 
+  void WriteAccessLog(const net::CallResult& result, absl::Time now) {
+    std::string_view method = call_.path();
+    if (!method.empty() && method.front() == '/') method.remove_prefix(1);
+    const bool leader = flight_role_ == "leader";
+    AccessLogRecord record{
+        .time = absl::Now(),
+        .route = route_.name,
+        .method = method,
+        .peer = call_.peer(),
+        .endpoint = answering_endpoint_,
+        .grpc_code = result.grpc_code,
+        .reason = !answered_reason_.empty() ? answered_reason_ : result.reason,
+        .duration = now - call_.start_time(),
+        .upstream = result.forwarded ? std::optional<absl::Duration>(
+                                           result.upstream_duration)
+                                     : std::nullopt,
+        .attempts = result.forwarded || leader ? 1 : 0,
+        .singleflight = flight_role_,
+        .request_bytes = result.request_bytes,
+        .response_bytes = result.response_bytes,
+        .trace_id = TraceIdOf(call_.header("traceparent"))};
+    snapshot_->access_log->Write(FormatAccessLogLine(record));
+  }
+
   // The only place a call is answered by the sidecar.
   void Answer(const Rejection& rejection) {
     if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
@@ -475,6 +506,7 @@ class ChainCall final : public net::CallObserver {
       route_.metrics->Rejections(*rejection.reason).Increment();
       route_.state->recent.AddRejection(Now(), *rejection.reason);
       reason = RejectReasonName(*rejection.reason);
+      answered_reason_ = reason;
     }
     call_.RespondLocal({.grpc_code = static_cast<int>(rejection.code),
                         .message = rejection.message,
@@ -500,6 +532,11 @@ class ChainCall final : public net::CallObserver {
   bool parked_ = false;       // waiting for that booking (enforcing)
   uint64_t acquisition_ = 0;  // tells a stale booking's answer apart
   Endpoint* endpoint_ = nullptr;
+  // For the access log: the endpoint the call (or its flight) went to, the
+  // reason the chain answered with, and the singleflight role.
+  std::string_view answering_endpoint_;
+  std::string_view answered_reason_;
+  std::string_view flight_role_;
 };
 
 }  // namespace

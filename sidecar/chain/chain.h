@@ -36,6 +36,7 @@
 #include <memory>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
 #include "sidecar/net/stream_handler.h"
 #include "sidecar/snapshot.h"
 
@@ -67,9 +68,18 @@ class ProxyHandler final : public net::CallHandler {
   void EndFlight(uint64_t id, bool deadline_expired, bool finished = false);
   size_t FlightsRunning() const { return flights_.size(); }
   net::Executor& executor() { return executor_; }
+  // Whether this call's line goes to the access log (`sample` of OK calls,
+  // `errors_only`). The worker's own generator: no lock.
+  bool KeepInAccessLog(const config::v1::AccessLog& config, bool ok) {
+    if (!ok) return true;
+    if (config.errors_only()) return false;
+    return config.sample() >= 1.0 ||
+           absl::Uniform(rng_, 0.0, 1.0) < config.sample();
+  }
 
  private:
   net::Executor& executor_;
+  absl::InsecureBitGen rng_;
   std::shared_ptr<const Snapshot> snapshot_;
   uint64_t last_flight_id_ = 0;
   absl::flat_hash_map<uint64_t, std::unique_ptr<FlightCall>> flights_;

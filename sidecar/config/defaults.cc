@@ -105,6 +105,9 @@ void FillSingleflightDefaults(cfg::Singleflight& sf,
 }  // namespace
 
 void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
+  if (config.has_access_log() && !config.access_log().has_sample()) {
+    config.mutable_access_log()->set_sample(1.0);
+  }
   cfg::Listener& listener = *config.mutable_listener();
   if (!presence.Has(listener, "address")) listener.set_address("0.0.0.0:15000");
   if (!listener.has_max_message_bytes()) {

@@ -219,6 +219,14 @@ void ConfigValidator::Validate() {
   LoadDescriptorSets();
   ValidateClusters();
   ValidateRoutes();
+  if (config_.has_access_log()) {
+    Field f(&errors_, "access_log");
+    cfg::AccessLog& log = *config_.mutable_access_log();
+    CheckRatio(errors_, "sample", log.sample(), /*zero_allowed=*/true);
+    if (!log.path().empty() && log.path() != "/dev/stdout") {
+      log.set_path(ResolvePath(base_dir_, log.path()));
+    }
+  }
 }
 
 void ConfigValidator::ResolveAndCheckFile(absl::string_view field,

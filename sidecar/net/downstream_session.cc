@@ -1,5 +1,8 @@
 #include "sidecar/net/downstream_session.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -413,6 +416,7 @@ void DownstreamStream::Forward(const UpstreamAddress& upstream) {
 }
 
 void DownstreamStream::OnRequestData(const uint8_t* data, size_t len) {
+  result_.request_bytes += len;
   if (decided_ && upstream_ == nullptr) {
     // Answered locally already: drop, and keep the connection window open.
     nghttp2_session_consume_stream(down(), stream_id_, len);
@@ -615,11 +619,13 @@ bool DownstreamStream::CopyResponseBody(size_t length, std::string& out) {
     if (body.size() - shared_offset_ < length) return false;
     out.append(body, shared_offset_, length);
     shared_offset_ += length;
+    result_.response_bytes += length;
     return true;
   }
   if (response_body_.size() < length) return false;
   if (length == 0) return true;
   response_body_.MoveTo(length, out);
+  result_.response_bytes += length;
   if (upstream_ != nullptr) {
     nghttp2_session_consume_stream(upstream_->session(), upstream_stream_id_,
                                    length);
@@ -861,6 +867,26 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
 
 // ---------------------------------------------------------------------------------------
 // DownstreamSession
+
+std::string DownstreamStream::peer() const { return session_.peer(); }
+
+std::string DownstreamSession::peer() const {
+  char host[INET6_ADDRSTRLEN] = "";
+  uint16_t port = 0;
+  if (peer_.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&peer_);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    port = ntohs(in->sin_port);
+    return absl::StrCat(host, ":", port);
+  }
+  if (peer_.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer_);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    port = ntohs(in6->sin6_port);
+    return absl::StrCat("[", host, "]:", port);
+  }
+  return "";
+}
 
 DownstreamSession::DownstreamSession(Worker& worker, int fd)
     : H2Connection(worker, fd) {}

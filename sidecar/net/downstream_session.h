@@ -11,6 +11,9 @@
 #ifndef BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
 #define BULWARK_SIDECAR_NET_DOWNSTREAM_SESSION_H_
 
+#include <sys/socket.h>
+
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -39,6 +42,7 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   Executor& executor() override;
   Worker& worker();
   std::string_view path() const override { return path_; }
+  std::string peer() const override;
   std::string_view header(std::string_view name) const override;
   absl::Time start_time() const override { return start_; }
   absl::Time client_deadline() const override { return client_deadline_; }
@@ -176,6 +180,14 @@ class DownstreamStream final : public Call, public UpstreamPeer {
 class DownstreamSession final : public H2Connection {
  public:
   DownstreamSession(Worker& worker, int fd);
+  // The client's address ("ip:port", "[ip6]:port"), "" if unknown.
+  void SetPeer(const sockaddr* addr, int len) {
+    if (addr != nullptr && len > 0 &&
+        static_cast<size_t>(len) <= sizeof(peer_)) {
+      std::memcpy(&peer_, addr, static_cast<size_t>(len));
+    }
+  }
+  std::string peer() const;
   ~DownstreamSession() override;
 
   // Starts reading, and the handshake and idle timeouts (WorkerOptions).
@@ -227,6 +239,7 @@ class DownstreamSession final : public H2Connection {
   bool idle_goaway_sent_ = false;
 
   absl::flat_hash_map<int32_t, std::unique_ptr<DownstreamStream>> streams_;
+  sockaddr_storage peer_{};  // from accept; zero (AF_UNSPEC) if unknown
 };
 
 }  // namespace bulwark::net

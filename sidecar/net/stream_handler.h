@@ -105,6 +105,10 @@ struct CallResult {
   absl::Duration upstream_duration = absl::ZeroDuration();
   // The request was one whole message, half-closed before the answer began.
   bool unary_shaped = false;
+  // gRPC message bytes (5-byte prefixes included) received from and sent to
+  // the client.
+  uint64_t request_bytes = 0;
+  uint64_t response_bytes = 0;
 };
 
 class CallObserver {
@@ -126,6 +130,9 @@ class Call {
   virtual Executor& executor() = 0;
   // ":path", e.g. "/pkg.Service/Method".
   virtual std::string_view path() const = 0;
+  // The client's address ("ip:port"), "" if unknown; formatted on each call
+  // (for the access log).
+  virtual std::string peer() const { return ""; }
   // The value of a request header (lower-case name), or empty.
   virtual std::string_view header(std::string_view name) const = 0;
   virtual absl::Time start_time() const = 0;

@@ -135,7 +135,8 @@ void Worker::Join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
+void Worker::OnAccept(evconnlistener*, int fd, sockaddr* addr, int addr_len,
+                      void* arg) {
   auto* self = static_cast<Worker*>(arg);
   if (self->draining_) {
     close(fd);
@@ -154,6 +155,7 @@ void Worker::OnAccept(evconnlistener*, int fd, sockaddr*, int, void* arg) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   evutil_make_socket_nonblocking(fd);
   auto* session = new DownstreamSession(*self, fd);
+  session->SetPeer(addr, addr_len);
   if (self->options_.tls != nullptr) {
     SSL* ssl = self->options_.tls->NewConnection(fd, "");
     if (ssl == nullptr) {

@@ -377,7 +377,10 @@ bool SidecarUnderThreadSanitizer() {
 bool SidecarUnderAddressSanitizer() {
   static const bool asan = [] {
     absl::StatusOr<std::string> binary = ReadFile(BinaryPath("bulwark"));
-    return binary.ok() && absl::StrContains(*binary, "AddressSanitizer: ");
+    // GCC links the ASan runtime as a shared library: the binary names it
+    // (and imports __asan_init) rather than holding its messages.
+    return binary.ok() && (absl::StrContains(*binary, "__asan_init") ||
+                           absl::StrContains(*binary, "AddressSanitizer: "));
   }();
   return asan;
 }

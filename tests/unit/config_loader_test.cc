@@ -476,7 +476,8 @@ TEST(ConfigLoaderTest, UnknownFieldWithoutCloseNameListsTheValidFields) {
             "test.yaml: admin.port: unknown field (valid fields: address)");
   EXPECT_EQ(ErrorOf(absl::StrCat("colour: blue\n", kMinimal)),
             "test.yaml: colour: unknown field (valid fields: listener, admin, "
-            "drain_timeout, workers, descriptor_sets, clusters, routes)");
+            "drain_timeout, workers, descriptor_sets, clusters, routes, "
+            "access_log)");
 }
 
 TEST(ConfigLoaderTest, DuplicateKeyIsAnError) {
@@ -1750,6 +1751,27 @@ routes:
 )yaml")),
             "test.yaml: routes[0].concurrency.adaptive.initial_limit: must be "
             ">= 10 (got 5)");
+}
+
+}  // namespace
+}  // namespace bulwark
+
+namespace bulwark {
+namespace {
+
+TEST(ConfigLoaderAccessLogTest, DefaultsAndChecks) {
+  auto loaded = ParseConfigText(
+      absl::StrCat("access_log: { path: /dev/stdout }\n", kMinimal),
+      "test.yaml", "");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->proto.access_log().sample(), 1.0);
+  EXPECT_FALSE(loaded->proto.access_log().errors_only());
+  EXPECT_EQ(ErrorOf(absl::StrCat("access_log: { path: x.log, sample: 1.5 }\n",
+                                 kMinimal)),
+            "test.yaml: access_log.sample: must be in [0, 1] (got 1.5)");
+  EXPECT_EQ(ErrorOf(absl::StrCat("access_log: { format: TEXT }\n", kMinimal))
+                .substr(0, 30),
+            "test.yaml: access_log.format: ");
 }
 
 }  // namespace
