@@ -6,6 +6,8 @@
 #                                    (defaults 100, 5000, bulwark)
 #   SIDECAR_BINARY=path/to/bulwark   profiles that sidecar binary instead of BUILD_DIR's (an
 #                                    older build, to compare before and after a change)
+#   EXTRA_YAML='access_log: {path: /tmp/a.log}'   appended to the sidecar's config (top-level
+#                                    fields: e.g. the access log on)
 #
 # bulwark-policies is bench/peers/bulwark-policies.yaml (every policy, singleflight in shadow).
 # Starts the demo upstream, then runs the proxy (one worker, configs from bench/peers/) under
@@ -76,6 +78,7 @@ p = sys.argv[1]
 s = open(p).read().replace("listener:\n", "listener:\n  max_message_bytes: 16777216\n", 1)
 open(p, "w").write(s)
 EOF
+    if [ -n "${EXTRA_YAML:-}" ]; then printf '%s\n' "$EXTRA_YAML" >>"$tmp/proxy.yaml"; fi
     valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$n.%p" \
       "${SIDECAR_BINARY:-$BUILD_DIR/sidecar/bulwark}" --config "$tmp/proxy.yaml" >"$tmp/proxy.$n.log" 2>&1 &
   else

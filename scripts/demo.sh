@@ -2,8 +2,25 @@
 # The demo: Bulwark in front of the bundled demo upstream, a short bounded load in four
 # phases that makes each policy act, then a summary of calls by status and the metrics.
 # Everything runs on 127.0.0.1 and stops by itself. Safe to run twice.
+#
+#   scripts/demo.sh [--hold] [--screenshot FILE]
+#     --hold            keep Bulwark and the upstream running at the end until Enter is pressed
+#                       (the default when run from a terminal), to look at the status page
+#     --screenshot FILE save a PNG of the status page (headless chromium) once the breaker opened
 set -euo pipefail
 cd "$(dirname "$0")/.."
+HOLD=auto
+SCREENSHOT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hold) HOLD=yes ;;
+    --no-hold) HOLD=no ;;
+    --screenshot) SCREENSHOT=$(realpath -m "$2"); shift ;;
+    *) echo "demo: unknown option $1 (try --hold, --screenshot FILE)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$HOLD" = auto ]; then if [ -t 0 ]; then HOLD=yes; else HOLD=no; fi; fi
 scripts/install-deps.sh
 
 BUILD_DIR=${BUILD_DIR:-build}
@@ -41,6 +58,10 @@ wait_port 15001
 bench() { "$BIN/tools/bulwark-bench" --target 127.0.0.1:15000 --progress=false "$@"; }
 
 echo
+echo "== the status page: open http://127.0.0.1:15001/ in a browser now; it refreshes every"
+echo "   2 s and shows each phase below as it happens (breaker state, tokens, rejections)"
+
+echo
 echo "== 1. singleflight: 64 callers send identical requests to a 50 ms upstream;"
 echo "      concurrent identical calls share one upstream call"
 bench --rpc echo --concurrency 64 --calls 640 --fault_delay_ms 50 --payload_bytes 100
@@ -60,4 +81,16 @@ echo
 echo "== live state (curl http://127.0.0.1:15001/routes)"
 curl -s http://127.0.0.1:15001/routes
 echo
-echo "Demo done. While it runs, look at: /metrics /routes /config /readyz on 127.0.0.1:15001."
+if [ -n "$SCREENSHOT" ]; then
+  timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --no-first-run --user-data-dir="$WORK/chromium" --virtual-time-budget=3000 \
+    --window-size=1280,560 --screenshot="$SCREENSHOT" http://127.0.0.1:15001/ 2>/dev/null &&
+    echo "== status page screenshot: $SCREENSHOT"
+fi
+if [ "$HOLD" = yes ]; then
+  echo "Demo done. Bulwark keeps running: the status page is http://127.0.0.1:15001/ (also"
+  echo "/metrics /routes /config /readyz). Press Enter to stop."
+  read -r _ || true
+else
+  echo "Demo done. (With --hold it keeps running for the status page at http://127.0.0.1:15001/.)"
+fi

@@ -13,6 +13,7 @@ packages=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   prometheus        # promtool, used by the metrics tests
   nghttp2-client    # h2load, used by the benchmarks
+  chromium          # headless, for the status page's browser test
   curl ca-certificates
 )
 

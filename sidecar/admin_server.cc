@@ -20,9 +20,18 @@ HttpServer::Response Text(int status, std::string body) {
 // the providers are not even called then.
 HttpServer::Response Route(AdminServer::Providers& providers,
                            std::string_view method, std::string_view path) {
-  enum class Endpoint { kMetrics, kHealthz, kReadyz, kConfig, kRoutes };
+  enum class Endpoint {
+    kMetrics,
+    kHealthz,
+    kReadyz,
+    kConfig,
+    kRoutes,
+    kStatusPage
+  };
   Endpoint endpoint;
-  if (path == "/metrics") {
+  if (path == "/" && providers.status_page) {
+    endpoint = Endpoint::kStatusPage;
+  } else if (path == "/metrics") {
     endpoint = Endpoint::kMetrics;
   } else if (path == "/healthz") {
     endpoint = Endpoint::kHealthz;
@@ -60,6 +69,10 @@ HttpServer::Response Route(AdminServer::Providers& providers,
       return {.status = 200,
               .content_type = kJsonContentType,
               .body = providers.routes_json()};
+    case Endpoint::kStatusPage:
+      return {.status = 200,
+              .content_type = "text/html; charset=utf-8",
+              .body = providers.status_page()};
   }
   return Text(404, "not found\n");
 }

@@ -44,6 +44,8 @@ class AdminServer {
     absl::AnyInvocable<std::string()> config_json;
     // Live per-route and per-endpoint state as JSON.
     absl::AnyInvocable<std::string()> routes_json;
+    // The status page (GET /), HTML; optional (404 without it).
+    absl::AnyInvocable<std::string()> status_page;
   };
 
   static constexpr char kMetricsContentType[] =

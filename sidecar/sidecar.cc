@@ -18,6 +18,7 @@
 #include "sidecar/health_checks.h"
 #include "sidecar/log.h"
 #include "sidecar/net/tls.h"
+#include "sidecar/status_page.h"
 
 namespace bulwark {
 namespace {
@@ -220,7 +221,13 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
       {.metrics = [self] { return self->metrics_.Serialize(); },
        .readiness = [self] { return self->Readiness(); },
        .config_json = [self] { return self->current()->config_json; },
-       .routes_json = [self] { return self->RoutesJson(); }});
+       .routes_json = [self] { return self->RoutesJson(); },
+       .status_page =
+           [self] {
+             return StatusPageHtml(*self->current(),
+                                   MonotonicClock::Get().Now(),
+                                   absl::StrCat("bulwark ", BULWARK_VERSION));
+           }});
   if (!admin.ok()) return admin.status();
   sidecar->admin_ = std::move(*admin);
 

@@ -870,7 +870,12 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
 
 std::string DownstreamStream::peer() const { return session_.peer(); }
 
-std::string DownstreamSession::peer() const {
+const std::string& DownstreamSession::peer() const {
+  if (!peer_text_.has_value()) peer_text_ = FormatPeer(peer_);
+  return *peer_text_;
+}
+
+std::string DownstreamSession::FormatPeer(const sockaddr_storage& peer_) {
   char host[INET6_ADDRSTRLEN] = "";
   uint16_t port = 0;
   if (peer_.ss_family == AF_INET) {

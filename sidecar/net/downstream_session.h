@@ -15,6 +15,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -187,7 +188,9 @@ class DownstreamSession final : public H2Connection {
       std::memcpy(&peer_, addr, static_cast<size_t>(len));
     }
   }
-  std::string peer() const;
+  // Formatted once per connection, on first use.
+  const std::string& peer() const;
+  static std::string FormatPeer(const sockaddr_storage& addr);
   ~DownstreamSession() override;
 
   // Starts reading, and the handshake and idle timeouts (WorkerOptions).
@@ -240,6 +243,7 @@ class DownstreamSession final : public H2Connection {
 
   absl::flat_hash_map<int32_t, std::unique_ptr<DownstreamStream>> streams_;
   sockaddr_storage peer_{};  // from accept; zero (AF_UNSPEC) if unknown
+  mutable std::optional<std::string> peer_text_;
 };
 
 }  // namespace bulwark::net
