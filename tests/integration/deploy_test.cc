@@ -776,7 +776,10 @@ TEST(DeployMetrics, DashboardUsesOnlySpecMetricsAndCoversEveryView) {
         "rate(bulwark_request_duration_seconds_bucket{",
         "sum by (reason) (rate(bulwark_rejections_total{",
         "bulwark_circuit_breaker_state{", "bulwark_concurrency_in_flight{",
-        "bulwark_concurrency_queued{", "role=\"follower\"",
+        "bulwark_concurrency_queued{", "bulwark_concurrency_limit{",
+        "sum by (method) (rate(bulwark_method_requests_total{",
+        "rate(bulwark_method_request_duration_seconds_bucket{",
+        "role=\"follower\"",
         "role=~\"leader|follower\"", "bulwark_endpoint_healthy{",
         "route=~\"$route\""}) {
     EXPECT_THAT(all, testing::HasSubstr(needle));
