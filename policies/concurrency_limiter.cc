@@ -191,14 +191,22 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
               .wait = WaitHandle{}};
     }
     if (swap) displaced = Extract(std::prev(waiters_.end()));
-    if (waiters_.empty()) nonempty_since_ = now;
-    standing = Standing(now);
+    // A queue that was empty for less than queue_interval keeps its episode
+    // (bursty releases, e.g. an upstream finishing calls in batches, drain a
+    // short standing queue for an instant without ending it).
+    if (waiters_.empty() &&
+        (adaptive_ == nullptr ||
+         now - queue_seen_at_ >= options_.adaptive->queue_interval)) {
+      nonempty_since_ = now;
+    }
+    queue_seen_at_ = now;
     key = WaiterKey(priority, next_waiter_id_++);
     ++waiting_[static_cast<int>(priority)];
     waiters_.emplace(key, ParkedWaiter{.timers = &waiter.timers,
                                        .parked_at = now,
                                        .timer = std::nullopt,
                                        .on_done = std::move(waiter.on_done)});
+    standing = Standing(now);  // with this waiter in
   }
   if (!displaced.empty()) {
     ParkedWaiter& out = displaced.mapped();
@@ -271,6 +279,7 @@ void ConcurrencyLimiter::ReleaseSlot() {
     }
     // Hand the slot over: the in-flight half stays as it is, so no newcomer can
     // slip in between.
+    if (adaptive_ != nullptr) queue_seen_at_ = now;
     next = Extract(NextWaiter(now));
     slots_.fetch_sub(kOneQueued, std::memory_order_relaxed);
     in_flight = InFlightOf(slots);

@@ -299,8 +299,11 @@ class ConcurrencyLimiter {
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   WaiterMap waiters_ ABSL_GUARDED_BY(mu_);
   std::array<uint32_t, kPriorityCount> waiting_ ABSL_GUARDED_BY(mu_) = {};
-  // When the queue last went from empty to not empty.
+  // When the queue's current episode began (it went from empty to not empty
+  // after being empty at least queue_interval), and when it was last seen
+  // holding a waiter.
   absl::Time nonempty_since_ ABSL_GUARDED_BY(mu_);
+  absl::Time queue_seen_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   const std::unique_ptr<AdaptiveLimit> adaptive_ ABSL_PT_GUARDED_BY(mu_);
 };
 

@@ -712,6 +712,35 @@ TEST_F(ConcurrencyLimiterTest,
   EXPECT_EQ(a.status, WaitStatus::kQueueTimeout);
 }
 
+TEST_F(ConcurrencyLimiterTest, ABriefDrainDoesNotEndAStandingQueue) {
+  ConcurrencyLimiter::Options options = AdaptiveOptions(1);
+  options.queue_timeout = absl::Seconds(1);
+  ConcurrencyLimiter limiter(options, clock_);
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome a, b, c, d;
+  limiter.Acquire(PriorityWaiter(timers_, a, Priority::kNormal));
+  timers_.AdvanceBy(absl::Milliseconds(100));  // standing now
+  held.permit.Release();                       // a gets the slot: empty
+  ASSERT_EQ(a.status, WaitStatus::kGranted);
+  // Refilled 5 ms later (a batch of releases drained it for an instant):
+  // still the same standing episode, newest first.
+  timers_.AdvanceBy(absl::Milliseconds(5));
+  limiter.Acquire(PriorityWaiter(timers_, b, Priority::kNormal));
+  limiter.Acquire(PriorityWaiter(timers_, c, Priority::kNormal));
+  a.permit.Release();
+  EXPECT_EQ(c.status, WaitStatus::kGranted);
+  EXPECT_EQ(b.calls, 0);
+  // b, parked while standing, waits at most queue_target.
+  timers_.AdvanceBy(absl::Milliseconds(10));
+  EXPECT_EQ(b.status, WaitStatus::kQueueTimeout);
+  // Empty for queue_interval: the next queue starts a new episode (FIFO,
+  // queue_timeout).
+  timers_.AdvanceBy(absl::Milliseconds(100));
+  limiter.Acquire(PriorityWaiter(timers_, d, Priority::kNormal));
+  timers_.AdvanceBy(absl::Milliseconds(50));
+  EXPECT_EQ(d.calls, 0);
+}
+
 TEST_F(ConcurrencyLimiterTest, WithoutAdaptiveTheQueueStaysFifo) {
   ConcurrencyLimiter limiter(
       {.max_in_flight = 1, .max_queued = 4, .queue_timeout = absl::Seconds(10)},
