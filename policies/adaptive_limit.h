@@ -55,7 +55,7 @@ class AdaptiveLimit {
     uint32_t initial_limit = 20;
   };
   // Latency allowed over the baseline before the limit shrinks.
-  static constexpr double kTolerance = 1.25;
+  static constexpr double kTolerance = 1.15;
   static constexpr double kSmoothing = 0.2;
   static constexpr double kOverloadShare = 0.1;
   static constexpr double kOverloadBackoff = 0.8;

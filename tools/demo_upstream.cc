@@ -9,6 +9,21 @@
 // thread and cannot starve the others. Request metadata named "x-*" is echoed
 // back in the response headers and, as "t-x-*", in the trailers, so tests can
 // check that a proxy passes both unchanged.
+//
+// Capacity-bound mode (--capacity N --service_time D), for overload benchmarks
+// (bench/overload.py): the server has N "workers" and a FIFO queue of its own.
+// A Demo.Echo call that carries no fault waits in that queue until a worker is
+// free, then holds the worker for D (a timer, never a blocked thread) and is
+// answered, so it serves at most N / D calls a second and latency grows with
+// its own queue as an overloaded server's does. A call whose deadline passes
+// or that is cancelled while queued leaves the queue unserved; one cancelled
+// while being served still holds its worker until D is over (the work was
+// started). Echo calls that carry a fault (delay, hang, status), the streaming
+// methods, Control and Health are served as without --capacity. SIGUSR1
+// halves the worker count (at least 1; a worker busy beyond the new count
+// finishes its call first) and logs it. Control.GetStats counts queued calls as
+// in flight. --capacity 0 (the default) leaves everything, SIGUSR1 included, as
+// it was.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -61,6 +76,12 @@ ABSL_FLAG(int32_t, max_concurrent_streams, 0,
 ABSL_FLAG(std::string, port_file, "",
           "once listening, write the bound port to this file (atomically, via "
           "rename)");
+ABSL_FLAG(
+    int32_t, capacity, 0,
+    "serve at most this many Demo.Echo calls at once (workers); more wait "
+    "in a FIFO queue; SIGUSR1 halves it; 0 = unlimited");
+ABSL_FLAG(absl::Duration, service_time, absl::Milliseconds(10),
+          "with --capacity: how long each Echo call holds its worker");
 
 namespace bulwark::demo {
 namespace {
@@ -155,6 +176,72 @@ class ThreadTimerQueue final : public TimerQueue {
   std::thread thread_;  // Last: starts once the members above exist.
 };
 
+// The capacity model: `capacity` workers and a FIFO of jobs waiting for one. A
+// job holds its worker for `service_time` (a timer), then its callback runs on
+// the timer thread and the worker takes the next job. Thread-safe; callbacks
+// run outside the pool's lock, so they may call into the pool.
+class WorkerPool {
+ public:
+  using JobId = uint64_t;
+
+  WorkerPool(TimerQueue& timers, int capacity, absl::Duration service_time)
+      : timers_(timers), service_time_(service_time), capacity_(capacity) {}
+
+  // Queues `served`, to run once a worker has spent service_time on it. Its
+  // id is for Withdraw.
+  JobId Submit(absl::AnyInvocable<void()> served) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    const JobId id = ++next_id_;
+    queue_.emplace(id, std::move(served));
+    DispatchLocked();
+    return id;
+  }
+
+  // Takes a job out of the queue before a worker has started it. Returns
+  // false if a worker has it already (then its callback still runs).
+  bool Withdraw(JobId id) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return queue_.erase(id) > 0;
+  }
+
+  // Halves the number of workers (at least 1); returns {before, after}.
+  std::pair<int, int> Halve() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    const int before = capacity_;
+    capacity_ = std::max(1, capacity_ / 2);
+    return {before, capacity_};
+  }
+
+  absl::Duration service_time() const { return service_time_; }
+
+ private:
+  void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    while (busy_ < capacity_ && !queue_.empty()) {
+      ++busy_;
+      absl::AnyInvocable<void()> served = std::move(queue_.begin()->second);
+      queue_.erase(queue_.begin());
+      timers_.Schedule(absl::Now() + service_time_,
+                       [this, served = std::move(served)]() mutable {
+                         served();
+                         absl::MutexLock lock(&mu_);
+                         --busy_;
+                         DispatchLocked();
+                       });
+    }
+  }
+
+  TimerQueue& timers_;
+  const absl::Duration service_time_;
+  absl::Mutex mu_;
+  int capacity_ ABSL_GUARDED_BY(mu_);
+  int busy_ ABSL_GUARDED_BY(mu_) = 0;
+  JobId next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  // Waiting jobs by id, which is their arrival order: FIFO, and a withdrawal
+  // (a deadline or a cancellation, thousands a second in an overload) costs
+  // O(log n).
+  std::map<JobId, absl::AnyInvocable<void()>> queue_ ABSL_GUARDED_BY(mu_);
+};
+
 // What Control.GetStats reports about Demo calls. One mutex keeps the four
 // numbers consistent with each other, which tests compare exactly.
 class CallStats {
@@ -213,8 +300,16 @@ class CallStats {
 // State shared by every call of one server.
 class Upstream {
  public:
+  // capacity 0: no capacity model (workers() is null).
+  Upstream(int capacity, absl::Duration service_time) {
+    if (capacity > 0) {
+      workers_ = std::make_unique<WorkerPool>(timers_, capacity, service_time);
+    }
+  }
+
   CallStats& stats() { return stats_; }
   TimerQueue& timers() { return timers_; }
+  WorkerPool* workers() { return workers_.get(); }
 
   // The name is known only once the port is bound, which may be after the first
   // call arrives (a client can guess a fixed port), hence the lock.
@@ -231,6 +326,8 @@ class Upstream {
   CallStats stats_;
   absl::Mutex mu_;
   std::string name_ ABSL_GUARDED_BY(mu_);
+  // Before timers_, so destroyed after the timer thread that runs its jobs.
+  std::unique_ptr<WorkerPool> workers_;
   // Last, so destroyed first: its thread is joined before anything a late timer
   // callback could reach goes away.
   ThreadTimerQueue timers_;
@@ -316,6 +413,13 @@ class DemoCall : public Reactor {
     this->Finish(status);
   }
 
+  // References besides gRPC's (which lasts until OnDone) keep the reactor alive
+  // for callbacks that may come after OnDone.
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
   // The response fields that describe the call rather than a message.
   const EchoResponse& response_template() const { return response_template_; }
 
@@ -362,10 +466,6 @@ class DemoCall : public Reactor {
     Unref();
   }
 
-  void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
   EchoResponse response_template_;
   std::atomic<int> refs_{1};  // gRPC's, released in OnDone.
   bool delay_pending_ ABSL_GUARDED_BY(mu_) = false;
@@ -373,13 +473,21 @@ class DemoCall : public Reactor {
 };
 
 // Demo.Echo: one answer after the fault's delay, or the fault's status, or none
-// (hang).
+// (hang). With --capacity, a call without a fault is answered once a worker
+// has served it.
 class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
  public:
   EchoCall(Upstream& upstream, grpc::CallbackServerContext* ctx,
            const EchoRequest* request, EchoResponse* response)
       : DemoCall(upstream, ctx), request_(request), response_(response) {
     absl::MutexLock lock(&mu_);
+    if (WorkerPool* workers = upstream_.workers();
+        workers != nullptr && !request_->has_fault()) {
+      Ref();  // The pool's: dropped once served, or when withdrawn.
+      in_pool_ = true;
+      job_ = workers->Submit([this] { Served(); });
+      return;
+    }
     const Fault& fault = request_->fault();
     if (fault.hang()) return;  // Only OnCancel ends it.
     if (fault.delay_ms() > 0) {
@@ -389,7 +497,28 @@ class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
     }
   }
 
+  // A deadline expiry or a cancellation: a call still queued leaves the queue.
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (in_pool_ && upstream_.workers()->Withdraw(job_)) {
+      in_pool_ = false;
+      Unref();  // Never the last: gRPC's reference lasts until OnDone.
+    }
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+
  private:
+  // On the timer thread, once a worker spent service_time on the call (which
+  // may have been cancelled meanwhile).
+  void Served() ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      in_pool_ = false;
+      if (!finished_) AnswerLocked();
+    }
+    Unref();
+  }
+
   void OnDelayElapsedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     AnswerLocked();
   }
@@ -410,6 +539,8 @@ class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
 
   const EchoRequest* const request_;
   EchoResponse* const response_;
+  bool in_pool_ ABSL_GUARDED_BY(mu_) = false;  // The pool holds a reference.
+  WorkerPool::JobId job_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Demo.ServerStream: `count` messages, `interval_ms` apart, each after the
@@ -697,35 +828,50 @@ class ControlService final : public Control::CallbackService {
   std::atomic<grpc::HealthCheckServiceInterface*> health_{nullptr};
 };
 
-// The signal handler only writes to this pipe; main() reads it and shuts down,
-// since nothing in gRPC is async-signal-safe.
+// The signal handler only writes to this pipe (which signal, as one byte);
+// main() reads it and acts, since nothing in gRPC is async-signal-safe.
 int g_signal_pipe[2] = {-1, -1};
+constexpr char kTerminateByte = 1;
+constexpr char kHalveCapacityByte = 2;
 
-extern "C" void OnTerminationSignal(int) {
+extern "C" void OnSignal(int signum) {
   const int saved_errno = errno;
-  const char byte = 1;
+  const char byte = signum == SIGUSR1 ? kHalveCapacityByte : kTerminateByte;
   if (write(g_signal_pipe[1], &byte, 1) < 0) {
     // Nothing to do: the pipe is full, so a shutdown is already pending.
   }
   errno = saved_errno;
 }
 
-bool InstallSignalHandlers() {
+// SIGUSR1 only with the capacity model: otherwise it keeps its default action.
+bool InstallSignalHandlers(bool halve_on_usr1) {
   if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) return false;
   struct sigaction action = {};
-  action.sa_handler = OnTerminationSignal;
+  action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;
   if (sigaction(SIGTERM, &action, nullptr) != 0) return false;
   if (sigaction(SIGINT, &action, nullptr) != 0) return false;
+  if (halve_on_usr1 && sigaction(SIGUSR1, &action, nullptr) != 0) return false;
   signal(SIGPIPE, SIG_IGN);
   return true;
 }
 
-void WaitForTerminationSignal() {
-  char byte;
+// The next signal's byte.
+char WaitForSignal() {
+  char byte = kTerminateByte;
   while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
   }
+  return byte;
+}
+
+std::string CapacityLine(int workers, absl::Duration service_time) {
+  const double per_second = service_time > absl::ZeroDuration()
+                                ? workers / absl::ToDoubleSeconds(service_time)
+                                : std::numeric_limits<double>::infinity();
+  return absl::StrCat(workers, " workers x ",
+                      absl::FormatDuration(service_time), " (",
+                      static_cast<int64_t>(per_second), " calls/s)");
 }
 
 std::string JoinHostPort(const std::string& host, int port) {
@@ -749,14 +895,25 @@ bool WritePortFile(const std::string& path, int port) {
 }
 
 int Main() {
-  if (!InstallSignalHandlers()) {
+  const int32_t capacity = absl::GetFlag(FLAGS_capacity);
+  const absl::Duration service_time = absl::GetFlag(FLAGS_service_time);
+  if (capacity < 0) {
+    std::cerr << "--capacity must be >= 0" << std::endl;
+    return 1;
+  }
+  if (service_time < absl::ZeroDuration() ||
+      service_time == absl::InfiniteDuration()) {
+    std::cerr << "--service_time must be >= 0 and finite" << std::endl;
+    return 1;
+  }
+  if (!InstallSignalHandlers(/*halve_on_usr1=*/capacity > 0)) {
     std::cerr << "cannot install signal handlers: " << std::strerror(errno)
               << std::endl;
     return 1;
   }
   grpc::EnableDefaultHealthCheckService(true);
 
-  Upstream upstream;
+  Upstream upstream(capacity, service_time);
   DemoService demo(upstream);
   ControlService control(upstream);
   const std::string address = absl::GetFlag(FLAGS_address);
@@ -817,8 +974,16 @@ int Main() {
     return 1;
   }
   std::cout << "listening on " << listening << std::endl;
+  if (capacity > 0) {
+    std::cout << "capacity " << CapacityLine(capacity, service_time)
+              << "; SIGUSR1 halves it" << std::endl;
+  }
 
-  WaitForTerminationSignal();
+  while (WaitForSignal() == kHalveCapacityByte) {
+    const auto [before, after] = upstream.workers()->Halve();
+    std::cout << "SIGUSR1: capacity " << before << " -> "
+              << CapacityLine(after, service_time) << std::endl;
+  }
   std::cout << "shutting down" << std::endl;
   server->Shutdown(std::chrono::system_clock::now() +
                    absl::ToChronoMilliseconds(kShutdownGrace));
@@ -836,7 +1001,7 @@ int main(int argc, char** argv) {
       "and "
       "grpc.health.v1.Health.\nUsage: bulwark-demo-upstream [--port N] "
       "[--address IP] "
-      "[--name NAME] [--port_file PATH]");
+      "[--name NAME] [--port_file PATH] [--capacity N --service_time D]");
   // --help lists the flags of files named like the binary, which this one is
   // not (bulwark-demo-upstream vs demo_upstream.cc).
   absl::FlagsUsageConfig usage;

@@ -779,9 +779,8 @@ TEST(DeployMetrics, DashboardUsesOnlySpecMetricsAndCoversEveryView) {
         "bulwark_concurrency_queued{", "bulwark_concurrency_limit{",
         "sum by (method) (rate(bulwark_method_requests_total{",
         "rate(bulwark_method_request_duration_seconds_bucket{",
-        "role=\"follower\"",
-        "role=~\"leader|follower\"", "bulwark_endpoint_healthy{",
-        "route=~\"$route\""}) {
+        "role=\"follower\"", "role=~\"leader|follower\"",
+        "bulwark_endpoint_healthy{", "route=~\"$route\""}) {
     EXPECT_THAT(all, testing::HasSubstr(needle));
   }
 }

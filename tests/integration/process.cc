@@ -538,6 +538,37 @@ absl::StatusOr<int> ConnectTo(int port, int rcvbuf) {
   return fd;
 }
 
+absl::StatusOr<StartedSidecar> StartSidecar(const std::string& config_path,
+                                            const std::string& log_path,
+                                            absl::Duration timeout) {
+  absl::StatusOr<std::unique_ptr<ChildProcess>> child = ChildProcess::Start(
+      BinaryPath("bulwark"), {"--config", config_path},
+      {.log_path = log_path, .stop_grace = absl::Seconds(20)});
+  if (!child.ok()) return child.status();
+  StartedSidecar started;
+  started.process = *std::move(child);
+  const bool up = PollUntil(
+      [&] {
+        const std::string log = started.process->Log();
+        const size_t at = log.find("listening on 127.0.0.1:");
+        if (at == std::string::npos) return false;
+        absl::string_view line = absl::string_view(log).substr(at + 23);
+        line = line.substr(0, line.find('\n'));
+        const size_t admin = line.find("admin on port ");
+        return admin != absl::string_view::npos &&
+               absl::SimpleAtoi(line.substr(0, line.find(' ')),
+                                &started.port) &&
+               absl::SimpleAtoi(line.substr(admin + 14), &started.admin_port);
+      },
+      timeout);
+  if (!up) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("the sidecar did not report its ports; its log:\n",
+                     started.process->Log()));
+  }
+  return started;
+}
+
 int PickFreePort() {
   ScopedFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr = {};

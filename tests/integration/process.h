@@ -155,6 +155,22 @@ absl::Status WaitForTcpPort(int port, absl::Duration timeout,
 // before the binary binds it.
 int PickFreePort();
 
+// A sidecar started by StartSidecar, with the ports it reported.
+struct StartedSidecar {
+  std::unique_ptr<ChildProcess> process;
+  int port = 0;        // the listener
+  int admin_port = 0;  // the admin server
+};
+
+// Starts BinaryPath("bulwark") with `--config config_path` (its listener and
+// admin addresses on port 0, so it picks them) logging to `log_path`, and
+// reads both ports back from its start-up line ("listening on 127.0.0.1:PORT
+// with N workers; admin on port PORT"). Fails with the log if the line does
+// not come within `timeout`.
+absl::StatusOr<StartedSidecar> StartSidecar(
+    const std::string& config_path, const std::string& log_path,
+    absl::Duration timeout = absl::Seconds(30));
+
 // A blocking TCP connection to 127.0.0.1:`port` (SO_RCVBUF set first when
 // `rcvbuf` > 0), for tests that speak raw bytes or frames.
 absl::StatusOr<int> ConnectTo(int port, int rcvbuf = 0);

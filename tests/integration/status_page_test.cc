@@ -97,27 +97,12 @@ routes:
     concurrency: { max_in_flight: 8 }
 )"))
                     .ok());
-    absl::StatusOr<std::unique_ptr<ChildProcess>> child =
-        ChildProcess::Start(BinaryPath("bulwark"), {"--config", config},
-                            {.log_path = absl::StrCat(dir_, "/bulwark.log"),
-                             .stop_grace = absl::Seconds(20)});
-    ASSERT_TRUE(child.ok()) << child.status();
-    sidecar_ = *std::move(child);
-    ASSERT_TRUE(PollUntil(
-        [&] {
-          const std::string log = sidecar_->Log();
-          const size_t at = log.find("listening on 127.0.0.1:");
-          if (at == std::string::npos) return false;
-          absl::string_view line = absl::string_view(log).substr(at + 23);
-          line = line.substr(0, line.find('\n'));
-          const size_t admin = line.find("admin on port ");
-          return admin != absl::string_view::npos &&
-                 absl::SimpleAtoi(line.substr(0, line.find(' ')), &port_) &&
-                 absl::SimpleAtoi(line.substr(admin + 14), &admin_port_);
-        },
-        kPollTimeout))
-        << "the sidecar did not start; its log:\n"
-        << sidecar_->Log();
+    absl::StatusOr<StartedSidecar> started =
+        StartSidecar(config, absl::StrCat(dir_, "/bulwark.log"), kPollTimeout);
+    ASSERT_TRUE(started.ok()) << started.status();
+    sidecar_ = std::move(started->process);
+    port_ = started->port;
+    admin_port_ = started->admin_port;
     url_ = absl::StrCat("http://127.0.0.1:", admin_port_, "/");
   }
 

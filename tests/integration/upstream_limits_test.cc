@@ -5,10 +5,11 @@
 //
 // bulwark-demo-upstream runs with --max_concurrent_streams=10; the sidecar
 // (workers: 1, so one worker's pool holds every call) health-checks it every
-// 200 ms with a 300 ms timeout. Forty slow calls (2 s each) on one route then
-// must all be in progress at the upstream at once (Control.GetStats), while
-// quick calls on another route answer at once and every health check passes.
-// Waiting polls against deadlines; nothing sleeps.
+// 250 ms with a 1 s timeout (a probe queued behind the 2 s calls would time
+// out). Forty slow calls (2 s each) on one route then must all be in progress
+// at the upstream at once (Control.GetStats), while quick calls on another
+// route answer at once and every health check passes. Waiting polls against
+// deadlines; nothing sleeps.
 #include <algorithm>
 #include <atomic>
 #include <iostream>
@@ -92,8 +93,8 @@ clusters:
                                                upstream_->address(), R"("]
     health_check:
       mode: CHECK
-      interval: 200ms
-      timeout: 300ms
+      interval: 250ms
+      timeout: 1s
       jitter: 0
       unhealthy_threshold: 1
       healthy_threshold: 1
@@ -108,28 +109,12 @@ routes:
     timeout: 1s
 )"))
                     .ok());
-    absl::StatusOr<std::unique_ptr<ChildProcess>> child =
-        ChildProcess::Start(BinaryPath("bulwark"), {"--config", config},
-                            {.log_path = absl::StrCat(dir, "/bulwark.log"),
-                             .stop_grace = absl::Seconds(20)});
-    ASSERT_TRUE(child.ok()) << child.status();
-    sidecar_ = *std::move(child);
-    // "listening on 127.0.0.1:PORT with 1 workers; admin on port PORT"
-    ASSERT_TRUE(PollUntil(
-        [&] {
-          const std::string log = sidecar_->Log();
-          const size_t at = log.find("listening on 127.0.0.1:");
-          if (at == std::string::npos) return false;
-          absl::string_view line = absl::string_view(log).substr(at + 23);
-          line = line.substr(0, line.find('\n'));
-          const size_t admin = line.find("admin on port ");
-          return admin != absl::string_view::npos &&
-                 absl::SimpleAtoi(line.substr(0, line.find(' ')), &port_) &&
-                 absl::SimpleAtoi(line.substr(admin + 14), &admin_port_);
-        },
-        kPollTimeout))
-        << "the sidecar did not start; its log:\n"
-        << sidecar_->Log();
+    absl::StatusOr<StartedSidecar> started =
+        StartSidecar(config, absl::StrCat(dir, "/bulwark.log"), kPollTimeout);
+    ASSERT_TRUE(started.ok()) << started.status();
+    sidecar_ = std::move(started->process);
+    port_ = started->port;
+    admin_port_ = started->admin_port;
     grpc::ChannelArguments args;
     args.SetInt("grpc.use_local_subchannel_pool", 1);
     demo_ = Demo::NewStub(
