@@ -138,6 +138,7 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
   const Priority priority = waiter.priority;
   WaiterKey key;
   bool standing = false;
+  absl::Duration standing_wait = absl::InfiniteDuration();
   WaiterMap::node_type displaced;
   {
     absl::MutexLock lock(&mu_);
@@ -207,6 +208,18 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
                                        .timer = std::nullopt,
                                        .on_done = std::move(waiter.on_done)});
     standing = Standing(now);  // with this waiter in
+    if (standing) {
+      // In a standing queue the upstream is full anyway: waiting longer than
+      // a fraction of its own latency adds latency, not throughput. So a
+      // waiter waits at most queue_target, and at most an eighth of the
+      // learned unloaded latency (1 ms at least).
+      const absl::Duration baseline = adaptive_->baseline();
+      standing_wait = options_.adaptive->queue_target;
+      if (baseline > absl::ZeroDuration()) {
+        standing_wait = std::min(standing_wait,
+                                 std::max(absl::Milliseconds(1), baseline / 8));
+      }
+    }
   }
   if (!displaced.empty()) {
     ParkedWaiter& out = displaced.mapped();
@@ -220,12 +233,12 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
   // Until the timer's id is recorded, a grant on another thread cannot cancel
   // it, so if the waiter is gone by then, this thread cancels it.
   const absl::Time parked = adaptive_ != nullptr ? now : clock_.Now();
-  // A standing queue (adaptive) holds a waiter at most queue_target; a
+  // A standing queue (adaptive) holds a waiter at most `standing_wait`; a
   // critical one keeps queue_timeout (critical calls are shed only when
   // nothing else is left to shed, and the queue serves them first anyway).
   const absl::Duration timeout =
       standing && priority != Priority::kCritical
-          ? std::min(options_.queue_timeout, options_.adaptive->queue_target)
+          ? std::min(options_.queue_timeout, standing_wait)
           : options_.queue_timeout;
   const absl::Time queue_expiry = parked + timeout;
   // A deadline already past is due now, not at some instant timers may not

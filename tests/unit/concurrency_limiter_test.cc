@@ -741,6 +741,31 @@ TEST_F(ConcurrencyLimiterTest, ABriefDrainDoesNotEndAStandingQueue) {
   EXPECT_EQ(d.calls, 0);
 }
 
+TEST_F(ConcurrencyLimiterTest, AStandingQueueWaitsAtMostAnEighthOfTheLatency) {
+  ConcurrencyLimiter::Options options = AdaptiveOptions(1);
+  options.queue_timeout = absl::Seconds(1);
+  ConcurrencyLimiter limiter(options, clock_);
+  // Teach it an unloaded latency of 16 ms (a window of sixteen samples).
+  for (int i = 0; i < 16; ++i) {
+    auto p = limiter.Acquire(UnusedWaiter());
+    ASSERT_EQ(p.status, AcquireStatus::kGranted);
+    clock_.AdvanceBy(absl::Milliseconds(16));
+    p.permit.ReleaseSample(false);
+  }
+  ASSERT_EQ(limiter.LimitApprox(), 1u);  // 2 x the calls seen in flight
+  auto held = limiter.Acquire(UnusedWaiter());
+  Outcome first, later;
+  limiter.Acquire(PriorityWaiter(timers_, first, Priority::kNormal));
+  timers_.AdvanceBy(absl::Milliseconds(100));  // standing now
+  limiter.Acquire(PriorityWaiter(timers_, later, Priority::kNormal));
+  // 16 ms / 8 = 2 ms, below queue_target's 10 ms.
+  timers_.AdvanceBy(absl::Milliseconds(1));
+  EXPECT_EQ(later.calls, 0);
+  timers_.AdvanceBy(absl::Milliseconds(1));
+  EXPECT_EQ(later.status, WaitStatus::kQueueTimeout);
+  EXPECT_EQ(first.calls, 0);  // parked before the queue stood
+}
+
 TEST_F(ConcurrencyLimiterTest, WithoutAdaptiveTheQueueStaysFifo) {
   ConcurrencyLimiter limiter(
       {.max_in_flight = 1, .max_queued = 4, .queue_timeout = absl::Seconds(10)},
