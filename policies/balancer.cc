@@ -3,8 +3,10 @@
 namespace bulwark {
 namespace {
 
+// Takes calls: healthy and not ejected.
 bool IsHealthy(const EndpointLoad& e) {
-  return e.healthy.load(std::memory_order_relaxed);
+  return e.healthy.load(std::memory_order_relaxed) &&
+         !e.ejected.load(std::memory_order_relaxed);
 }
 uint32_t InFlight(const EndpointLoad& e) {
   return e.in_flight.load(std::memory_order_relaxed);

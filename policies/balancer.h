@@ -1,6 +1,6 @@
 // Balancer decides which endpoint of a cluster the next upstream call goes to,
-// among the endpoints healthy at that moment, or that none is (the
-// no_healthy_endpoint rejection).
+// among the endpoints healthy (and not ejected) at that moment, or that none
+// is (the no_healthy_endpoint rejection).
 //
 // kRoundRobin gives the healthy endpoints equal shares in turn, however the
 // unhealthy ones are placed: it picks the (n mod k)-th of the k healthy
@@ -32,11 +32,13 @@
 namespace bulwark {
 
 // The live load of one endpoint, owned by the sidecar's endpoint object: the
-// health checker sets `healthy`, the upstream path increments `in_flight` when
-// it sends a call and decrements it when the call ends. Relaxed ordering is
-// enough for both: they only steer balancing.
+// health checker sets `healthy`, outlier detection sets `ejected`, the upstream
+// path increments `in_flight` when it sends a call and decrements it when the
+// call ends. Relaxed ordering is enough for all three: they only steer
+// balancing. An endpoint takes calls while healthy and not ejected.
 struct EndpointLoad {
   std::atomic<bool> healthy{true};
+  std::atomic<bool> ejected{false};
   std::atomic<uint32_t> in_flight{0};
 };
 

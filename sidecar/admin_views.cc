@@ -56,6 +56,10 @@ void RefreshGauges(const Snapshot& snapshot) {
     for (const auto& endpoint : cluster->endpoints()) {
       endpoint->metrics->SetHealthy(
           endpoint->load.healthy.load(std::memory_order_relaxed));
+      if (endpoint->outlier != nullptr) {
+        endpoint->metrics->SetEjected(
+            endpoint->load.ejected.load(std::memory_order_relaxed));
+      }
     }
   }
 }
@@ -87,6 +91,10 @@ std::string RoutesJson(const Snapshot& snapshot, absl::Time now,
       absl::StrAppend(
           &out, ", \"singleflight\": ", route->singleflight->DescribeJson());
     }
+    if (route->upstream->retry() != nullptr) {
+      absl::StrAppend(&out,
+                      ", \"retry\": ", route->upstream->DescribeRetryJson(now));
+    }
     absl::StrAppend(
         &out, ", \"active_calls\": ",
         route->state->active_calls.load(std::memory_order_relaxed),
@@ -107,7 +115,19 @@ std::string RoutesJson(const Snapshot& snapshot, absl::Time now,
           "{\"address\": ", JsonString(endpoint->address.ToString()),
           ", \"resolved\": ", JsonString(endpoint->resolved),
           ", \"healthy\": ", endpoint->load.healthy.load() ? "true" : "false",
-          ", \"in_flight\": ", endpoint->load.in_flight.load());
+          ", \"in_flight\": ", endpoint->load.in_flight.load(),
+          ", \"ejected\": ", endpoint->load.ejected.load() ? "true" : "false");
+      if (endpoint->outlier != nullptr) {
+        // Outlier detection (SPEC section 9): time left of a timed ejection
+        // (null while ejected until a Watch stream says SERVING).
+        const OutlierState::Snapshot o = endpoint->outlier->GetSnapshot(now);
+        absl::StrAppend(
+            &out, ", \"ejection_seconds_left\": ",
+            o.until_serving ? "null"
+                            : absl::StrCat(absl::ToDoubleSeconds(o.time_left)),
+            ", \"ejections\": ", o.ejections, ", \"ejected_until_serving\": ",
+            o.until_serving ? "true" : "false");
+      }
       if (endpoint->health != nullptr) {
         // The heartbeat as the checker last saw it; null before the first
         // probe.

@@ -1,9 +1,12 @@
 #include "sidecar/cluster.h"
 
+#include "absl/base/const_init.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "sidecar/config_loader.h"
+#include "sidecar/log.h"
 #include "sidecar/net/tls.h"
 
 namespace bulwark {
@@ -17,6 +20,15 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
   std::shared_ptr<Cluster> cluster(
       new Cluster(config, metrics.ForCluster(config.name())));
   const bool checked = config.has_health_check();
+  cluster->outlier_detection_ = config.has_outlier_detection();
+  // New outlier settings need a new OutlierState (it keeps them from
+  // construction); so does a predecessor without one.
+  const bool same_outlier =
+      previous != nullptr &&
+      previous->config_.has_outlier_detection() ==
+          config.has_outlier_detection() &&
+      previous->config_.outlier_detection().SerializeAsString() ==
+          config.outlier_detection().SerializeAsString();
   if (config.has_tls()) {
     if (!reread_tls && previous != nullptr && previous->tls_ != nullptr) {
       cluster->tls_ = previous->tls_;
@@ -59,7 +71,7 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
         }
       }
       if (predecessor != nullptr && predecessor->upstream.tls == tls &&
-          same_thresholds) {
+          same_thresholds && same_outlier) {
         endpoint = predecessor;
       }
       if (endpoint == nullptr) {
@@ -92,6 +104,24 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
               .healthy_threshold = hc.healthy_threshold()});
         }
         endpoint->metrics->SetHealthy(endpoint->load.healthy.load());
+        if (predecessor != nullptr && same_outlier &&
+            predecessor->outlier != nullptr) {
+          endpoint->outlier = predecessor->outlier;
+          endpoint->load.ejected.store(predecessor->load.ejected.load());
+          endpoint->metrics->SetEjected(endpoint->load.ejected.load());
+        } else if (config.has_outlier_detection()) {
+          const config::v1::OutlierDetection& od = config.outlier_detection();
+          endpoint->outlier =
+              std::make_shared<OutlierState>(OutlierState::Options{
+                  .consecutive_failures = od.consecutive_failures(),
+                  .failure_rate = od.failure_rate(),
+                  .minimum_requests = od.minimum_requests(),
+                  .window = ToAbslDuration(od.window()),
+                  .base_ejection_time = ToAbslDuration(od.base_ejection_time()),
+                  .max_ejection_time = ToAbslDuration(od.max_ejection_time()),
+                  .min_available = od.min_available()});
+          endpoint->metrics->SetEjected(false);
+        }
       }
       cluster->loads_.push_back(&endpoint->load);
       cluster->endpoints_.push_back(std::move(endpoint));
@@ -104,9 +134,130 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
   return cluster;
 }
 
-Endpoint* Cluster::Pick() {
+namespace {
+
+// Ejection decisions, process-wide (they are rare): see cluster.h.
+ABSL_CONST_INIT absl::Mutex ejection_mu(absl::kConstInit);
+
+bool TakesCalls(const Endpoint& e) {
+  return e.load.healthy.load(std::memory_order_relaxed) &&
+         !e.load.ejected.load(std::memory_order_relaxed);
+}
+
+// Ejects `endpoint` if that leaves at least min_available endpoints taking
+// calls. `until_serving`: a Watch NOT_SERVING (no end time).
+void TryEject(const std::vector<std::shared_ptr<Endpoint>>& endpoints,
+              Endpoint& endpoint, absl::Time now, bool until_serving)
+    ABSL_LOCKS_EXCLUDED(ejection_mu) {
+  OutlierState& outlier = *endpoint.outlier;
+  absl::Time until = absl::InfiniteFuture();
+  {
+    absl::MutexLock lock(&ejection_mu);
+    size_t available = 0;
+    for (const auto& e : endpoints) available += TakesCalls(*e) ? 1 : 0;
+    const bool counted = TakesCalls(endpoint);
+    if (counted && available < outlier.options().min_available + 1) return;
+    if (until_serving) {
+      outlier.EjectUntilServing();
+    } else {
+      until = outlier.Eject(now);
+    }
+    endpoint.load.ejected.store(true, std::memory_order_relaxed);
+  }
+  if (endpoint.metrics != nullptr) {
+    endpoint.metrics->SetEjected(true);
+    endpoint.metrics->Ejections().Increment();
+  }
+  if (until_serving) {
+    Log(LogLevel::kWarning,
+        "outlier detection: endpoint %s ejected until its Watch stream "
+        "reports SERVING",
+        endpoint.resolved);
+  } else {
+    Log(LogLevel::kWarning,
+        "outlier detection: endpoint %s ejected for %s (ejection %d)",
+        endpoint.resolved, absl::FormatDuration(until - now),
+        outlier.GetSnapshot(now).ejections);
+  }
+}
+
+void EndEjection(Endpoint& endpoint) {
+  endpoint.load.ejected.store(false, std::memory_order_relaxed);
+  if (endpoint.metrics != nullptr) endpoint.metrics->SetEjected(false);
+  Log(LogLevel::kInfo, "outlier detection: endpoint %s takes calls again",
+      endpoint.resolved);
+}
+
+}  // namespace
+
+void RecordLiveOutcome(const std::vector<std::shared_ptr<Endpoint>>& endpoints,
+                       Endpoint& endpoint, bool failure, absl::Time now) {
+  if (endpoint.outlier == nullptr) return;
+  if (endpoint.outlier->Record(failure, now) == OutlierState::Verdict::kEject) {
+    TryEject(endpoints, endpoint, now, /*until_serving=*/false);
+  }
+}
+
+void RecordWatchStatus(const std::vector<std::shared_ptr<Endpoint>>& endpoints,
+                       Endpoint& endpoint, bool serving, absl::Time now) {
+  if (endpoint.outlier == nullptr) return;
+  if (!serving) {
+    if (!endpoint.outlier->GetSnapshot(now).until_serving) {
+      TryEject(endpoints, endpoint, now, /*until_serving=*/true);
+    }
+    return;
+  }
+  if (!endpoint.outlier->GetSnapshot(now).until_serving) return;
+  endpoint.outlier->Serving();
+  if (!endpoint.outlier->Ejected(now)) EndEjection(endpoint);
+}
+
+void Cluster::EndDueEjections(absl::Time now) {
+  if (!outlier_detection_) return;
+  for (const auto& e : endpoints_) {
+    if (e->load.ejected.load(std::memory_order_relaxed) &&
+        e->outlier != nullptr && e->outlier->EndIfDue(now) &&
+        !e->outlier->Ejected(now)) {
+      EndEjection(*e);
+    }
+  }
+}
+
+Endpoint* Cluster::Pick(absl::Time now) {
+  EndDueEjections(now);
   const std::optional<size_t> index = balancer_->Pick(loads_);
-  return index.has_value() ? endpoints_[*index].get() : nullptr;
+  if (index.has_value()) return endpoints_[*index].get();
+  if (!outlier_detection_ || config_.outlier_detection().min_available() == 0) {
+    return nullptr;
+  }
+  // Nothing takes calls, but ejection must not leave fewer than
+  // min_available: a healthy ejected endpoint serves.
+  const size_t n = endpoints_.size();
+  const uint64_t start = other_picks_.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < n; ++i) {
+    Endpoint* e = endpoints_[(start + i) % n].get();
+    if (e->load.healthy.load(std::memory_order_relaxed)) return e;
+  }
+  return nullptr;
+}
+
+Endpoint* Cluster::PickOther(absl::Time now,
+                             absl::Span<Endpoint* const> tried) {
+  Endpoint* picked = Pick(now);
+  const auto was_tried = [&](const Endpoint* e) {
+    for (const Endpoint* t : tried) {
+      if (t == e) return true;
+    }
+    return false;
+  };
+  if (picked == nullptr || !was_tried(picked)) return picked;
+  const size_t n = endpoints_.size();
+  const uint64_t start = other_picks_.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < n; ++i) {
+    Endpoint* e = endpoints_[(start + i) % n].get();
+    if (TakesCalls(*e) && !was_tried(e)) return e;
+  }
+  return picked;  // every endpoint taking calls was tried: the same again
 }
 
 bool Cluster::AnyHealthy() const {

@@ -17,14 +17,17 @@
 #ifndef BULWARK_SIDECAR_CLUSTER_H_
 #define BULWARK_SIDECAR_CLUSTER_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/balancer.h"
 #include "policies/health_state.h"
+#include "policies/outlier_state.h"
 #include "sidecar/dns.h"
 #include "sidecar/host_port.h"
 #include "sidecar/metrics.h"
@@ -42,7 +45,24 @@ struct Endpoint {
   // health_check). Shared with the endpoint's successor when a reload must
   // rebuild the endpoint (new TLS files).
   std::shared_ptr<HealthState> health;
+  // Outlier detection's record of live calls (present when the cluster has
+  // outlier_detection); shared with a successor as `health` is.
+  std::shared_ptr<OutlierState> outlier;
 };
+
+// Outlier ejection (SPEC section 9) over the endpoints of one cluster: the
+// decisions that need every endpoint (min_available). Ejections are rare, so
+// they are taken under one process-wide mutex; that keeps two workers from
+// ejecting two endpoints at once below min_available.
+//
+// A live call's verdict (failure or success, by OutcomeRule) for `endpoint`;
+// ejects it when its record asks and min_available allows.
+void RecordLiveOutcome(const std::vector<std::shared_ptr<Endpoint>>& endpoints,
+                       Endpoint& endpoint, bool failure, absl::Time now);
+// A Watch stream's word for `endpoint`: NOT_SERVING ejects at once (if
+// min_available allows), SERVING ends that ejection.
+void RecordWatchStatus(const std::vector<std::shared_ptr<Endpoint>>& endpoints,
+                       Endpoint& endpoint, bool serving, absl::Time now);
 
 class Cluster {
  public:
@@ -63,10 +83,19 @@ class Cluster {
   }
   ClusterMetrics* metrics() const { return metrics_; }
 
-  // A healthy endpoint by the configured balancing, or nullptr if none is
-  // healthy.
-  Endpoint* Pick();
+  // A healthy, not ejected endpoint by the configured balancing, or nullptr if
+  // none is healthy. Ejections that are due end here (`now`: the monotonic
+  // clock). When ejections (and health) leave none, a healthy ejected endpoint
+  // is used while min_available > 0: ejection never leaves fewer than
+  // min_available endpoints.
+  Endpoint* Pick(absl::Time now);
+  // As Pick, but an endpoint not in `tried` when there is one (a retry goes
+  // to another endpoint).
+  Endpoint* PickOther(absl::Time now, absl::Span<Endpoint* const> tried);
   bool AnyHealthy() const;
+  // Ends the ejections whose time is up (Pick does it too).
+  void EndDueEjections(absl::Time now);
+  bool has_outlier_detection() const { return outlier_detection_; }
 
  private:
   Cluster(const config::v1::Cluster& config, ClusterMetrics* metrics);
@@ -77,6 +106,8 @@ class Cluster {
   std::vector<std::shared_ptr<Endpoint>> endpoints_;
   std::vector<const EndpointLoad*> loads_;
   std::unique_ptr<Balancer> balancer_;
+  bool outlier_detection_ = false;
+  std::atomic<uint64_t> other_picks_{0};
 };
 
 }  // namespace bulwark

@@ -42,6 +42,9 @@ struct LoadedConfig {
   config::v1::Config proto;
   absl::flat_hash_set<std::string> unary_methods;
   absl::flat_hash_set<std::string> streaming_methods;
+  // Unary methods marked idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS
+  // (retry's `methods: IDEMPOTENT`).
+  absl::flat_hash_set<std::string> idempotent_methods;
   std::string source_path;  // the file it came from ("" for ParseConfigText)
 };
 

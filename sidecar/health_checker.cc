@@ -223,7 +223,8 @@ HealthChecker::HealthChecker(std::string cluster,
       timers_(timers),
       clock_(clock),
       transport_(transport),
-      rng_(seed) {
+      rng_(seed),
+      endpoints_(endpoints) {
   for (auto& endpoint : endpoints) {
     if (endpoint == nullptr || endpoint->health == nullptr) continue;
     auto target = std::make_unique<Target>();
@@ -330,6 +331,8 @@ void HealthChecker::OnWatchStatus(Target& target, bool serving) {
   target.serving = serving;
   target.backoff = initial_backoff_;
   Record(target, serving ? ProbeResult::kSuccess : ProbeResult::kFailure);
+  // Outlier detection: NOT_SERVING ejects at once, SERVING ends that.
+  RecordWatchStatus(endpoints_, *target.endpoint, serving, clock_.Now());
   Cancel(target.beat);
   ArmHeartbeat(target, interval_);
 }

@@ -184,6 +184,8 @@ class HealthChecker {
   bool started_ = false;
   bool stopped_ = false;
   std::vector<std::unique_ptr<Target>> targets_;
+  // Every endpoint of the cluster (outlier ejection's min_available).
+  const std::vector<std::shared_ptr<Endpoint>> endpoints_;
 };
 
 }  // namespace bulwark

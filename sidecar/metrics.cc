@@ -39,6 +39,8 @@ constexpr std::array<std::string_view, kRejectReasonCount> kRejectReasonNames =
 constexpr std::array<std::string_view, 3> kBreakerStateNames = {
     "closed", "open", "half_open"};
 constexpr std::array<std::string_view, 2> kRoleNames = {"leader", "follower"};
+constexpr std::array<std::string_view, 3> kAttemptKindNames = {"first", "retry",
+                                                               "hedge"};
 constexpr std::array<std::string_view, 3> kHealthCheckResultNames = {
     "success", "failure", "timeout"};
 
@@ -163,6 +165,26 @@ struct Families {
                             .Name("bulwark_method_request_duration_seconds")
                             .Help("downstream call time per method")
                             .Register(registry)),
+        upstream_attempts(prometheus::BuildCounter()
+                              .Name("bulwark_upstream_attempts_total")
+                              .Help("upstream attempts by kind: first, retry, "
+                                    "hedge")
+                              .Register(registry)),
+        retry_budget_exhausted(
+            prometheus::BuildCounter()
+                .Name("bulwark_retry_budget_exhausted_total")
+                .Help("retries or hedges not sent because the budget was "
+                      "spent")
+                .Register(registry)),
+        endpoint_ejected(prometheus::BuildGauge()
+                             .Name("bulwark_endpoint_ejected")
+                             .Help("1 while outlier detection ejects the "
+                                   "endpoint")
+                             .Register(registry)),
+        outlier_ejections(prometheus::BuildCounter()
+                              .Name("bulwark_outlier_ejections_total")
+                              .Help("ejections")
+                              .Register(registry)),
         access_log_dropped(prometheus::BuildCounter()
                                .Name("bulwark_access_log_dropped_total")
                                .Help("access log lines dropped under pressure")
@@ -191,6 +213,10 @@ struct Families {
   prometheus::Family<prometheus::Counter>& config_reloads;
   prometheus::Family<prometheus::Counter>& method_requests;
   prometheus::Family<prometheus::Histogram>& method_duration;
+  prometheus::Family<prometheus::Counter>& upstream_attempts;
+  prometheus::Family<prometheus::Counter>& retry_budget_exhausted;
+  prometheus::Family<prometheus::Gauge>& endpoint_ejected;
+  prometheus::Family<prometheus::Counter>& outlier_ejections;
   prometheus::Family<prometheus::Counter>& access_log_dropped;
   prometheus::Family<prometheus::Gauge>& build_info;
   const prometheus::Histogram::BucketBoundaries duration_buckets;
@@ -297,6 +323,17 @@ prometheus::Counter& RouteMetrics::Singleflight(SingleflightRole role) {
                               [&] { return With("role", kRoleNames[i]); });
 }
 
+prometheus::Counter& RouteMetrics::UpstreamAttempts(AttemptKind kind) {
+  const auto i = static_cast<size_t>(kind);
+  return attempts_[i].Get(families_.upstream_attempts,
+                          [&] { return With("kind", kAttemptKindNames[i]); });
+}
+
+prometheus::Counter& RouteMetrics::RetryBudgetExhausted() {
+  return budget_exhausted_.Get(families_.retry_budget_exhausted,
+                               [&] { return route_label_; });
+}
+
 // --- EndpointMetrics ---
 
 EndpointMetrics::EndpointMetrics(std::string_view cluster, std::string name,
@@ -311,6 +348,8 @@ void EndpointMetrics::RemoveSeries() {
   for (auto& series : upstream_requests_)
     series.Remove(families_.upstream_requests);
   healthy_.Remove(families_.endpoint_healthy);
+  ejected_.Remove(families_.endpoint_ejected);
+  ejections_.Remove(families_.outlier_ejections);
   for (auto& series : health_checks_) series.Remove(families_.health_checks);
 }
 
@@ -329,6 +368,15 @@ prometheus::Counter& EndpointMetrics::UpstreamRequests(int grpc_code) {
 void EndpointMetrics::SetHealthy(bool healthy) {
   healthy_.Get(families_.endpoint_healthy, [&] { return labels_; })
       .Set(healthy ? 1 : 0);
+}
+
+void EndpointMetrics::SetEjected(bool ejected) {
+  ejected_.Get(families_.endpoint_ejected, [&] { return labels_; })
+      .Set(ejected ? 1 : 0);
+}
+
+prometheus::Counter& EndpointMetrics::Ejections() {
+  return ejections_.Get(families_.outlier_ejections, [&] { return labels_; });
 }
 
 prometheus::Counter& EndpointMetrics::HealthChecks(HealthCheckResult result) {

@@ -140,6 +140,7 @@ class RouteMetrics {
  public:
   enum class BreakerState { kClosed, kOpen, kHalfOpen };
   enum class SingleflightRole { kLeader, kFollower };
+  enum class AttemptKind { kFirst, kRetry, kHedge };
 
   RouteMetrics(const RouteMetrics&) = delete;
   RouteMetrics& operator=(const RouteMetrics&) = delete;
@@ -170,6 +171,10 @@ class RouteMetrics {
   prometheus::Gauge& Limit();
   // bulwark_singleflight_calls_total{route, role}.
   prometheus::Counter& Singleflight(SingleflightRole role);
+  // bulwark_upstream_attempts_total{route, kind}.
+  prometheus::Counter& UpstreamAttempts(AttemptKind kind);
+  // bulwark_retry_budget_exhausted_total{route}.
+  prometheus::Counter& RetryBudgetExhausted();
   // The series of `method` ("pkg.Service/Method" or "_OTHER") on this route,
   // created on first use and kept. Thread-safe; takes a lock (call it when a
   // route table is built, not per call).
@@ -203,6 +208,8 @@ class RouteMetrics {
   metrics_internal::LazySeries<prometheus::Gauge> limit_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 2>
       singleflight_;
+  std::array<metrics_internal::LazySeries<prometheus::Counter>, 3> attempts_;
+  metrics_internal::LazySeries<prometheus::Counter> budget_exhausted_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<MethodMetrics>> methods_
       ABSL_GUARDED_BY(mu_);
@@ -224,6 +231,11 @@ class EndpointMetrics {
   void SetHealthy(bool healthy);
   // bulwark_health_checks_total{cluster, endpoint, result}.
   prometheus::Counter& HealthChecks(HealthCheckResult result);
+  // bulwark_endpoint_ejected{cluster, endpoint} (set when the cluster has
+  // outlier_detection).
+  void SetEjected(bool ejected);
+  // bulwark_outlier_ejections_total{cluster, endpoint}.
+  prometheus::Counter& Ejections();
 
   const std::string& name() const { return name_; }
 
@@ -243,6 +255,8 @@ class EndpointMetrics {
   std::array<metrics_internal::LazySeries<prometheus::Counter>, kGrpcCodeCount>
       upstream_requests_;
   metrics_internal::LazySeries<prometheus::Gauge> healthy_;
+  metrics_internal::LazySeries<prometheus::Gauge> ejected_;
+  metrics_internal::LazySeries<prometheus::Counter> ejections_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 3>
       health_checks_;
 };

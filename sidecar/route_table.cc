@@ -15,11 +15,12 @@ std::string Fingerprint(const config::v1::Route& route) {
   *policies.mutable_circuit_breaker() = route.circuit_breaker();
   *policies.mutable_concurrency() = route.concurrency();
   *policies.mutable_singleflight() = route.singleflight();
+  *policies.mutable_retry()->mutable_budget() = route.retry().budget();
   std::string out;
   policies.SerializeToString(&out);
   return absl::StrCat(route.has_rate_limit(), route.has_circuit_breaker(),
-                      route.has_concurrency(), route.has_singleflight(), ":",
-                      out);
+                      route.has_concurrency(), route.has_singleflight(),
+                      route.has_retry(), ":", out);
 }
 
 std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
@@ -42,6 +43,9 @@ std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
   if (config.has_singleflight() && config.singleflight().enabled()) {
     state->flights = std::make_unique<Flights>();
   }
+  if (config.has_retry()) {
+    state->retry_budget = chain::UpstreamStage::NewBudget(config.retry());
+  }
   return state;
 }
 
@@ -52,7 +56,8 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>& clusters,
     Metrics& metrics, const RouteTable* previous,
     const absl::flat_hash_set<std::string>* unary_methods, Clock& clock,
-    const absl::flat_hash_set<std::string>* streaming_methods) {
+    const absl::flat_hash_set<std::string>* streaming_methods,
+    const absl::flat_hash_set<std::string>* idempotent_methods) {
   std::unique_ptr<RouteTable> table(new RouteTable());
   // The methods that get a label of their own in the per-method series.
   absl::flat_hash_set<std::string> known_methods;
@@ -108,7 +113,9 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
           !rc.match().service().empty() && !rc.match().method().empty(),
           unary_methods);
     }
-    route->upstream = std::make_unique<chain::UpstreamStage>(route->cluster);
+    route->upstream = std::make_unique<chain::UpstreamStage>(
+        route->cluster, rc, state.retry_budget.get(), route->metrics,
+        unary_methods, idempotent_methods);
     for (const std::string& path : known_methods) {
       if (table->Matches(*route, path)) {
         route->method_metrics.emplace(

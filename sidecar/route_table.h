@@ -29,6 +29,7 @@
 #include "policies/circuit_breaker.h"
 #include "policies/concurrency_limiter.h"
 #include "policies/keyed_rate_limiter.h"
+#include "policies/retry_budget.h"
 #include "policies/singleflight.h"
 #include "policies/token_bucket.h"
 #include "sidecar/chain/breaker_stage.h"
@@ -56,6 +57,8 @@ struct RouteState {
   std::unique_ptr<CircuitBreaker> breaker;
   std::unique_ptr<ConcurrencyLimiter> limiter;
   std::unique_ptr<Flights> flights;  // singleflight enabled
+  // Retries and hedges of the last 10 s against the route's calls (retry).
+  std::unique_ptr<RetryBudget> retry_budget;
   // Downstream calls on this route right now (any stage), for /routes. Relaxed:
   // a count.
   std::atomic<int64_t> active_calls{0};
@@ -98,7 +101,8 @@ class RouteTable {
       Metrics& metrics, const RouteTable* previous,
       const absl::flat_hash_set<std::string>* unary_methods = nullptr,
       Clock& clock = MonotonicClock::Get(),
-      const absl::flat_hash_set<std::string>* streaming_methods = nullptr);
+      const absl::flat_hash_set<std::string>* streaming_methods = nullptr,
+      const absl::flat_hash_set<std::string>* idempotent_methods = nullptr);
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
   const Route* Match(std::string_view path) const;

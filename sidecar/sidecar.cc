@@ -445,7 +445,16 @@ AdminServer::Readiness Sidecar::Readiness() {
   return ReadinessOf(*current(), draining_);
 }
 
-void Sidecar::RefreshGauges() { bulwark::RefreshGauges(*current()); }
+void Sidecar::RefreshGauges() {
+  const std::shared_ptr<const Snapshot> snapshot = current();
+  // An ejection whose time is up ends here too, not only when a call picks
+  // an endpoint (a cluster without traffic must not show it ejected forever).
+  const absl::Time now = MonotonicClock::Get().Now();
+  for (const auto& cluster : snapshot->cluster_list) {
+    cluster->EndDueEjections(now);
+  }
+  bulwark::RefreshGauges(*snapshot);
+}
 
 std::string Sidecar::RoutesJson() {
   int64_t open = 0;

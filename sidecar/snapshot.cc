@@ -31,7 +31,8 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
       snapshot->config.proto, snapshot->clusters, deps.metrics,
       previous != nullptr ? previous->routes.get() : nullptr,
       &snapshot->config.unary_methods, deps.clock,
-      &snapshot->config.streaming_methods);
+      &snapshot->config.streaming_methods,
+      &snapshot->config.idempotent_methods);
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
   snapshot->config_json = ConfigToJson(snapshot->config.proto);

@@ -64,6 +64,7 @@ constexpr char kScript[] = R"html(<script>
       '</td><td class="num">' + (c ? c.queued : none) +
       '</td><td class="num">' + lm.calls +
       '</td><td class="num">' + (r.singleflight ? (lm.calls ? Math.round(100 * lm.coalesced / lm.calls) : 0) + " %" : none) +
+      '</td><td class="num">' + (r.retry ? Math.floor(r.retry.budget_left) : none) +
       "</td><td>" + rejections(lm.rejections) + "</td></tr>";
   }
   function endpointRows(c) {
@@ -72,7 +73,9 @@ constexpr char kScript[] = R"html(<script>
       return '<tr data-endpoint="' + esc(e.resolved) + '" data-health="' + h +
         '" data-source="routes"><td>' + esc(c.name) + "</td><td>" + esc(e.resolved) +
         '</td><td><span class="state ' + h + '">' + h + "</span></td><td>" +
-        (e.ejected ? '<span class="state open">ejected</span>' : none) +
+        (e.ejected ? '<span class="state open">ejected' +
+          (e.ejection_seconds_left ? " " + Math.ceil(e.ejection_seconds_left) + " s" : "") +
+          "</span>" : none) +
         '</td><td class="num">' + e.in_flight + "</td></tr>";
     }).join("");
   }
@@ -125,6 +128,11 @@ std::string RouteRow(const Route& route, absl::Time now) {
         lm.calls > 0 ? (100 * lm.coalesced + lm.calls / 2) / lm.calls : 0,
         " %");
   }
+  std::string budget = kNone;
+  if (route.upstream->retry() != nullptr) {
+    budget = absl::StrCat(
+        static_cast<int64_t>(route.upstream->budget()->AvailableApprox(now)));
+  }
   std::string rejections;
   for (int i = 0; i < kRejectReasonCount; ++i) {
     const auto reason = static_cast<RejectReason>(i);
@@ -143,20 +151,35 @@ std::string RouteRow(const Route& route, absl::Time now) {
       HtmlEscape(route.cluster->name()), "</td><td>", breaker,
       "</td><td class=\"num\">", tokens, "</td><td class=\"num\">", in_flight,
       "</td><td class=\"num\">", queued, "</td><td class=\"num\">", lm.calls,
-      "</td><td class=\"num\">", coalesced, "</td><td>", rejections,
-      "</td></tr>\n");
+      "</td><td class=\"num\">", coalesced, "</td><td class=\"num\">", budget,
+      "</td><td>", rejections, "</td></tr>\n");
 }
 
-std::string EndpointRow(const Cluster& cluster, const Endpoint& endpoint) {
+std::string EndpointRow(const Cluster& cluster, const Endpoint& endpoint,
+                        absl::Time now) {
   const char* health = endpoint.load.healthy.load(std::memory_order_relaxed)
                            ? "healthy"
                            : "unhealthy";
   const std::string resolved = HtmlEscape(endpoint.resolved);
+  std::string ejected = kNone;
+  if (endpoint.load.ejected.load(std::memory_order_relaxed)) {
+    ejected = "<span class=\"state open\">ejected";
+    if (endpoint.outlier != nullptr) {
+      const OutlierState::Snapshot o = endpoint.outlier->GetSnapshot(now);
+      if (!o.until_serving && o.time_left > absl::ZeroDuration()) {
+        absl::StrAppend(
+            &ejected, " ",
+            absl::ToInt64Seconds(absl::Ceil(o.time_left, absl::Seconds(1))),
+            " s");
+      }
+    }
+    ejected += "</span>";
+  }
   return absl::StrCat(
       "<tr data-endpoint=\"", resolved, "\" data-health=\"", health,
       "\" data-source=\"server\"><td>", HtmlEscape(cluster.name()), "</td><td>",
       resolved, "</td><td><span class=\"state ", health, "\">", health,
-      "</span></td><td>", kNone, "</td><td class=\"num\">",
+      "</span></td><td>", ejected, "</td><td class=\"num\">",
       endpoint.load.in_flight.load(std::memory_order_relaxed), "</td></tr>\n");
 }
 
@@ -198,7 +221,8 @@ std::string StatusPageHtml(const Snapshot& snapshot, absl::Time now,
       "</header>\n<main>\n<h2>Routes</h2>\n<table id=\"routes\"><thead><tr>"
       "<th>route</th><th>cluster</th><th>breaker</th><th>tokens</th>"
       "<th>in flight / limit</th><th>queued</th><th>calls (1 min)</th>"
-      "<th>coalesced</th><th>rejections (1 min)</th></tr></thead><tbody>\n");
+      "<th>coalesced</th><th>retry budget</th><th>rejections (1 min)</th>"
+      "</tr></thead><tbody>\n");
   for (const auto& route : snapshot.routes->routes()) {
     out += RouteRow(*route, now);
   }
@@ -208,7 +232,7 @@ std::string StatusPageHtml(const Snapshot& snapshot, absl::Time now,
       "<th>in flight</th></tr></thead><tbody>\n";
   for (const auto& cluster : snapshot.cluster_list) {
     for (const auto& endpoint : cluster->endpoints()) {
-      out += EndpointRow(*cluster, *endpoint);
+      out += EndpointRow(*cluster, *endpoint, now);
     }
   }
   out += "</tbody></table>\n</main>\n";

@@ -82,6 +82,13 @@ ABSL_FLAG(
     "in a FIFO queue; SIGUSR1 halves it; 0 = unlimited");
 ABSL_FLAG(absl::Duration, service_time, absl::Milliseconds(10),
           "with --capacity: how long each Echo call holds its worker");
+ABSL_FLAG(int32_t, fail_code, 0,
+          "non-zero: every Echo and Write call without a fault ends with this "
+          "gRPC status (a trailers-only answer); health checks still pass, "
+          "as for an endpoint that fails only live calls");
+ABSL_FLAG(absl::Duration, delay, absl::ZeroDuration(),
+          "every Echo and Write call without a fault is answered after this "
+          "long (a slow endpoint)");
 
 namespace bulwark::demo {
 namespace {
@@ -301,11 +308,17 @@ class CallStats {
 class Upstream {
  public:
   // capacity 0: no capacity model (workers() is null).
-  Upstream(int capacity, absl::Duration service_time) {
+  Upstream(int capacity, absl::Duration service_time, int fail_code,
+           absl::Duration delay)
+      : fail_code_(fail_code), delay_(delay) {
     if (capacity > 0) {
       workers_ = std::make_unique<WorkerPool>(timers_, capacity, service_time);
     }
   }
+
+  // --fail_code and --delay: what every Echo/Write without a fault gets.
+  int fail_code() const { return fail_code_; }
+  absl::Duration delay() const { return delay_; }
 
   CallStats& stats() { return stats_; }
   TimerQueue& timers() { return timers_; }
@@ -324,6 +337,8 @@ class Upstream {
 
  private:
   CallStats stats_;
+  const int fail_code_;
+  const absl::Duration delay_;
   absl::Mutex mu_;
   std::string name_ ABSL_GUARDED_BY(mu_);
   // Before timers_, so destroyed after the timer thread that runs its jobs.
@@ -489,9 +504,18 @@ class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
       return;
     }
     const Fault& fault = request_->fault();
+    if (!request_->has_fault() && upstream_.fail_code() != 0) {
+      FinishLocked(
+          grpc::Status(static_cast<grpc::StatusCode>(upstream_.fail_code()),
+                       "failing every call (--fail_code)"));
+      return;
+    }
     if (fault.hang()) return;  // Only OnCancel ends it.
     if (fault.delay_ms() > 0) {
       StartDelayLocked(absl::Milliseconds(fault.delay_ms()));
+    } else if (!request_->has_fault() &&
+               upstream_.delay() > absl::ZeroDuration()) {
+      StartDelayLocked(upstream_.delay());
     } else {
       AnswerLocked();
     }
@@ -764,6 +788,11 @@ class DemoService final : public Demo::CallbackService {
                                  EchoResponse* response) override {
     return new EchoCall(upstream_, ctx, request, response);
   }
+  grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* ctx,
+                                  const EchoRequest* request,
+                                  EchoResponse* response) override {
+    return new EchoCall(upstream_, ctx, request, response);
+  }
   grpc::ServerWriteReactor<EchoResponse>* ServerStream(
       grpc::CallbackServerContext* ctx, const StreamRequest* request) override {
     return new ServerStreamCall(upstream_, ctx, request);
@@ -913,7 +942,8 @@ int Main() {
   }
   grpc::EnableDefaultHealthCheckService(true);
 
-  Upstream upstream(capacity, service_time);
+  Upstream upstream(capacity, service_time, absl::GetFlag(FLAGS_fail_code),
+                    absl::GetFlag(FLAGS_delay));
   DemoService demo(upstream);
   ControlService control(upstream);
   const std::string address = absl::GetFlag(FLAGS_address);

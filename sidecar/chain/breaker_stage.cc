@@ -5,11 +5,6 @@
 #include "sidecar/log.h"
 
 namespace bulwark::chain {
-namespace {
-
-constexpr absl::Duration kDefaultDeadlineFailureMin = absl::Milliseconds(100);
-
-}  // namespace
 
 RouteMetrics::BreakerState ToMetricState(CircuitBreaker::State state) {
   switch (state) {
@@ -55,16 +50,10 @@ BreakerStage::BreakerStage(const config::v1::CircuitBreaker& config,
                            std::string route, CircuitBreaker& breaker,
                            RouteMetrics& metrics)
     : route_(std::move(route)),
-      deadline_failure_min_(config.has_deadline_failure_min()
-                                ? ToAbslDuration(config.deadline_failure_min())
-                                : kDefaultDeadlineFailureMin),
+      rule_(config),
       shadow_(config.shadow()),
       breaker_(breaker),
-      metrics_(metrics) {
-  for (int code : config.failure_codes()) {
-    if (code >= 0 && code < 17) failure_codes_.set(code);
-  }
-}
+      metrics_(metrics) {}
 
 Verdict BreakerStage::Admit(absl::Time now,
                             std::optional<Ticket>& ticket) const {
@@ -86,35 +75,15 @@ Verdict BreakerStage::Admit(absl::Time now,
 
 CircuitBreaker::Outcome BreakerStage::Classify(
     const UpstreamOutcome& outcome) const {
-  using Kind = UpstreamOutcome::Kind;
-  switch (outcome.kind) {
-    case Kind::kNotSent:
-    case Kind::kRefused:
-    case Kind::kClientCancelled:
-      return CircuitBreaker::Outcome::kIgnored;
-    case Kind::kTransportFailure:
+  switch (rule_.Classify(outcome)) {
+    case OutcomeRule::Verdict::kSuccess:
+      return CircuitBreaker::Outcome::kSuccess;
+    case OutcomeRule::Verdict::kFailure:
       return CircuitBreaker::Outcome::kFailure;
-    case Kind::kDeadline:
-      return outcome.upstream_time >= deadline_failure_min_
-                 ? CircuitBreaker::Outcome::kFailure
-                 : CircuitBreaker::Outcome::kIgnored;
-    case Kind::kAnswered:
+    case OutcomeRule::Verdict::kNeither:
       break;
   }
-  const int code = outcome.grpc_code;
-  if (code == static_cast<int>(absl::StatusCode::kCancelled)) {
-    return CircuitBreaker::Outcome::kIgnored;
-  }
-  if (code == static_cast<int>(absl::StatusCode::kDeadlineExceeded) &&
-      failure_codes_.test(code)) {
-    // The upstream's own deadline answer: the same rule as ours.
-    return outcome.upstream_time >= deadline_failure_min_
-               ? CircuitBreaker::Outcome::kFailure
-               : CircuitBreaker::Outcome::kIgnored;
-  }
-  return code >= 0 && code < 17 && failure_codes_.test(code)
-             ? CircuitBreaker::Outcome::kFailure
-             : CircuitBreaker::Outcome::kSuccess;
+  return CircuitBreaker::Outcome::kIgnored;
 }
 
 void BreakerStage::Settle(std::optional<Ticket>& ticket,

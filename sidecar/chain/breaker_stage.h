@@ -1,15 +1,8 @@
 // BreakerStage: the route's circuit breaker in the chain (SPEC section 3). It
-// admits an upstream call with a ticket or answers `circuit_open` (in shadow:
-// counts and admits), and it owns the one rule that turns an upstream outcome
-// into the breaker's success / failure / neither, for plain calls, flights and
-// shadow flights alike:
-//   - failure_codes from the answer are failures, other codes successes;
-//   - an unreachable endpoint or a broken connection is a failure;
-//   - a deadline expiry is a failure only when the upstream had the call at
-//     least deadline_failure_min (shorter: neither), so deadlines too short to
-//     meet cannot open the breaker for everyone;
-//   - a stream refused unseen, a caller's cancellation and the sidecar's own
-//     answers are neither.
+// admits an upstream call (or attempt) with a ticket or answers
+// `circuit_open` (in shadow: counts and admits), and settles each ticket by
+// the one rule of OutcomeRule (outcome_rule.h) for plain calls, flights,
+// attempts and shadow flights alike.
 //
 // Thread-safety: const after construction; the breaker is thread-safe. Cost:
 // one TryAcquire and one Record per upstream call.
@@ -24,6 +17,7 @@
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/circuit_breaker.h"
 #include "policies/clock.h"
+#include "sidecar/chain/outcome_rule.h"
 #include "sidecar/chain/verdict.h"
 #include "sidecar/metrics.h"
 
@@ -45,7 +39,7 @@ class BreakerStage {
   // Admits (setting `ticket`, also in shadow when the breaker admits) or
   // answers circuit_open.
   Verdict Admit(absl::Time now, std::optional<Ticket>& ticket) const;
-  // The one rule (see above).
+  // The one rule (OutcomeRule), as the breaker counts it.
   CircuitBreaker::Outcome Classify(const UpstreamOutcome& outcome) const;
   // Records `outcome` for `ticket` (if any) and clears it.
   void Settle(std::optional<Ticket>& ticket, const UpstreamOutcome& outcome,
@@ -58,8 +52,7 @@ class BreakerStage {
 
  private:
   const std::string route_;
-  std::bitset<17> failure_codes_;
-  absl::Duration deadline_failure_min_;
+  const OutcomeRule rule_;
   const bool shadow_;
   CircuitBreaker& breaker_;
   RouteMetrics& metrics_;

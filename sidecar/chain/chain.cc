@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/chain/attempts.h"
 #include "sidecar/chain/verdict.h"
 
 namespace bulwark::chain {
@@ -50,31 +51,13 @@ UpstreamOutcome OutcomeOfCall(const net::CallResult& result) {
   return outcome;
 }
 
-UpstreamOutcome OutcomeOfFlight(const net::UpstreamCallResult& result) {
-  using Kind = UpstreamOutcome::Kind;
-  UpstreamOutcome outcome{.grpc_code = result.grpc_code,
-                          .upstream_time = result.duration};
-  if (result.refused) {
-    outcome.kind = Kind::kRefused;
-  } else if (result.deadline_exceeded) {
-    outcome.kind = Kind::kDeadline;
-  } else if (result.transport_failure) {
-    outcome.kind = Kind::kTransportFailure;
-  } else if (result.too_large) {
-    outcome.kind = Kind::kNotSent;  // answered, but not an outcome we saw
-  } else {
-    outcome.kind = Kind::kAnswered;
-  }
-  return outcome;
-}
-
 }  // namespace
 
 // The upstream call of a singleflight flight: owned by the leader's worker's
 // ProxyHandler, not by a caller. It settles what an upstream call holds
 // (breaker ticket, permit, endpoint load) and ends the flight with its
 // captured answer.
-class FlightCall final : public net::UpstreamCallListener {
+class FlightCall final {
  public:
   FlightCall(ProxyHandler& handler, uint64_t id,
              std::shared_ptr<const Snapshot> snapshot, const Route& route,
@@ -87,65 +70,27 @@ class FlightCall final : public net::UpstreamCallListener {
         snapshot_(std::move(snapshot)),
         route_(route),
         leadership_(std::move(leadership)),
-        ticket_(ticket),
-        permit_(std::move(permit)),
-        endpoint_(endpoint),
-        request_(std::move(request)) {
-    endpoint_->load.in_flight.fetch_add(1, std::memory_order_relaxed);
+        permit_(std::move(permit)) {
+    const bool retries =
+        route_.upstream->Retries(request.path) &&
+        request.body.size() <= route_.upstream->retry()->max_request_bytes + 5;
+    attempts_ = std::make_unique<Attempts>(
+        handler_.executor(), route_, endpoint, ticket, std::move(request),
+        retries, snapshot_->config.proto.listener().max_message_bytes(),
+        [this](const net::UpstreamCallResult& result) { OnFinish(result); });
   }
 
-  ~FlightCall() override {
-    if (route_.breaker != nullptr) route_.breaker->Forget(ticket_);
-    endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
-  }
+  void Start() { attempts_->Start(); }
 
-  void Start() {
-    start_ = handler_.executor().clock().Now();
-    call_ = handler_.executor().StartUpstreamCall(
-        endpoint_->upstream, request_, this,
-        {.capture = true,
-         .deliver_messages = false,
-         .max_response_bytes =
-             snapshot_->config.proto.listener().max_message_bytes()});
-  }
-
-  // Every caller left: the upstream call is cancelled (by destroying it).
+  // Every caller left: the attempts are cancelled (when this is destroyed).
   void Cancelled(bool deadline_expired) {
-    if (route_.breaker == nullptr) return;
-    const UpstreamOutcome outcome{
-        .kind = deadline_expired ? UpstreamOutcome::Kind::kDeadline
-                                 : UpstreamOutcome::Kind::kClientCancelled,
-        .upstream_time = handler_.executor().clock().Now() - start_};
-    route_.breaker->Settle(ticket_, outcome, handler_.executor().clock().Now());
+    attempts_->CallLeft(deadline_expired);
   }
 
-  void OnFinish(const net::UpstreamCallResult& result) override {
-    if (result.refused && !resent_) {
-      // Refused unseen: not the endpoint's failure; sent once more (the
-      // worker opens a fresh connection if the old one is going away).
-      resent_ = true;
-      Start();  // destroys the finished call
-      return;
-    }
-    const absl::Time now = handler_.executor().clock().Now();
-    if (route_.breaker != nullptr) {
-      route_.breaker->Settle(ticket_, OutcomeOfFlight(result), now);
-    }
+ private:
+  void OnFinish(const net::UpstreamCallResult& result) {
     // A flight is a unary call: a latency sample of an adaptive limit.
-    permit_.ReleaseSample(
-        result.deadline_exceeded ||
-        result.grpc_code ==
-            static_cast<int>(absl::StatusCode::kResourceExhausted) ||
-        result.grpc_code == static_cast<int>(absl::StatusCode::kUnavailable) ||
-        result.grpc_code ==
-            static_cast<int>(absl::StatusCode::kDeadlineExceeded));
-    if (endpoint_->metrics != nullptr) {
-      endpoint_->metrics->UpstreamRequests(result.grpc_code).Increment();
-    }
-    if (route_.cluster->metrics() != nullptr) {
-      route_.cluster->metrics()->UpstreamDuration().Observe(
-          absl::ToDoubleSeconds(result.duration));
-    }
+    permit_.ReleaseSample(ConcurrencyStage::Overloaded(result));
     std::shared_ptr<net::CapturedResponse> response = result.response;
     if (result.too_large || response == nullptr) {
       response = std::make_shared<net::CapturedResponse>();
@@ -155,19 +100,13 @@ class FlightCall final : public net::UpstreamCallListener {
     handler_.EndFlight(id_, false, /*finished=*/true);  // destroys this
   }
 
- private:
   ProxyHandler& handler_;
   const uint64_t id_;
   std::shared_ptr<const Snapshot> snapshot_;  // keeps route_ alive
   const Route& route_;
   Flights::Leadership leadership_;
-  std::optional<CircuitBreaker::Ticket> ticket_;
   ConcurrencyLimiter::Permit permit_;
-  Endpoint* endpoint_;
-  net::UpstreamRequest request_;  // kept to send once more when refused
-  absl::Time start_;
-  bool resent_ = false;
-  std::unique_ptr<net::UpstreamCallHandle> call_;
+  std::unique_ptr<Attempts> attempts_;
 };
 
 namespace {
@@ -192,6 +131,9 @@ class ChainCall final : public net::CallObserver {
   }
 
   void Start() {
+    if (route_.state->retry_budget != nullptr) {
+      route_.state->retry_budget->RecordCall(Now());
+    }
     if (route_.rate_limit != nullptr) {
       Verdict verdict = route_.rate_limit->Decide(call_, Now());
       if (verdict.kind == Verdict::Kind::kAnswer) {
@@ -205,6 +147,12 @@ class ChainCall final : public net::CallObserver {
   void OnClose(const net::CallResult& result) override {
     CancelWaits();
     const absl::Time now = Now();
+    if (attempts_ != nullptr) {
+      // Left before an answer (or answered: then nothing is in flight).
+      attempts_->CallLeft(result.ending ==
+                          net::CallResult::Ending::kDeadlineExceeded);
+      attempts_.reset();
+    }
     RouteMetrics& metrics = *route_.metrics;
     if (result.reason == "message_too_large") {
       metrics.Rejections(RejectReason::kMessageTooLarge).Increment();
@@ -219,6 +167,7 @@ class ChainCall final : public net::CallObserver {
                       net::CallResult::Ending::kDeadlineExceeded);
     if (endpoint_ != nullptr) {
       endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
+      route_.upstream->RecordOutcome(*endpoint_, OutcomeOfCall(result), now);
       if (result.forwarded) {
         const int upstream_code = result.upstream_grpc_code >= 0
                                       ? result.upstream_grpc_code
@@ -313,6 +262,21 @@ class ChainCall final : public net::CallObserver {
       call_.CollectRequest(route_.singleflight->max_request_bytes(),
                            [this](std::optional<std::string> body) {
                              OnRequestHeld(std::move(body));
+                           });
+      return;
+    }
+    if (!body_.has_value() && !retry_declined_ &&
+        route_.upstream->Retries(call_.path())) {
+      // Held whole to be sent again: retried calls are unary, so holding
+      // costs nothing; a larger request gets one attempt, streamed.
+      call_.CollectRequest(route_.upstream->retry()->max_request_bytes + 5,
+                           [this](std::optional<std::string> body) {
+                             if (body.has_value()) {
+                               body_ = std::move(body);
+                             } else {
+                               retry_declined_ = true;
+                             }
+                             RunConcurrency();
                            });
       return;
     }
@@ -430,7 +394,7 @@ class ChainCall final : public net::CallObserver {
   }
 
   void RunUpstream() {
-    Endpoint* endpoint = route_.upstream->Pick();
+    Endpoint* endpoint = route_.upstream->Pick(Now());
     if (endpoint == nullptr) {
       Answer(route_.upstream->NoHealthyEndpoint());
       return;
@@ -455,6 +419,15 @@ class ChainCall final : public net::CallObserver {
       raw->Start();
       return;
     }
+    if (body_.has_value() && route_.upstream->Retries(call_.path()) &&
+        body_->size() <= route_.upstream->retry()->max_request_bytes + 5) {
+      RunAttempts(endpoint);
+      return;
+    }
+    if (route_.metrics != nullptr) {
+      route_.metrics->UpstreamAttempts(RouteMetrics::AttemptKind::kFirst)
+          .Increment();
+    }
     endpoint_ = endpoint;
     endpoint_->load.in_flight.fetch_add(1, std::memory_order_relaxed);
     if (body_.has_value()) {
@@ -464,6 +437,46 @@ class ChainCall final : public net::CallObserver {
       return;
     }
     call_.Forward(endpoint->upstream);
+  }
+
+  // Retries and hedges: the attempts answer the call with a captured
+  // response (nothing reaches the client before one is chosen).
+  void RunAttempts(Endpoint* first) {
+    attempts_ = std::make_unique<Attempts>(
+        executor_, route_, first, ticket_,
+        net::UpstreamRequest{.path = std::string(call_.path()),
+                             .headers = call_.request_headers(),
+                             .body = std::move(*body_),
+                             .deadline = call_.deadline()},
+        /*retries=*/true,
+        snapshot_->config.proto.listener().max_message_bytes(),
+        [this](const net::UpstreamCallResult& result) {
+          OnAttemptsDone(result);
+        });
+    ticket_.reset();
+    body_.reset();
+    attempts_->Start();
+  }
+
+  void OnAttemptsDone(const net::UpstreamCallResult& result) {
+    attempts_sent_ = attempts_->sent();
+    if (Endpoint* e = attempts_->answering_endpoint(); e != nullptr) {
+      answering_endpoint_ = e->resolved;
+    }
+    attempts_upstream_time_ = result.duration;
+    // A retried call is unary: a latency sample of an adaptive limit.
+    permit_.ReleaseSample(ConcurrencyStage::Overloaded(result));
+    std::shared_ptr<const net::CapturedResponse> response = result.response;
+    if (response == nullptr) {
+      auto made = std::make_shared<net::CapturedResponse>();
+      made->headers = {{":status", "200"},
+                       {"content-type", "application/grpc"},
+                       {"grpc-status", std::to_string(result.grpc_code)}};
+      made->trailers_only = true;
+      made->grpc_code = result.grpc_code;
+      response = std::move(made);
+    }
+    call_.RespondWith(std::move(response));  // may close the call: last
   }
 
   void WriteAccessLog(const net::CallResult& result, absl::Time now) {
@@ -481,8 +494,12 @@ class ChainCall final : public net::CallObserver {
         .duration = now - call_.start_time(),
         .upstream = result.forwarded ? std::optional<absl::Duration>(
                                            result.upstream_duration)
-                                     : std::nullopt,
-        .attempts = result.forwarded || leader ? 1 : 0,
+                    : attempts_sent_ > 0
+                        ? std::optional<absl::Duration>(attempts_upstream_time_)
+                        : std::nullopt,
+        .attempts = attempts_sent_ > 0           ? attempts_sent_
+                    : result.forwarded || leader ? 1
+                                                 : 0,
         .singleflight = flight_role_,
         .request_bytes = result.request_bytes,
         .response_bytes = result.response_bytes,
@@ -532,6 +549,13 @@ class ChainCall final : public net::CallObserver {
   bool parked_ = false;       // waiting for that booking (enforcing)
   uint64_t acquisition_ = 0;  // tells a stale booking's answer apart
   Endpoint* endpoint_ = nullptr;
+  // Retries: the attempts in progress, a request too large to hold for them,
+  // and (for the access log) how many were sent and the answer's upstream
+  // time.
+  std::unique_ptr<Attempts> attempts_;
+  bool retry_declined_ = false;
+  int attempts_sent_ = 0;
+  absl::Duration attempts_upstream_time_ = absl::ZeroDuration();
   // For the access log: the endpoint the call (or its flight) went to, the
   // reason the chain answered with, and the singleflight role.
   std::string_view answering_endpoint_;

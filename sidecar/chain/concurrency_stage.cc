@@ -42,6 +42,14 @@ bool ConcurrencyStage::IsSample(std::string_view path,
          unary_methods_->contains(absl::string_view(path.data(), path.size()));
 }
 
+bool ConcurrencyStage::Overloaded(const net::UpstreamCallResult& result) {
+  const int code = result.grpc_code;
+  return result.deadline_exceeded ||
+         code == static_cast<int>(absl::StatusCode::kDeadlineExceeded) ||
+         code == static_cast<int>(absl::StatusCode::kResourceExhausted) ||
+         code == static_cast<int>(absl::StatusCode::kUnavailable);
+}
+
 bool ConcurrencyStage::Overloaded(const net::CallResult& result) {
   if (result.ending == net::CallResult::Ending::kDeadlineExceeded) return true;
   const int code = result.upstream_grpc_code;

@@ -76,6 +76,8 @@ class ConcurrencyStage {
   // Whether an ending says the upstream is overloaded: a deadline, or
   // RESOURCE_EXHAUSTED / UNAVAILABLE from upstream.
   static bool Overloaded(const net::CallResult& result);
+  // The same for an upstream call the sidecar owns (a flight, attempts).
+  static bool Overloaded(const net::UpstreamCallResult& result);
 
   std::string DescribeJson() const;
   ConcurrencyLimiter& limiter() const { return limiter_; }

@@ -102,6 +102,47 @@ void FillSingleflightDefaults(cfg::Singleflight& sf,
   }
 }
 
+void FillOutlierDetectionDefaults(cfg::OutlierDetection& od) {
+  if (!od.has_consecutive_failures()) od.set_consecutive_failures(5);
+  if (!od.has_failure_rate()) od.set_failure_rate(0.5);
+  if (!od.has_minimum_requests()) od.set_minimum_requests(20);
+  if (!od.has_window()) {
+    *od.mutable_window() = ToProtoDuration(absl::Seconds(10));
+  }
+  if (!od.has_base_ejection_time()) {
+    *od.mutable_base_ejection_time() = ToProtoDuration(absl::Seconds(30));
+  }
+  if (!od.has_max_ejection_time()) {
+    *od.mutable_max_ejection_time() = ToProtoDuration(absl::Seconds(300));
+  }
+  if (!od.has_min_available()) od.set_min_available(1);
+}
+
+void FillRetryDefaults(cfg::Retry& r, const FieldPresence& presence,
+                       uint64_t max_message_bytes) {
+  if (!r.has_max_attempts()) r.set_max_attempts(3);
+  if (!presence.Has(r, "retry_codes")) r.add_retry_codes(cfg::UNAVAILABLE);
+  if (!r.has_initial_backoff()) {
+    *r.mutable_initial_backoff() = ToProtoDuration(absl::Milliseconds(25));
+  }
+  if (!r.has_max_backoff()) {
+    *r.mutable_max_backoff() = ToProtoDuration(absl::Milliseconds(250));
+  }
+  if (!r.has_per_attempt_timeout()) {
+    *r.mutable_per_attempt_timeout() = ToProtoDuration(absl::ZeroDuration());
+  }
+  if (!r.has_hedge_delay()) {
+    *r.mutable_hedge_delay() = ToProtoDuration(absl::ZeroDuration());
+  }
+  cfg::RetryBudget& budget = *r.mutable_budget();
+  if (!budget.has_ratio()) budget.set_ratio(0.2);
+  if (!budget.has_min_per_second()) budget.set_min_per_second(10);
+  if (!r.has_max_request_bytes()) {
+    r.set_max_request_bytes(
+        std::max<uint64_t>(1, std::min<uint64_t>(65536, max_message_bytes)));
+  }
+}
+
 }  // namespace
 
 void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
@@ -132,6 +173,9 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
     if (cluster.has_health_check()) {
       FillHealthCheckDefaults(*cluster.mutable_health_check());
     }
+    if (cluster.has_outlier_detection()) {
+      FillOutlierDetectionDefaults(*cluster.mutable_outlier_detection());
+    }
     if (!cluster.has_dns_refresh_interval()) {
       *cluster.mutable_dns_refresh_interval() =
           ToProtoDuration(absl::Seconds(5));
@@ -150,6 +194,10 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
     if (route.has_singleflight()) {
       FillSingleflightDefaults(*route.mutable_singleflight(), presence,
                                listener.max_message_bytes());
+    }
+    if (route.has_retry()) {
+      FillRetryDefaults(*route.mutable_retry(), presence,
+                        listener.max_message_bytes());
     }
   }
 }

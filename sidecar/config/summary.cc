@@ -73,6 +73,23 @@ std::string DescribePolicies(const cfg::Route& route) {
             : absl::StrCat(", priority from ", c.priority_header()),
         Shadow(c.shadow())));
   }
+  if (route.has_retry()) {
+    const cfg::Retry& r = route.retry();
+    std::vector<std::string> codes;
+    for (int code : r.retry_codes()) {
+      codes.push_back(cfg::StatusCode_Name(static_cast<cfg::StatusCode>(code)));
+    }
+    const absl::Duration hedge = ToAbslDuration(r.hedge_delay());
+    parts.push_back(absl::StrCat(
+        "retry ", r.max_attempts(), " attempts on [",
+        absl::StrJoin(codes, ", "), "], ",
+        cfg::Retry::Methods_Name(r.methods()), " methods",
+        hedge > absl::ZeroDuration()
+            ? absl::StrCat(", hedge after ", FormatDurationForHumans(hedge))
+            : "",
+        ", budget ", r.budget().ratio(), " of calls or ",
+        r.budget().min_per_second(), "/s"));
+  }
   if (parts.empty()) return "no policies";
   return absl::StrJoin(parts, "; ");
 }
@@ -90,6 +107,17 @@ std::string DescribeCluster(const cfg::Cluster& cluster) {
         FormatDurationForHumans(ToAbslDuration(hc.timeout())), ")");
   } else {
     absl::StrAppend(&out, "; no health check");
+  }
+  if (cluster.has_outlier_detection()) {
+    const cfg::OutlierDetection& od = cluster.outlier_detection();
+    absl::StrAppend(
+        &out, "; outlier detection ", od.consecutive_failures(),
+        " in a row or ", od.failure_rate(), " of >= ", od.minimum_requests(),
+        ", eject ",
+        FormatDurationForHumans(ToAbslDuration(od.base_ejection_time())),
+        " x count (max ",
+        FormatDurationForHumans(ToAbslDuration(od.max_ejection_time())),
+        "), min_available ", od.min_available());
   }
   return out;
 }
@@ -146,7 +174,8 @@ std::string SummarizeConfig(const LoadedConfig& loaded) {
     lines.push_back(absl::StrCat(
         "descriptor_sets: ", config.descriptor_sets_size(), " file(s), ",
         loaded.unary_methods.size(), " unary and ",
-        loaded.streaming_methods.size(), " streaming methods known"));
+        loaded.streaming_methods.size(), " streaming methods known (",
+        loaded.idempotent_methods.size(), " idempotent)"));
   }
   lines.push_back(absl::StrCat("clusters: ", config.clusters_size()));
   for (const cfg::Cluster& cluster : config.clusters()) {

@@ -60,6 +60,9 @@ constexpr uint64_t kMaxInFlight = 1'000'000;
 constexpr uint64_t kMaxQueued = 1'000'000;
 constexpr absl::Duration kMaxQueueTimeout = absl::Hours(1);
 constexpr uint64_t kMaxMessageBytes = std::numeric_limits<int32_t>::max();
+constexpr uint64_t kMaxMinAvailable = 100'000;
+constexpr double kMaxRetryRatio = 10;
+constexpr double kMaxRetryMinPerSecond = 1e6;
 
 void CheckAtLeast(ValidationErrors& errors, absl::string_view field,
                   uint64_t value, uint64_t min) {
@@ -379,6 +382,11 @@ void ConfigValidator::LoadDescriptorSet(const std::string& content,
         if (method->client_streaming() || method->server_streaming()) {
           out_.streaming_methods.insert(std::move(path));
         } else {
+          const auto level = method->options().idempotency_level();
+          if (level == pb::MethodOptions::IDEMPOTENT ||
+              level == pb::MethodOptions::NO_SIDE_EFFECTS) {
+            out_.idempotent_methods.insert(path);
+          }
           out_.unary_methods.insert(std::move(path));
         }
       }
@@ -432,6 +440,9 @@ void ConfigValidator::ValidateCluster(int index, cfg::Cluster& cluster) {
                          cluster.dns_refresh_interval(),
                          absl::Milliseconds(100), absl::Hours(1));
   }
+  if (cluster.has_outlier_detection()) {
+    ValidateOutlierDetection(cluster.outlier_detection());
+  }
   if (cluster.has_health_check()) {
     Field h(&errors_, ".health_check");
     const cfg::HealthCheck& hc = cluster.health_check();
@@ -468,7 +479,101 @@ void ConfigValidator::ValidateRoutes() {
     }
     if (route.has_concurrency()) ValidateConcurrency(route.concurrency());
     if (route.has_singleflight()) ValidateSingleflight(route, match_ok);
+    if (route.has_retry()) ValidateRetry(route, match_ok);
   }
+}
+
+void ConfigValidator::ValidateOutlierDetection(
+    const cfg::OutlierDetection& od) {
+  Field f(&errors_, ".outlier_detection");
+  CheckAtMost(errors_, "consecutive_failures", od.consecutive_failures(),
+              kMaxBreakerCount);
+  CheckRatio(errors_, "failure_rate", od.failure_rate(),
+             /*zero_allowed=*/false);
+  CheckBetween(errors_, "minimum_requests", od.minimum_requests(), 1,
+               kMaxBreakerCount);
+  CheckDurationBetween(errors_, "window", od.window(), absl::Seconds(1),
+                       absl::Hours(1));
+  CheckDurationPositiveAtMost(errors_, "base_ejection_time",
+                              od.base_ejection_time(), absl::Hours(1));
+  CheckDurationBetween(
+      errors_, "max_ejection_time", od.max_ejection_time(),
+      std::max(absl::Nanoseconds(1), ToAbslDuration(od.base_ejection_time())),
+      absl::Hours(24));
+  CheckAtMost(errors_, "min_available", od.min_available(), kMaxMinAvailable);
+}
+
+void ConfigValidator::ValidateRetry(const cfg::Route& route, bool match_ok) {
+  Field f(&errors_, ".retry");
+  const cfg::Retry& r = route.retry();
+  CheckBetween(errors_, "max_attempts", r.max_attempts(), 2, 5);
+  for (int i = 0; i < r.retry_codes_size(); ++i) {
+    Field c(&errors_, absl::StrCat(".retry_codes[", i, "]"));
+    if (r.retry_codes(i) == cfg::OK) {
+      errors_.AddError("OK cannot be retried");
+    } else if (r.retry_codes(i) == cfg::RESOURCE_EXHAUSTED) {
+      // Retrying what an overloaded upstream (or a limit) refused is what
+      // turns overload into a retry storm.
+      errors_.AddError("RESOURCE_EXHAUSTED is never retried");
+    }
+  }
+  CheckDurationBetween(errors_, "initial_backoff", r.initial_backoff(),
+                       absl::Milliseconds(1), absl::Minutes(1));
+  CheckDurationBetween(
+      errors_, "max_backoff", r.max_backoff(),
+      std::max(absl::Milliseconds(1), ToAbslDuration(r.initial_backoff())),
+      absl::Hours(1));
+  CheckDurationAtMost(errors_, "per_attempt_timeout", r.per_attempt_timeout(),
+                      kMaxRouteTimeout);
+  CheckDurationAtMost(errors_, "hedge_delay", r.hedge_delay(), absl::Hours(1));
+  {
+    Field b(&errors_, ".budget");
+    const cfg::RetryBudget& budget = r.budget();
+    if (!(budget.ratio() >= 0 && budget.ratio() <= kMaxRetryRatio)) {
+      Field x(&errors_, ".ratio");
+      errors_.AddError(absl::StrCat("must be in [0, ", kMaxRetryRatio,
+                                    "] (got ", budget.ratio(), ")"));
+    }
+    if (!(budget.min_per_second() >= 0 &&
+          budget.min_per_second() <= kMaxRetryMinPerSecond)) {
+      Field x(&errors_, ".min_per_second");
+      errors_.AddError(absl::StrCat("must be in [0, ", kMaxRetryMinPerSecond,
+                                    "] (got ", budget.min_per_second(), ")"));
+    }
+  }
+  ValidateMaxRequestBytes(r.max_request_bytes());
+  if (!match_ok) return;
+  // Which calls a retry may apply to: unary ones (known as for singleflight),
+  // and with IDEMPOTENT only those descriptor_sets mark safe to repeat.
+  const cfg::RouteMatch& match = route.match();
+  const bool exact = !match.service().empty() && !match.method().empty();
+  const std::string exact_path =
+      exact ? absl::StrCat("/", match.service(), "/", match.method()) : "";
+  Field m(&errors_, ".methods");
+  if (exact && out_.streaming_methods.contains(exact_path)) {
+    errors_.AddError(absl::StrCat(exact_path,
+                                  " is a streaming method (per "
+                                  "descriptor_sets); retries are for unary "
+                                  "calls only"));
+    return;
+  }
+  if (r.methods() == cfg::Retry::ALL) {
+    if (exact) return;
+    for (const std::string& path : out_.unary_methods) {
+      if (RouteMatchesPath(match, path)) return;
+    }
+    errors_.AddError(
+        "retry needs a route that matches one exact method (service + "
+        "method) or methods known unary from descriptor_sets");
+    return;
+  }
+  for (const std::string& path : out_.idempotent_methods) {
+    if (RouteMatchesPath(match, path)) return;
+  }
+  errors_.AddError(
+      "IDEMPOTENT: no method of this route is marked idempotency_level "
+      "IDEMPOTENT or NO_SIDE_EFFECTS in descriptor_sets (mark them, or set "
+      "methods: ALL to retry every unary method)");
 }
 
 void ConfigValidator::ValidateRouteCluster(const cfg::Route& route) {

@@ -75,6 +75,8 @@ class ConfigValidator {
   void ValidateCircuitBreaker(const cfg::CircuitBreaker& cb);
   void ValidateConcurrency(const cfg::Concurrency& c);
   void ValidateSingleflight(const cfg::Route& route, bool match_ok);
+  void ValidateOutlierDetection(const cfg::OutlierDetection& od);
+  void ValidateRetry(const cfg::Route& route, bool match_ok);
   // 1..listener.max_message_bytes: a request the listener refuses can never be
   // held anyway. Against a broken listener limit (its own error) only the
   // absolute maximum is checked.

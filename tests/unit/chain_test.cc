@@ -41,6 +41,7 @@ class FakeExecutor;
 
 // An upstream call the chain started for a flight: the test answers it.
 struct FakeUpstreamCall {
+  std::string endpoint;  // the address key it was sent to
   net::UpstreamRequest request;
   net::UpstreamCallListener* listener = nullptr;
   bool cancelled = false;
@@ -73,10 +74,11 @@ class FakeExecutor final : public net::Executor {
   TimerQueue& timers() override { return timers_; }
   Clock& clock() override { return clock_; }
   std::unique_ptr<net::UpstreamCallHandle> StartUpstreamCall(
-      const net::UpstreamAddress&, net::UpstreamRequest request,
+      const net::UpstreamAddress& address, net::UpstreamRequest request,
       net::UpstreamCallListener* listener,
       const net::UpstreamCallOptions&) override {
     auto call = std::make_shared<FakeUpstreamCall>();
+    call->endpoint = address.key;
     call->request = std::move(request);
     call->listener = listener;
     upstream_.push_back(call);
@@ -295,11 +297,13 @@ class ChainTest : public ::testing::Test {
              absl::string_view match =
                  "{service: shop.v1.Orders, method: "
                  "GetOrder}",
-             absl::string_view top_level = "") {
+             absl::string_view top_level = "",
+             absl::string_view cluster = R"(    endpoints: ["127.0.0.1:1"])") {
     const std::string yaml = absl::StrCat(top_level, R"(
 clusters:
   - name: c
-    endpoints: ["127.0.0.1:1"]
+)",
+                                          cluster, R"(
 routes:
   - name: r
     match: )",
@@ -1098,6 +1102,479 @@ TEST_F(ChainTest, RouteStateOutlivesTheSnapshotWhilePermitsArePosted) {
   calls_.clear();
   executor_.RunPending();
   EXPECT_TRUE(state.expired());
+}
+
+// --- retries, hedging and outlier detection (SPEC section 9) ---------------
+
+constexpr char kThreeEndpoints[] =
+    R"(    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])";
+
+net::UpstreamCallResult TrailersOnly(int code, std::string pushback = "") {
+  net::UpstreamCallResult result;
+  result.grpc_code = code;
+  result.duration = absl::Milliseconds(5);
+  result.response = std::make_shared<net::CapturedResponse>();
+  result.response->grpc_code = code;
+  result.response->trailers_only = true;
+  result.response->headers = {{":status", "200"},
+                              {"grpc-status", std::to_string(code)}};
+  if (!pushback.empty()) {
+    result.response->headers.emplace_back("grpc-retry-pushback-ms", pushback);
+  }
+  return result;
+}
+
+net::UpstreamCallResult Unreachable() {
+  net::UpstreamCallResult result = TrailersOnly(14);
+  result.transport_failure = true;
+  return result;
+}
+
+std::string HeaderOf(const FakeUpstreamCall& call, std::string_view name) {
+  for (const auto& [n, v] : call.request.headers) {
+    if (n == name) return v;
+  }
+  return "<absent>";
+}
+
+class RetryTest : public ChainTest {
+ protected:
+  double Attempts(RouteMetrics::AttemptKind kind) {
+    return route_metrics().UpstreamAttempts(kind).Value();
+  }
+  double Exhausted() { return route_metrics().RetryBudgetExhausted().Value(); }
+};
+
+using AttemptKind = RouteMetrics::AttemptKind;
+
+TEST_F(RetryTest, ARetryGoesToAnotherEndpointAndTurnsAFailureIntoOk) {
+  Build(R"(    retry: {methods: ALL}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  ASSERT_TRUE(call.collecting());  // held whole, to be sent again
+  call.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  EXPECT_EQ(HeaderOf(Upstream(0), "grpc-previous-rpc-attempts"), "<absent>");
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kNone);  // backing off
+  executor_.AdvanceBy(absl::Milliseconds(25));  // initial_backoff: the cap
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  EXPECT_NE(Upstream(1).endpoint, Upstream(0).endpoint);
+  EXPECT_EQ(Upstream(1).request.body, "q");
+  EXPECT_EQ(HeaderOf(Upstream(1), "grpc-previous-rpc-attempts"), "1");
+  executor_.Finish(Upstream(1), Answered(0));
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 0);
+  EXPECT_EQ(call.shared()->body, "payload");
+  call.CloseAnswered();
+  EXPECT_EQ(Requests(0), 1);  // the client's call counts once
+  EXPECT_EQ(Attempts(AttemptKind::kFirst), 1);
+  EXPECT_EQ(Attempts(AttemptKind::kRetry), 1);
+}
+
+TEST_F(RetryTest, AnAnswerWithResponseHeadersIsCommittedWhateverItsStatus) {
+  Build(R"(    retry: {methods: ALL}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), Answered(14));  // headers, then trailers
+  executor_.AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 14);
+}
+
+TEST_F(RetryTest, OnlyRetryCodesAreRetriedAndResourceExhaustedNever) {
+  Build(R"(    retry: {methods: ALL, retry_codes: [UNAVAILABLE, ABORTED]}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  for (int code : {8, 13, 5}) {
+    FakeCall& call = Call();
+    call.SendRequest("q");
+    const size_t before = UpstreamCalls();
+    executor_.Finish(Upstream(before - 1), TrailersOnly(code));
+    executor_.AdvanceBy(absl::Seconds(1));
+    EXPECT_EQ(UpstreamCalls(), before) << code;
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kShared) << code;
+    EXPECT_EQ(call.shared()->grpc_code, code);
+  }
+  FakeCall& aborted = Call();
+  aborted.SendRequest("q");
+  executor_.Finish(Upstream(UpstreamCalls() - 1), TrailersOnly(10));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  EXPECT_EQ(UpstreamCalls(), 5u);
+}
+
+TEST_F(RetryTest, ListingResourceExhaustedIsAConfigError) {
+  auto loaded = ParseConfigText(R"(
+clusters: [{name: c, endpoints: ["127.0.0.1:1"]}]
+routes:
+  - name: r
+    match: {service: a.B, method: C}
+    cluster: c
+    retry: {methods: ALL, retry_codes: [UNAVAILABLE, RESOURCE_EXHAUSTED]}
+)",
+                                "t.yaml", "");
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(std::string(loaded.status().message()),
+              ::testing::HasSubstr("routes[0].retry.retry_codes[1]: "
+                                   "RESOURCE_EXHAUSTED is never retried"));
+}
+
+TEST_F(RetryTest, PushbackIsTheDelayAndANegativeOneStopsRetries) {
+  Build(R"(    retry: {methods: ALL, max_attempts: 3}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14, "200"));
+  executor_.AdvanceBy(absl::Milliseconds(199));
+  EXPECT_EQ(UpstreamCalls(), 1u);  // a backoff would have been <= 25 ms
+  executor_.AdvanceBy(absl::Milliseconds(1));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), TrailersOnly(14, "-1"));
+  executor_.AdvanceBy(absl::Seconds(5));
+  EXPECT_EQ(UpstreamCalls(), 2u);
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 14);
+}
+
+TEST_F(RetryTest, AttemptsStopAtMaxAttemptsAndTheLastAnswerIsTheCalls) {
+  Build(R"(    retry: {methods: ALL, max_attempts: 3}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), Unreachable());
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(50));  // the second backoff's cap
+  ASSERT_EQ(UpstreamCalls(), 3u);
+  EXPECT_EQ(HeaderOf(Upstream(2), "grpc-previous-rpc-attempts"), "2");
+  // Three attempts, three endpoints.
+  EXPECT_NE(Upstream(2).endpoint, Upstream(0).endpoint);
+  EXPECT_NE(Upstream(2).endpoint, Upstream(1).endpoint);
+  executor_.Finish(Upstream(2), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(UpstreamCalls(), 3u);
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 14);
+}
+
+TEST_F(RetryTest, NoRetryThatCannotFinishBeforeTheCallsDeadline) {
+  Build(R"(    retry: {methods: ALL}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call =
+      Call({{"content-type", "application/grpc"}}, absl::Milliseconds(100));
+  call.SendRequest("q");
+  EXPECT_EQ(Upstream(0).request.deadline,
+            call.start_time() + absl::Milliseconds(100));
+  executor_.Finish(Upstream(0), TrailersOnly(14, "150"));
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 14);
+}
+
+TEST_F(RetryTest, PerAttemptTimeoutBoundsEachAttemptWithinTheCallsDeadline) {
+  Build(R"(    retry: {methods: ALL, per_attempt_timeout: 30ms,
+            retry_codes: [UNAVAILABLE, DEADLINE_EXCEEDED]}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call =
+      Call({{"content-type", "application/grpc"}}, absl::Milliseconds(1000));
+  call.SendRequest("q");
+  EXPECT_EQ(Upstream(0).request.deadline,
+            call.start_time() + absl::Milliseconds(30));
+}
+
+TEST_F(RetryTest, TheBudgetHoldsExtraAttemptsAndCountsWhatItStopped) {
+  // ratio 0, floor 0.1/s x 10 s: one extra attempt in the window.
+  Build(R"(    retry: {methods: ALL, budget: {ratio: 0, min_per_second: 0.1}}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  FakeCall& b = Call();
+  b.SendRequest("q");
+  executor_.Finish(Upstream(2), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  EXPECT_EQ(UpstreamCalls(), 3u);  // b's retry was not sent
+  ASSERT_EQ(b.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(b.shared()->grpc_code, 14);
+  EXPECT_EQ(Exhausted(), 1);
+  EXPECT_THAT(route().upstream->DescribeRetryJson(executor_.clock().Now()),
+              ::testing::HasSubstr("\"budget_left\": 0"));
+}
+
+TEST_F(RetryTest, EveryEndpointFailingSendsAtMostOnePlusRatioTimesTheCalls) {
+  Build(R"(    retry: {methods: ALL, max_attempts: 5,
+            budget: {ratio: 0.2, min_per_second: 0}}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  size_t answered = 0;
+  for (int i = 0; i < 200; ++i) {
+    FakeCall& call = Call();
+    call.SendRequest("q");
+    while (answered < UpstreamCalls()) {
+      executor_.Finish(Upstream(answered++), TrailersOnly(14));
+      executor_.AdvanceBy(absl::Milliseconds(250));
+    }
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kShared) << i;
+    call.CloseAnswered();
+  }
+  EXPECT_LE(UpstreamCalls(), 240u);
+  EXPECT_GE(UpstreamCalls(), 230u);  // the budget was used, not left idle
+}
+
+TEST_F(RetryTest, MethodsNotMarkedIdempotentAreSentOnce) {
+  const char* dir = std::getenv("BULWARK_BINARY_DIR");
+  Build(R"(    retry: {}
+)",
+        "{service: bulwark.demo.v1.Demo}",
+        absl::StrCat("descriptor_sets: [\"",
+                     dir != nullptr ? dir : BULWARK_BUILD_DIR,
+                     "/proto/demo_descriptor_set.pb\"]\n"),
+        kThreeEndpoints);
+  const net::HeaderList grpc = {{"content-type", "application/grpc"}};
+  // Write is not marked: streamed once, never held.
+  FakeCall& write =
+      Call(grpc, absl::InfiniteDuration(), "/bulwark.demo.v1.Demo/Write");
+  EXPECT_FALSE(write.collecting());
+  EXPECT_EQ(write.decision(), FakeCall::Decision::kForwarded);
+  // Echo is NO_SIDE_EFFECTS: retried.
+  FakeCall& echo =
+      Call(grpc, absl::InfiniteDuration(), "/bulwark.demo.v1.Demo/Echo");
+  echo.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  EXPECT_EQ(UpstreamCalls(), 2u);
+}
+
+TEST_F(RetryTest, ALargerRequestThanMaxRequestBytesGetsOneStreamedAttempt) {
+  Build(R"(    retry: {methods: ALL, max_request_bytes: 4}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest(std::string(20, 'x'));
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+}
+
+TEST_F(RetryTest, AHedgeFollowsAfterTheDelayAndTheFirstAnswerWins) {
+  Build(R"(    retry: {methods: ALL, hedge_delay: 10ms, max_attempts: 3}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.AdvanceBy(absl::Milliseconds(9));
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  executor_.AdvanceBy(absl::Milliseconds(1));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  EXPECT_NE(Upstream(1).endpoint, Upstream(0).endpoint);
+  EXPECT_EQ(HeaderOf(Upstream(1), "grpc-previous-rpc-attempts"), "1");
+  executor_.Finish(Upstream(1), Answered(0, "fast"));
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->body, "fast");
+  EXPECT_TRUE(Upstream(0).cancelled);  // the loser is cancelled upstream
+  executor_.AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(UpstreamCalls(), 2u);  // no third hedge after the answer
+  EXPECT_EQ(Attempts(AttemptKind::kHedge), 1);
+}
+
+TEST_F(RetryTest, ARetriedAnswerDuringHedgingSendsTheNextAttemptAtOnce) {
+  Build(R"(    retry: {methods: ALL, hedge_delay: 100ms, max_attempts: 3}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), Answered(0));
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kShared);
+}
+
+TEST_F(RetryTest, TheBreakerCountsEveryAttempt) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 2}
+    retry: {methods: ALL, max_attempts: 2}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), TrailersOnly(14));
+  call.CloseAnswered();
+  EXPECT_EQ(BreakerState(), CircuitBreaker::State::kOpen);
+}
+
+TEST_F(RetryTest, AnOpenBreakerStopsFurtherAttempts) {
+  Build(R"(    circuit_breaker: {consecutive_failures: 1}
+    retry: {methods: ALL, max_attempts: 3}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.Finish(Upstream(0), TrailersOnly(14));  // opens the breaker
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  EXPECT_EQ(UpstreamCalls(), 1u);
+  ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(call.shared()->grpc_code, 14);
+}
+
+TEST_F(RetryTest, ARefusedStreamIsSentAgainOnceOutsideTheBudget) {
+  Build(R"(    retry: {methods: ALL, budget: {ratio: 0, min_per_second: 0}}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  net::UpstreamCallResult refused = Unreachable();
+  refused.refused = true;
+  executor_.Finish(Upstream(0), refused);
+  ASSERT_EQ(UpstreamCalls(), 2u);  // at once, budget or not
+  EXPECT_EQ(Upstream(1).endpoint, Upstream(0).endpoint);
+  EXPECT_EQ(HeaderOf(Upstream(1), "grpc-previous-rpc-attempts"), "<absent>");
+  executor_.Finish(Upstream(1), Answered(0));
+  EXPECT_EQ(call.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(Exhausted(), 0);
+}
+
+TEST_F(RetryTest, TheClientLeavingCancelsTheAttemptsAndAPendingRetry) {
+  Build(R"(    retry: {methods: ALL, hedge_delay: 10ms}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.AdvanceBy(absl::Milliseconds(10));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  call.Close(Ended(Ending::kClientCancelled, 1, false));
+  EXPECT_TRUE(Upstream(0).cancelled);
+  EXPECT_TRUE(Upstream(1).cancelled);
+  executor_.AdvanceBy(absl::Seconds(1));
+  EXPECT_EQ(UpstreamCalls(), 2u);
+  for (const auto& e : route().cluster->endpoints()) {
+    EXPECT_EQ(e->load.in_flight.load(), 0u) << e->resolved;
+  }
+}
+
+TEST_F(RetryTest, AFlightIsRetriedAndEveryCallerGetsTheAnswer) {
+  Build(R"(    singleflight: {}
+    retry: {methods: ALL}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& a = Call();
+  a.SendRequest("q");
+  FakeCall& b = Call();
+  b.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 1u);
+  executor_.Finish(Upstream(0), TrailersOnly(14));
+  executor_.AdvanceBy(absl::Milliseconds(25));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), Answered(0));
+  ASSERT_EQ(a.decision(), FakeCall::Decision::kShared);
+  ASSERT_EQ(b.decision(), FakeCall::Decision::kShared);
+  EXPECT_EQ(a.shared()->grpc_code, 0);
+  EXPECT_EQ(b.shared()->grpc_code, 0);
+}
+
+constexpr char kOutlierCluster[] =
+    R"(    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    outlier_detection: {consecutive_failures: 3, base_ejection_time: 10s,
+                        min_available: 2})";
+
+TEST_F(RetryTest, OutlierDetectionEjectsAFailingEndpointUntilItsTimeIsUp) {
+  Build("", "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
+  const Cluster& cluster = *route().cluster;
+  // Round robin: calls 0, 3, 6 go to the first endpoint; they fail.
+  std::string failing;
+  int failures = 0;
+  for (int i = 0; failures < 3; ++i) {
+    FakeCall& call = Call();
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+    const std::string endpoint(route().cluster->endpoints()[i % 3]->resolved);
+    if (i % 3 == 0) {
+      failing = endpoint;
+      call.Close(Ended(Ending::kCompleted, 14, true, absl::Milliseconds(1)));
+      ++failures;
+    } else {
+      call.CloseAnswered(0);
+    }
+  }
+  const Endpoint& ejected = *cluster.endpoints()[0];
+  ASSERT_EQ(ejected.resolved, failing);
+  EXPECT_TRUE(ejected.load.ejected.load());
+  EXPECT_EQ(ejected.metrics->name(), failing);
+  // Balancing skips it.
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_NE(route().upstream->Pick(executor_.clock().Now()), &ejected);
+  }
+  EXPECT_TRUE(ejected.outlier->GetSnapshot(executor_.clock().Now()).ejected);
+  executor_.AdvanceBy(absl::Seconds(10));
+  int back = 0;
+  for (int i = 0; i < 6; ++i) {
+    back += route().upstream->Pick(executor_.clock().Now()) == &ejected;
+  }
+  EXPECT_EQ(back, 2);
+  EXPECT_FALSE(ejected.load.ejected.load());
+}
+
+TEST_F(RetryTest, OutlierDetectionNeverEjectsBelowMinAvailable) {
+  Build("", "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
+  // Every call fails: one endpoint is ejected, then min_available (2) holds.
+  for (int i = 0; i < 30; ++i) {
+    FakeCall& call = Call();
+    call.Close(Ended(Ending::kCompleted, 14, true, absl::Milliseconds(1)));
+  }
+  int ejected = 0;
+  for (const auto& e : route().cluster->endpoints()) {
+    ejected += e->load.ejected.load() ? 1 : 0;
+  }
+  EXPECT_EQ(ejected, 1);
+}
+
+TEST_F(RetryTest, ClientCancelsAndShortDeadlinesNeverEject) {
+  Build("", "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
+  for (int i = 0; i < 30; ++i) {
+    FakeCall& call = Call();
+    call.Close(i % 2 == 0 ? Ended(Ending::kClientCancelled, 1, true)
+                          : Ended(Ending::kDeadlineExceeded, 4, true,
+                                  absl::Milliseconds(10)));
+  }
+  for (const auto& e : route().cluster->endpoints()) {
+    EXPECT_FALSE(e->load.ejected.load()) << e->resolved;
+  }
+}
+
+TEST_F(RetryTest, RetriesAndOutlierDetectionTogetherAnswerEveryCallOk) {
+  Build(R"(    retry: {methods: ALL}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
+  const std::string bad(route().cluster->endpoints()[0]->resolved);
+  int ok = 0;
+  size_t answered = 0;
+  for (int i = 0; i < 60; ++i) {
+    FakeCall& call = Call();
+    call.SendRequest("q");
+    while (answered < UpstreamCalls()) {
+      FakeUpstreamCall& up = Upstream(answered++);
+      executor_.Finish(up, up.endpoint == bad ? Unreachable() : Answered(0));
+      executor_.AdvanceBy(absl::Milliseconds(25));
+    }
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kShared);
+    ok += call.shared()->grpc_code == 0 ? 1 : 0;
+    call.CloseAnswered();
+  }
+  EXPECT_EQ(ok, 60);
+  // The bad endpoint saw 3 calls before its ejection (and none during it).
+  int to_bad = 0;
+  for (const auto& up : executor_.upstream()) to_bad += up->endpoint == bad;
+  EXPECT_EQ(to_bad, 3);
 }
 
 }  // namespace

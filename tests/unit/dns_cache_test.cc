@@ -339,7 +339,7 @@ TEST_F(ClusterDnsTest, PickSpreadsOverEveryAddress) {
   auto cluster = Build(Config("\"orders:50051\""), nullptr);
   ASSERT_NE(cluster, nullptr);
   std::map<std::string, int> picks;
-  for (int i = 0; i < 30; ++i) ++picks[cluster->Pick()->resolved];
+  for (int i = 0; i < 30; ++i) ++picks[cluster->Pick(absl::Now())->resolved];
   EXPECT_EQ(picks, (std::map<std::string, int>{{"10.0.0.1:50051", 10},
                                                {"10.0.0.2:50051", 10},
                                                {"10.0.0.3:50051", 10}}));

@@ -522,10 +522,10 @@ TEST_F(ClusterTest, RoundRobinAlternatesBetweenTwoEndpoints) {
   std::shared_ptr<Cluster> cluster = Create(kTwoEndpoints);
   ASSERT_NE(cluster, nullptr);
   ASSERT_EQ(cluster->endpoints().size(), 2u);
-  std::string previous = Address(cluster->Pick());
+  std::string previous = Address(cluster->Pick(absl::Now()));
   int first = previous == "127.0.0.1:1001" ? 1 : 0;
   for (int i = 0; i < 9; ++i) {
-    const std::string next = Address(cluster->Pick());
+    const std::string next = Address(cluster->Pick(absl::Now()));
     EXPECT_NE(next, previous) << "pick " << i + 1;
     EXPECT_TRUE(next == "127.0.0.1:1001" || next == "127.0.0.1:1002") << next;
     first += next == "127.0.0.1:1001" ? 1 : 0;
@@ -540,12 +540,12 @@ TEST_F(ClusterTest, SkipsAnUnhealthyEndpoint) {
   cluster->endpoints()[0]->load.healthy.store(false);
   EXPECT_TRUE(cluster->AnyHealthy());
   for (int i = 0; i < 6; ++i) {
-    EXPECT_EQ(Address(cluster->Pick()), "127.0.0.1:1002") << "pick " << i;
+    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002") << "pick " << i;
   }
   // Healthy again: back in the rotation.
   cluster->endpoints()[0]->load.healthy.store(true);
-  const std::string a = Address(cluster->Pick());
-  const std::string b = Address(cluster->Pick());
+  const std::string a = Address(cluster->Pick(absl::Now()));
+  const std::string b = Address(cluster->Pick(absl::Now()));
   EXPECT_NE(a, b);
 }
 
@@ -556,7 +556,7 @@ TEST_F(ClusterTest, PicksNothingWhenNoEndpointIsHealthy) {
     endpoint->load.healthy.store(false);
   }
   EXPECT_FALSE(cluster->AnyHealthy());
-  EXPECT_EQ(cluster->Pick(), nullptr);
+  EXPECT_EQ(cluster->Pick(absl::Now()), nullptr);
 }
 
 TEST_F(ClusterTest, LeastRequestPicksTheLeastLoadedEndpoint) {
@@ -569,7 +569,7 @@ clusters:
   ASSERT_NE(cluster, nullptr);
   cluster->endpoints()[0]->load.in_flight.store(5);
   for (int i = 0; i < 4; ++i) {
-    EXPECT_EQ(Address(cluster->Pick()), "127.0.0.1:1002") << "pick " << i;
+    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002") << "pick " << i;
   }
 }
 
@@ -592,7 +592,7 @@ clusters:
   EXPECT_EQ(Address(second->endpoints()[1].get()), "127.0.0.1:1003");
   EXPECT_TRUE(second->endpoints()[1]->load.healthy.load());
   // The unhealthy kept endpoint is still skipped by the new cluster.
-  EXPECT_EQ(Address(second->Pick()), "127.0.0.1:1003");
+  EXPECT_EQ(Address(second->Pick(absl::Now())), "127.0.0.1:1003");
 }
 
 }  // namespace
