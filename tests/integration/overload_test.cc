@@ -47,25 +47,6 @@ constexpr absl::Duration kServiceTime = absl::Milliseconds(20);
 constexpr int kCallers = 60;
 constexpr absl::Duration kPollTimeout = absl::Seconds(30);
 
-// The value of the one series `name{...}` whose labels contain `label`.
-double MetricValue(absl::string_view exposition, absl::string_view name,
-                   absl::string_view label) {
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (!absl::StartsWith(line, absl::StrCat(name, "{"))) continue;
-    const size_t close = line.rfind('}');
-    if (close == absl::string_view::npos ||
-        !absl::StrContains(line.substr(0, close), label)) {
-      continue;
-    }
-    double value = 0;
-    if (absl::SimpleAtod(absl::StripAsciiWhitespace(line.substr(close + 1)),
-                         &value)) {
-      return value;
-    }
-  }
-  return -1;
-}
-
 struct Tally {
   absl::Mutex mu;
   std::vector<absl::Duration> ok_latencies ABSL_GUARDED_BY(mu);

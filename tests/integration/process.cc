@@ -332,6 +332,27 @@ ExitStatus ChildProcess::Stop(absl::Duration grace) {
   return exit_status_;
 }
 
+double MetricValue(std::string_view exposition_view, std::string_view name_view,
+                   std::string_view label_view) {
+  const absl::string_view exposition = ToAbsl(exposition_view);
+  const absl::string_view name = ToAbsl(name_view);
+  const absl::string_view label = ToAbsl(label_view);
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::StartsWith(line, absl::StrCat(name, "{"))) continue;
+    const size_t close = line.rfind('}');
+    if (close == absl::string_view::npos ||
+        !absl::StrContains(line.substr(0, close), label)) {
+      continue;
+    }
+    double value = 0;
+    if (absl::SimpleAtod(absl::StripAsciiWhitespace(line.substr(close + 1)),
+                         &value)) {
+      return value;
+    }
+  }
+  return -1;
+}
+
 std::string BinaryPath(std::string_view name_view) {
   const absl::string_view name = ToAbsl(name_view);
   if (const char* sidecar = std::getenv("BULWARK_SIDECAR_BINARY");

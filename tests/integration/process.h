@@ -196,6 +196,11 @@ absl::StatusOr<HttpResponse> HttpFetch(
 absl::StatusOr<std::string> HttpGet(std::string_view host, int port,
                                     std::string_view path, int* status_code);
 
+// The value of the first series `name{...}` of a Prometheus exposition whose
+// label text contains `label` (e.g. `route="demo"`), or -1 when there is none.
+double MetricValue(std::string_view exposition, std::string_view name,
+                   std::string_view label);
+
 struct DemoUpstreamOptions {
   // --name; default: the binary's own "127.0.0.1:port".
   std::string name;

@@ -1688,5 +1688,54 @@ TEST_F(ProxyTest, AStreamTheUpstreamRefusedUnseenIsSentAgain) {
   EXPECT_EQ((*raw)->answered(), 1);
 }
 
+// The same for a streaming call (SPEC section 9: every RPC kind, outside any
+// retry budget, once): the sidecar keeps the first bytes of a stream until
+// the upstream answers, so a refused stream is replayed whole.
+TEST_F(ProxyTest, AStreamingCallTheUpstreamRefusedUnseenIsSentAgain) {
+  absl::StatusOr<std::unique_ptr<OversizedHeadersUpstream>> raw =
+      OversizedHeadersUpstream::Start(0);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  ASSERT_NO_FATAL_FAILURE(StartSidecar({.raw_endpoint = (*raw)->address()}));
+  class Bidi final : public grpc::ClientBidiReactor<EchoRequest, EchoResponse> {
+   public:
+    void Go() {
+      request_.set_payload("streamed");
+      StartWrite(&request_);
+      StartRead(&response_);
+      StartCall();
+    }
+    void OnWriteDone(bool ok) override {
+      if (ok) StartWritesDone();
+    }
+    void OnReadDone(bool ok) override {
+      if (ok) {
+        ++messages;
+        StartRead(&response_);
+      }
+    }
+    void OnDone(const grpc::Status& s) override {
+      status = s;
+      done.Notify();
+    }
+    EchoRequest request_;
+    EchoResponse response_;
+    int messages = 0;
+    grpc::Status status;
+    absl::Notification done;
+  };
+  grpc::TemplatedGenericStub<EchoRequest, EchoResponse> generic(channel_);
+  grpc::ClientContext ctx;
+  SetTimeout(ctx, absl::Seconds(10));
+  Bidi bidi;
+  generic.PrepareBidiStreamingCall(&ctx, "/bulwark.test.Raw/RefuseOnce",
+                                   grpc::StubOptions(), &bidi);
+  bidi.Go();
+  ASSERT_TRUE(bidi.done.WaitForNotificationWithTimeout(kRpcTimeout));
+  EXPECT_TRUE(bidi.status.ok())
+      << bidi.status.error_code() << ": " << bidi.status.error_message();
+  EXPECT_EQ((*raw)->refused(), 2);  // the first refused, the second answered
+  EXPECT_EQ((*raw)->answered(), 1);
+}
+
 }  // namespace
 }  // namespace bulwark::test
