@@ -334,6 +334,12 @@ void Attempts::Finish(const net::UpstreamCallResult& result) {
     attempt->call.reset();
     if (route_.breaker != nullptr) route_.breaker->Forget(attempt->ticket);
     attempt->endpoint->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    // Sent, then cancelled by the sidecar: the upstream saw it.
+    if (attempt->endpoint->metrics != nullptr) {
+      attempt->endpoint->metrics
+          ->UpstreamRequests(static_cast<int>(absl::StatusCode::kCancelled))
+          .Increment();
+    }
   }
   Done done = std::move(done_);
   done(result);  // may destroy this

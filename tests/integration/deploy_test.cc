@@ -806,7 +806,9 @@ TEST(DeployMetrics, AlertsUseOnlySpecMetricsAndAreAllTested) {
                           testing::Key("BulwarkHighRejectionRatio"),
                           testing::Key("BulwarkNoHealthyEndpoint"),
                           testing::Key("BulwarkConfigReloadFailures"),
-                          testing::Key("BulwarkSidecarDown")));
+                          testing::Key("BulwarkSidecarDown"),
+                          testing::Key("BulwarkRetryBudgetExhausted"),
+                          testing::Key("BulwarkEndpointEjected")));
   EXPECT_THAT(
       alerts["BulwarkCircuitBreakerOpen"],
       testing::HasSubstr("bulwark_circuit_breaker_state{state=\"open\"}"));
@@ -1129,12 +1131,17 @@ TEST(DeployPrometheusE2E,
   EXPECT_FALSE(prom.Firing("BulwarkNoHealthyEndpoint"));
   EXPECT_FALSE(prom.Firing("BulwarkSidecarDown"));
   EXPECT_FALSE(prom.Firing("BulwarkConfigReloadFailures"));
+  EXPECT_FALSE(prom.Firing("BulwarkRetryBudgetExhausted"));
+  EXPECT_FALSE(prom.Firing("BulwarkEndpointEjected"));
 
   // Every dashboard query runs; those over series this test produced return
   // data.
   const YAML::Node dashboard =
       LoadYaml("deploy/grafana/bulwark-dashboard.json");
-  const std::set<std::string> absent = {"bulwark_shadow_rejections_total"};
+  // Series of policies the test's route and cluster do not use.
+  const std::set<std::string> absent = {
+      "bulwark_shadow_rejections_total", "bulwark_retry_budget_exhausted_total",
+      "bulwark_endpoint_ejected", "bulwark_outlier_ejections_total"};
   for (const DashboardQuery& q : DashboardQueries(dashboard)) {
     const std::string expr =
         absl::StrReplaceAll(q.expr, {{"$__rate_interval", "1m"},
