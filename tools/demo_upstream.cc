@@ -86,6 +86,9 @@ ABSL_FLAG(int32_t, fail_code, 0,
           "non-zero: every Echo and Write call without a fault ends with this "
           "gRPC status (a trailers-only answer); health checks still pass, "
           "as for an endpoint that fails only live calls");
+ABSL_FLAG(int32_t, fail_pushback_ms, -2,
+          "with --fail_code: also send grpc-retry-pushback-ms with this value "
+          "(-1: do not retry; >= 0: retry after that long); -2: not sent");
 ABSL_FLAG(absl::Duration, delay, absl::ZeroDuration(),
           "every Echo and Write call without a fault is answered after this "
           "long (a slow endpoint)");
@@ -309,8 +312,10 @@ class Upstream {
  public:
   // capacity 0: no capacity model (workers() is null).
   Upstream(int capacity, absl::Duration service_time, int fail_code,
-           absl::Duration delay)
-      : fail_code_(fail_code), delay_(delay) {
+           int fail_pushback_ms, absl::Duration delay)
+      : fail_code_(fail_code),
+        fail_pushback_ms_(fail_pushback_ms),
+        delay_(delay) {
     if (capacity > 0) {
       workers_ = std::make_unique<WorkerPool>(timers_, capacity, service_time);
     }
@@ -318,6 +323,7 @@ class Upstream {
 
   // --fail_code and --delay: what every Echo/Write without a fault gets.
   int fail_code() const { return fail_code_; }
+  int fail_pushback_ms() const { return fail_pushback_ms_; }
   absl::Duration delay() const { return delay_; }
 
   CallStats& stats() { return stats_; }
@@ -338,6 +344,7 @@ class Upstream {
  private:
   CallStats stats_;
   const int fail_code_;
+  const int fail_pushback_ms_;
   const absl::Duration delay_;
   absl::Mutex mu_;
   std::string name_ ABSL_GUARDED_BY(mu_);
@@ -505,6 +512,10 @@ class EchoCall final : public DemoCall<grpc::ServerUnaryReactor> {
     }
     const Fault& fault = request_->fault();
     if (!request_->has_fault() && upstream_.fail_code() != 0) {
+      if (upstream_.fail_pushback_ms() >= -1) {
+        ctx_->AddTrailingMetadata("grpc-retry-pushback-ms",
+                                  std::to_string(upstream_.fail_pushback_ms()));
+      }
       FinishLocked(
           grpc::Status(static_cast<grpc::StatusCode>(upstream_.fail_code()),
                        "failing every call (--fail_code)"));
@@ -943,6 +954,7 @@ int Main() {
   grpc::EnableDefaultHealthCheckService(true);
 
   Upstream upstream(capacity, service_time, absl::GetFlag(FLAGS_fail_code),
+                    absl::GetFlag(FLAGS_fail_pushback_ms),
                     absl::GetFlag(FLAGS_delay));
   DemoService demo(upstream);
   ControlService control(upstream);

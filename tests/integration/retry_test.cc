@@ -189,6 +189,35 @@ TEST_F(RetryTest, AMethodNotMarkedIdempotentIsNeverSentTwice) {
   EXPECT_EQ(Metric("bulwark_upstream_attempts_total", "kind=\"retry\""), -1);
 }
 
+TEST_F(RetryTest, ResourceExhaustedAndANegativePushbackAreNeverRetried) {
+  Start({"--fail_code=8"}, "", R"(  - name: demo
+    match: { service: bulwark.demo.v1.Demo }
+    cluster: demo
+    retry: { max_attempts: 3, retry_codes: [UNAVAILABLE] }
+)",
+        {"--fail_code=14", "--fail_pushback_ms=-1"});
+  int failed = 0;
+  for (int i = 0; i < 60; ++i) failed += Call(false).ok() ? 0 : 1;
+  EXPECT_EQ(failed, 60);
+  EXPECT_EQ(TotalUpstreamCalls(), 60u);  // each call was sent once
+}
+
+TEST_F(RetryTest, APositivePushbackIsTheDelayBeforeTheRetry) {
+  Start({"--fail_code=14", "--fail_pushback_ms=300"}, "", kRetryRoute);
+  int slow = 0;
+  int ok = 0;
+  for (int i = 0; i < 12; ++i) {
+    absl::Duration took;
+    ok += Call(false, &took).ok() ? 1 : 0;
+    slow += took >= absl::Milliseconds(300) ? 1 : 0;
+  }
+  EXPECT_EQ(ok, 12);
+  // Round robin: the calls that went first to the failing endpoint (a
+  // third) waited its 300 ms pushback, not the 25 ms backoff.
+  EXPECT_GE(slow, 3);
+  EXPECT_LE(slow, 5);
+}
+
 TEST_F(RetryTest, TheBudgetHoldsUpstreamCallsWhileEveryEndpointFails) {
   Start({"--fail_code=14"}, "", R"(  - name: demo
     match: { service: bulwark.demo.v1.Demo }
@@ -245,6 +274,14 @@ TEST_F(RetryTest, HedgingCutsTheP99WhenOneEndpointIsTenTimesSlower) {
   EXPECT_GE(plain, absl::Milliseconds(55));  // the slow endpoint shows
   EXPECT_LE(hedged, plain * 0.6);
   EXPECT_GT(hedges, 0);
+  // The losing attempts were cancelled: the slow upstream saw the cancels.
+  auto control = Control::NewStub(grpc::CreateChannel(
+      upstreams_[2]->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  demo::v1::StatsRequest request;
+  demo::v1::StatsResponse stats;
+  ASSERT_TRUE(control->GetStats(&ctx, request, &stats).ok());
+  EXPECT_GT(stats.cancelled_total(), 0u);
 }
 
 constexpr char kOutlierCluster[] = R"(    outlier_detection:
