@@ -394,7 +394,7 @@ class ChainCall final : public net::CallObserver {
   }
 
   void RunUpstream() {
-    Endpoint* endpoint = route_.upstream->Pick(Now());
+    Endpoint* endpoint = route_.upstream->Pick(executor_.clock());
     if (endpoint == nullptr) {
       Answer(route_.upstream->NoHealthyEndpoint());
       return;

@@ -23,6 +23,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/types/span.h"
 #include "bulwark/config/v1/config.pb.h"
+#include "policies/clock.h"
 #include "policies/retry_budget.h"
 #include "sidecar/chain/outcome_rule.h"
 #include "sidecar/chain/verdict.h"
@@ -55,8 +56,12 @@ class UpstreamStage {
                 const absl::flat_hash_set<std::string>* idempotent_methods);
 
   // A healthy, not ejected endpoint, or nullptr (then answer
-  // NoHealthyEndpoint()).
-  Endpoint* Pick(absl::Time now) const { return cluster_->Pick(now); }
+  // NoHealthyEndpoint()). The clock is read only with outlier detection.
+  Endpoint* Pick(Clock& clock) const {
+    return cluster_->Pick(cluster_->has_outlier_detection()
+                              ? clock.Now()
+                              : absl::InfinitePast());
+  }
   // Another endpoint than those `tried` when there is one.
   Endpoint* PickOther(absl::Time now, absl::Span<Endpoint* const> tried) const {
     return cluster_->PickOther(now, tried);

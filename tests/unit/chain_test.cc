@@ -1512,13 +1512,13 @@ TEST_F(RetryTest, OutlierDetectionEjectsAFailingEndpointUntilItsTimeIsUp) {
   EXPECT_EQ(ejected.metrics->name(), failing);
   // Balancing skips it.
   for (int i = 0; i < 6; ++i) {
-    EXPECT_NE(route().upstream->Pick(executor_.clock().Now()), &ejected);
+    EXPECT_NE(route().upstream->Pick(executor_.clock()), &ejected);
   }
   EXPECT_TRUE(ejected.outlier->GetSnapshot(executor_.clock().Now()).ejected);
   executor_.AdvanceBy(absl::Seconds(10));
   int back = 0;
   for (int i = 0; i < 6; ++i) {
-    back += route().upstream->Pick(executor_.clock().Now()) == &ejected;
+    back += route().upstream->Pick(executor_.clock()) == &ejected;
   }
   EXPECT_EQ(back, 2);
   EXPECT_FALSE(ejected.load.ejected.load());
