@@ -1538,6 +1538,28 @@ TEST_F(RetryTest, OutlierDetectionNeverEjectsBelowMinAvailable) {
   EXPECT_EQ(ejected, 1);
 }
 
+TEST_F(RetryTest, AnEjectedHealthyEndpointServesWhenHealthTakesTheOthers) {
+  Build("", "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
+  for (int i = 0; i < 30; ++i) {
+    FakeCall& call = Call();
+    call.Close(Ended(Ending::kCompleted, 14, true, absl::Milliseconds(1)));
+  }
+  const auto& endpoints = route().cluster->endpoints();
+  Endpoint* ejected = nullptr;
+  for (const auto& e : endpoints) {
+    if (e->load.ejected.load()) ejected = e.get();
+  }
+  ASSERT_NE(ejected, nullptr);
+  // Health checks take every other endpoint away: the ejected one serves
+  // (min_available 2 > 0), rather than no endpoint at all.
+  for (const auto& e : endpoints) {
+    if (e.get() != ejected) e->load.healthy.store(false);
+  }
+  EXPECT_EQ(route().upstream->Pick(executor_.clock()), ejected);
+  ejected->load.healthy.store(false);
+  EXPECT_EQ(route().upstream->Pick(executor_.clock()), nullptr);
+}
+
 TEST_F(RetryTest, ClientCancelsAndShortDeadlinesNeverEject) {
   Build("", "{service: shop.v1.Orders, method: GetOrder}", "", kOutlierCluster);
   for (int i = 0; i < 30; ++i) {
