@@ -111,6 +111,10 @@ class UpstreamConnection final : public H2Connection {
   absl::Time idle_since_;
   // The worker's idle timer for a spare connection is pending.
   bool spare_timer_armed_ = false;
+  // Opened beside another connection to the same endpoint (a spare, retired
+  // once idle for long): an endpoint's first connection never looks its pool
+  // up when it goes idle.
+  bool spare_ = false;
   friend class Worker;
   bool goaway_received_ = false;
   bool retired_ = false;

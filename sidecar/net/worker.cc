@@ -265,6 +265,7 @@ UpstreamConnection* Worker::UpstreamFor(const UpstreamAddress& address,
     }
     return nullptr;
   }
+  conn->spare_ = !slot.conns.empty();
   slot.conns.push_back(conn);
   all_upstream_.insert(conn);
   if (retained_.has_value() && !retained_->contains(address.key)) {
@@ -308,7 +309,9 @@ void Worker::OnUpstreamClosed(UpstreamConnection* conn, bool connect_failed) {
 void Worker::OnUpstreamIdle(UpstreamConnection* conn) {
   // An endpoint's first connection stays; a further one goes after
   // kSpareConnectionIdle without streams. One timer per connection at a time.
-  if (conn->spare_timer_armed_ || !conn->accepting_streams()) return;
+  if (!conn->spare_ || conn->spare_timer_armed_ || !conn->accepting_streams()) {
+    return;
+  }
   auto& slots = SlotsFor(conn->use());
   auto it = slots.find(conn->key());
   if (it == slots.end() || it->second.conns.empty() ||
