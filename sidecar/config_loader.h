@@ -24,6 +24,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -45,6 +46,10 @@ struct LoadedConfig {
   // Unary methods marked idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS
   // (retry's `methods: IDEMPOTENT`).
   absl::flat_hash_set<std::string> idempotent_methods;
+  // By redis name: the content of its password_file, one trailing newline
+  // stripped (absent: no password_file). Read at every load, so a reload
+  // picks up a rotated password; never in `proto`, so never in /config.
+  absl::flat_hash_map<std::string, std::string> redis_passwords;
   std::string source_path;  // the file it came from ("" for ParseConfigText)
 };
 

@@ -28,6 +28,18 @@ void FillRateLimitDefaults(cfg::RateLimit& rl) {
   if (!rl.has_max_keys()) rl.set_max_keys(10000);
 }
 
+void FillRedisDefaults(cfg::Redis& redis) {
+  if (!redis.has_timeout()) {
+    *redis.mutable_timeout() = ToProtoDuration(absl::Milliseconds(50));
+  }
+}
+
+void FillGlobalRateLimitDefaults(cfg::GlobalRateLimit& global,
+                                 const FieldPresence& presence) {
+  // An explicit "" is kept (and refused by the validator).
+  if (!presence.Has(global, "domain")) global.set_domain("default");
+}
+
 void FillCircuitBreakerDefaults(cfg::CircuitBreaker& cb,
                                 const FieldPresence& presence) {
   if (!cb.has_consecutive_failures()) cb.set_consecutive_failures(5);
@@ -169,6 +181,7 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
     *config.mutable_drain_timeout() = ToProtoDuration(absl::Seconds(20));
   }
   if (!config.has_workers()) config.set_workers(0);
+  for (cfg::Redis& redis : *config.mutable_redis()) FillRedisDefaults(redis);
   for (cfg::Cluster& cluster : *config.mutable_clusters()) {
     if (cluster.has_health_check()) {
       FillHealthCheckDefaults(*cluster.mutable_health_check());
@@ -184,6 +197,10 @@ void FillDefaults(cfg::Config& config, const FieldPresence& presence) {
   for (cfg::Route& route : *config.mutable_routes()) {
     if (route.has_rate_limit()) {
       FillRateLimitDefaults(*route.mutable_rate_limit());
+      if (route.rate_limit().has_global()) {
+        FillGlobalRateLimitDefaults(
+            *route.mutable_rate_limit()->mutable_global(), presence);
+      }
     }
     if (route.has_circuit_breaker()) {
       FillCircuitBreakerDefaults(*route.mutable_circuit_breaker(), presence);

@@ -35,10 +35,25 @@ std::string DescribePolicies(const cfg::Route& route) {
   }
   if (route.has_rate_limit()) {
     const cfg::RateLimit& rl = route.rate_limit();
-    parts.push_back(absl::StrCat(
-        "rate_limit ", rl.requests_per_second(), "/s burst ", rl.burst(),
-        rl.key_header().empty() ? "" : absl::StrCat(" per ", rl.key_header()),
-        Shadow(rl.shadow())));
+    std::string key;
+    if (!rl.key_header().empty()) {
+      key = absl::StrCat(" per ", rl.key_header());
+    } else if (rl.key_headers_size() > 0) {
+      key = absl::StrCat(" per (", absl::StrJoin(rl.key_headers(), ", "), ")");
+    } else if (rl.key() == cfg::RateLimit::PEER_IDENTITY) {
+      key = " per peer identity";
+    }
+    std::string global;
+    if (rl.has_global()) {
+      global = absl::StrCat(
+          ", global on redis ", rl.global().redis(), " (domain ",
+          rl.global().domain(), ", ",
+          cfg::GlobalRateLimit::OnRedisError_Name(rl.global().on_redis_error()),
+          " on redis errors)");
+    }
+    parts.push_back(absl::StrCat("rate_limit ", rl.requests_per_second(),
+                                 "/s burst ", rl.burst(), key, global,
+                                 Shadow(rl.shadow())));
   }
   if (route.has_circuit_breaker()) {
     const cfg::CircuitBreaker& cb = route.circuit_breaker();
@@ -176,6 +191,18 @@ std::string SummarizeConfig(const LoadedConfig& loaded) {
         loaded.unary_methods.size(), " unary and ",
         loaded.streaming_methods.size(), " streaming methods known (",
         loaded.idempotent_methods.size(), " idempotent)"));
+  }
+  for (const cfg::Redis& redis : config.redis()) {
+    lines.push_back(absl::StrCat(
+        "redis ", redis.name(), ": ", redis.address(),
+        redis.password_file().empty()
+            ? ""
+            : absl::StrCat(", AUTH",
+                           redis.username().empty()
+                               ? ""
+                               : absl::StrCat(" as ", redis.username())),
+        ", timeout ",
+        FormatDurationForHumans(ToAbslDuration(redis.timeout()))));
   }
   lines.push_back(absl::StrCat("clusters: ", config.clusters_size()));
   for (const cfg::Cluster& cluster : config.clusters()) {

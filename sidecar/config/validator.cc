@@ -63,6 +63,8 @@ constexpr uint64_t kMaxMessageBytes = std::numeric_limits<int32_t>::max();
 constexpr uint64_t kMaxMinAvailable = 100'000;
 constexpr double kMaxRetryRatio = 10;
 constexpr double kMaxRetryMinPerSecond = 1e6;
+constexpr int kMaxKeyHeaders = 8;
+constexpr size_t kMaxDomainBytes = 64;
 
 void CheckAtLeast(ValidationErrors& errors, absl::string_view field,
                   uint64_t value, uint64_t min) {
@@ -221,6 +223,7 @@ void ConfigValidator::Validate() {
   ValidateListenerAndAdmin();
   LoadDescriptorSets();
   ValidateClusters();
+  ValidateRedis();
   ValidateRoutes();
   if (config_.has_access_log()) {
     Field f(&errors_, "access_log");
@@ -458,6 +461,74 @@ void ConfigValidator::ValidateCluster(int index, cfg::Cluster& cluster) {
   }
 }
 
+void ConfigValidator::ValidateRedis() {
+  for (int i = 0; i < config_.redis_size(); ++i) {
+    Field f(&errors_, absl::StrCat("redis[", i, "]"));
+    cfg::Redis& redis = *config_.mutable_redis(i);
+    {
+      Field n(&errors_, ".name");
+      if (redis.name().empty()) {
+        errors_.AddError("must not be empty");
+      } else if (auto [it, inserted] = redis_index_.emplace(redis.name(), i);
+                 !inserted) {
+        errors_.AddError(absl::StrCat("duplicate redis name ",
+                                      Quote(redis.name()), " (also redis[",
+                                      it->second, "])"));
+      }
+    }
+    ValidateRedisEntry(redis);
+  }
+}
+
+void ConfigValidator::ValidateRedisEntry(cfg::Redis& redis) {
+  if (redis.address().empty()) {
+    Field a(&errors_, ".address");
+    errors_.AddError("must not be empty");
+  } else {
+    CheckAddress("address", redis.address(), PortZero::kReject);
+  }
+  if (!redis.username().empty() && redis.password_file().empty()) {
+    Field u(&errors_, ".username");
+    errors_.AddError("needs password_file (AUTH username password)");
+  }
+  if (!redis.password_file().empty()) {
+    Field p(&errors_, ".password_file");
+    const std::string original = redis.password_file();
+    redis.set_password_file(ResolvePath(base_dir_, original));
+    if (auto content = ReadConfigFile(redis.password_file()); !content.ok()) {
+      errors_.AddError(absl::StrCat(
+          "cannot read ", DescribePath(original, redis.password_file()), ": ",
+          content.status().message()));
+    } else {
+      std::string password = *std::move(content);
+      if (absl::EndsWith(password, "\n")) {
+        password.pop_back();
+        if (absl::EndsWith(password, "\r")) password.pop_back();
+      }
+      if (password.empty()) {
+        errors_.AddError(absl::StrCat(
+            DescribePath(original, redis.password_file()), " is empty"));
+      } else if (password.find_first_of("\r\n") != std::string::npos) {
+        errors_.AddError(absl::StrCat(
+            DescribePath(original, redis.password_file()),
+            " holds more than one line (the password is the whole file, one "
+            "trailing newline stripped)"));
+      } else if (!redis.name().empty()) {
+        out_.redis_passwords[redis.name()] = std::move(password);
+      }
+    }
+  }
+  if (redis.has_tls()) {
+    Field t(&errors_, ".tls");
+    errors_.AddError(
+        "TLS to Redis is not supported: it needs hiredis built with SSL "
+        "(hiredis_ssl, hiredis >= 1.0), which Debian 12's libhiredis 0.14 "
+        "lacks; use a TLS-terminating proxy on the loopback");
+  }
+  CheckDurationBetween(errors_, "timeout", redis.timeout(),
+                       absl::Milliseconds(1), absl::Seconds(10));
+}
+
 void ConfigValidator::ValidateRoutes() {
   CheckNotEmpty(errors_, "routes", config_.routes_size(), "route");
   absl::flat_hash_map<std::string, int> names;
@@ -634,9 +705,79 @@ void ConfigValidator::ValidateRateLimit(const cfg::RateLimit& rl) {
   }
   CheckBetween(errors_, "burst", rl.burst(), 1, kMaxBurst);
   CheckBetween(errors_, "max_keys", rl.max_keys(), 1, kMaxKeys);
+  ValidateRateLimitKey(rl);
+  if (rl.has_global()) ValidateGlobalRateLimit(rl.global());
+}
+
+void ConfigValidator::ValidateRateLimitKey(const cfg::RateLimit& rl) {
   if (!rl.key_header().empty()) {
     Field k(&errors_, ".key_header");
     CheckHeaderName(errors_, rl.key_header());
+  }
+  if (rl.key_headers_size() > 0) {
+    Field k(&errors_, ".key_headers");
+    if (!rl.key_header().empty()) {
+      errors_.AddError("cannot be combined with key_header (list it here)");
+    }
+    if (rl.key_headers_size() > kMaxKeyHeaders) {
+      errors_.AddError(absl::StrCat("at most ", kMaxKeyHeaders,
+                                    " headers (got ", rl.key_headers_size(),
+                                    ")"));
+    }
+    absl::flat_hash_map<std::string, int> seen;
+    for (int i = 0; i < rl.key_headers_size(); ++i) {
+      Field h(&errors_, absl::StrCat("[", i, "]"));
+      CheckHeaderName(errors_, rl.key_headers(i));
+      if (auto [it, inserted] = seen.emplace(rl.key_headers(i), i);
+          !inserted && !rl.key_headers(i).empty()) {
+        errors_.AddError(absl::StrCat("duplicate header ",
+                                      Quote(rl.key_headers(i)),
+                                      " (also key_headers[", it->second, "])"));
+      }
+    }
+  }
+  if (rl.key() == cfg::RateLimit::PEER_IDENTITY) {
+    Field k(&errors_, ".key");
+    if (!rl.key_header().empty() || rl.key_headers_size() > 0) {
+      errors_.AddError(
+          "PEER_IDENTITY cannot be combined with key_header or key_headers");
+    }
+    const cfg::Listener& listener = config_.listener();
+    if (!listener.has_tls() || listener.tls().client_ca_file().empty()) {
+      errors_.AddError(
+          "PEER_IDENTITY needs listener.tls with client_ca_file (mTLS: the "
+          "identity is the client certificate's URI SAN or subject CN)");
+    }
+  }
+}
+
+void ConfigValidator::ValidateGlobalRateLimit(
+    const cfg::GlobalRateLimit& global) {
+  Field g(&errors_, ".global");
+  {
+    Field r(&errors_, ".redis");
+    if (global.redis().empty()) {
+      errors_.AddError("must name a redis entry");
+    } else if (!redis_index_.contains(global.redis())) {
+      std::vector<absl::string_view> known;
+      for (const cfg::Redis& redis : config_.redis()) {
+        if (!redis.name().empty()) known.push_back(redis.name());
+      }
+      errors_.AddError(absl::StrCat(
+          "unknown redis ", Quote(global.redis()), " (redis: ",
+          known.empty() ? "none configured" : absl::StrJoin(known, ", "), ")"));
+    }
+  }
+  const std::string& domain = global.domain();
+  const bool plain = std::all_of(domain.begin(), domain.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+           c == '_' || c == '-';
+  });
+  if (domain.empty() || domain.size() > kMaxDomainBytes || !plain) {
+    Field d(&errors_, ".domain");
+    errors_.AddError(absl::StrCat("must be 1..", kMaxDomainBytes,
+                                  " bytes of [A-Za-z0-9._-] (got ",
+                                  Quote(domain), ")"));
   }
 }
 

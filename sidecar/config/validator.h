@@ -3,7 +3,8 @@
 // has a maximum as well as a minimum), names unique, each route's cluster
 // known, route matches well formed, header names lower-case HTTP/2 names,
 // listener and admin addresses parseable and not on the same port, every file
-// the config names (TLS files, descriptor_sets) readable, and singleflight
+// the config names (TLS files, descriptor_sets, redis password files)
+// readable, global rate limits naming a known redis, and singleflight
 // only where it can coalesce unary calls. File paths are resolved against the
 // config file's directory in place, and the descriptor_sets' methods fill
 // LoadedConfig's unary and streaming method sets. Every problem goes to
@@ -68,10 +69,15 @@ class ConfigValidator {
                          const std::string& described);
   void ValidateClusters();
   void ValidateCluster(int index, cfg::Cluster& cluster);
+  // The redis entries; fills out_.redis_passwords from their password files.
+  void ValidateRedis();
+  void ValidateRedisEntry(cfg::Redis& redis);
   void ValidateRoutes();
   void ValidateRouteCluster(const cfg::Route& route);
   void ValidateMatch(const cfg::RouteMatch& match);
   void ValidateRateLimit(const cfg::RateLimit& rl);
+  void ValidateRateLimitKey(const cfg::RateLimit& rl);
+  void ValidateGlobalRateLimit(const cfg::GlobalRateLimit& global);
   void ValidateCircuitBreaker(const cfg::CircuitBreaker& cb);
   void ValidateConcurrency(const cfg::Concurrency& c);
   void ValidateSingleflight(const cfg::Route& route, bool match_ok);
@@ -87,6 +93,7 @@ class ConfigValidator {
   LoadedConfig& out_;
   cfg::Config& config_;
   absl::flat_hash_map<std::string, int> cluster_index_;
+  absl::flat_hash_map<std::string, int> redis_index_;
 };
 
 }  // namespace bulwark::config_internal

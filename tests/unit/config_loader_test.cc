@@ -478,7 +478,7 @@ TEST(ConfigLoaderTest, UnknownFieldWithoutCloseNameListsTheValidFields) {
   EXPECT_EQ(ErrorOf(absl::StrCat("colour: blue\n", kMinimal)),
             "test.yaml: colour: unknown field (valid fields: listener, admin, "
             "drain_timeout, workers, descriptor_sets, clusters, routes, "
-            "access_log)");
+            "access_log, redis)");
 }
 
 TEST(ConfigLoaderTest, DuplicateKeyIsAnError) {
