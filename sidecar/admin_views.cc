@@ -40,6 +40,10 @@ void RefreshGauges(const Snapshot& snapshot) {
   for (const auto& route : snapshot.routes->routes()) {
     if (route->rate_limit != nullptr) {
       route->metrics->Tokens().Set(route->rate_limit->TokensApprox());
+      if (route->rate_limit->is_global()) {
+        route->metrics->GlobalReplicas().Set(
+            route->rate_limit->GlobalReplicasApprox());
+      }
     }
     if (route->breaker != nullptr) {
       route->metrics->SetBreakerState(chain::ToMetricState(

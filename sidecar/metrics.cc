@@ -43,6 +43,8 @@ constexpr std::array<std::string_view, 3> kAttemptKindNames = {"first", "retry",
                                                                "hedge"};
 constexpr std::array<std::string_view, 3> kHealthCheckResultNames = {
     "success", "failure", "timeout"};
+constexpr std::array<std::string_view, 3> kRedisResultNames = {"ok", "error",
+                                                               "timeout"};
 
 // An out-of-range code counts as UNKNOWN (as gRPC maps it) rather than indexing
 // past the cache: the code comes from an upstream's trailers, which the sidecar
@@ -189,6 +191,21 @@ struct Families {
                                .Name("bulwark_access_log_dropped_total")
                                .Help("access log lines dropped under pressure")
                                .Register(registry)),
+        global_replicas(
+            prometheus::BuildGauge()
+                .Name("bulwark_rate_limit_global_replicas")
+                .Help("sidecars sharing the route's global limit, as last "
+                      "seen")
+                .Register(registry)),
+        redis_requests(prometheus::BuildCounter()
+                           .Name("bulwark_redis_requests_total")
+                           .Help("Redis round trips by result: ok, error, "
+                                 "timeout")
+                           .Register(registry)),
+        redis_duration(prometheus::BuildHistogram()
+                           .Name("bulwark_redis_request_duration_seconds")
+                           .Help("time per Redis round trip")
+                           .Register(registry)),
         build_info(prometheus::BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("always 1")
@@ -218,6 +235,9 @@ struct Families {
   prometheus::Family<prometheus::Gauge>& endpoint_ejected;
   prometheus::Family<prometheus::Counter>& outlier_ejections;
   prometheus::Family<prometheus::Counter>& access_log_dropped;
+  prometheus::Family<prometheus::Gauge>& global_replicas;
+  prometheus::Family<prometheus::Counter>& redis_requests;
+  prometheus::Family<prometheus::Histogram>& redis_duration;
   prometheus::Family<prometheus::Gauge>& build_info;
   const prometheus::Histogram::BucketBoundaries duration_buckets;
 };
@@ -332,6 +352,23 @@ prometheus::Counter& RouteMetrics::UpstreamAttempts(AttemptKind kind) {
 prometheus::Counter& RouteMetrics::RetryBudgetExhausted() {
   return budget_exhausted_.Get(families_.retry_budget_exhausted,
                                [&] { return route_label_; });
+}
+
+prometheus::Gauge& RouteMetrics::GlobalReplicas() {
+  return global_replicas_.Get(families_.global_replicas,
+                              [&] { return route_label_; });
+}
+
+// --- RedisMetrics ---
+
+RedisMetrics::RedisMetrics(std::string_view name,
+                           metrics_internal::Families& families)
+    : duration_(&families.redis_duration.Add(Labels1("redis", name),
+                                             families.duration_buckets)) {
+  for (size_t i = 0; i < requests_.size(); ++i) {
+    requests_[i] = &families.redis_requests.Add(
+        AddLabel(Labels1("redis", name), "result", kRedisResultNames[i]));
+  }
 }
 
 // --- EndpointMetrics ---
@@ -463,6 +500,14 @@ ClusterMetrics* Metrics::ForCluster(std::string_view cluster) {
   if (inserted) {
     it->second.reset(new ClusterMetrics(std::string(cluster), *families_));
   }
+  return it->second.get();
+}
+
+RedisMetrics* Metrics::ForRedis(std::string_view redis) {
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] =
+      redis_.try_emplace(absl::string_view(redis.data(), redis.size()));
+  if (inserted) it->second.reset(new RedisMetrics(redis, *families_));
   return it->second.get();
 }
 

@@ -175,6 +175,9 @@ class RouteMetrics {
   prometheus::Counter& UpstreamAttempts(AttemptKind kind);
   // bulwark_retry_budget_exhausted_total{route}.
   prometheus::Counter& RetryBudgetExhausted();
+  // bulwark_rate_limit_global_replicas{route}: sidecars sharing the route's
+  // global limit, as last seen.
+  prometheus::Gauge& GlobalReplicas();
   // The series of `method` ("pkg.Service/Method" or "_OTHER") on this route,
   // created on first use and kept. Thread-safe; takes a lock (call it when a
   // route table is built, not per call).
@@ -210,6 +213,7 @@ class RouteMetrics {
       singleflight_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 3> attempts_;
   metrics_internal::LazySeries<prometheus::Counter> budget_exhausted_;
+  metrics_internal::LazySeries<prometheus::Gauge> global_replicas_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<MethodMetrics>> methods_
       ABSL_GUARDED_BY(mu_);
@@ -259,6 +263,32 @@ class EndpointMetrics {
   metrics_internal::LazySeries<prometheus::Counter> ejections_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, 3>
       health_checks_;
+};
+
+// The series of one configured Redis (label `redis`, SPEC section 8),
+// obtained from Metrics::ForRedis: what RedisClient's on_result hook feeds,
+// on the store's thread. The three result series exist from the first
+// ForRedis, so rate() over them works from the first scrape.
+class RedisMetrics {
+ public:
+  enum class Result { kOk, kError, kTimeout };
+
+  RedisMetrics(const RedisMetrics&) = delete;
+  RedisMetrics& operator=(const RedisMetrics&) = delete;
+
+  // bulwark_redis_requests_total{redis, result}.
+  prometheus::Counter& Requests(Result result) {
+    return *requests_[static_cast<size_t>(result)];
+  }
+  // bulwark_redis_request_duration_seconds{redis}.
+  prometheus::Histogram& Duration() { return *duration_; }
+
+ private:
+  friend class Metrics;
+  RedisMetrics(std::string_view name, metrics_internal::Families& families);
+
+  std::array<prometheus::Counter*, 3> requests_;
+  prometheus::Histogram* duration_;
 };
 
 // The series of one upstream cluster (label `cluster`) and its endpoints.
@@ -312,6 +342,8 @@ class Metrics {
   // by the names ever configured.
   RouteMetrics* ForRoute(std::string_view route) ABSL_LOCKS_EXCLUDED(mu_);
   ClusterMetrics* ForCluster(std::string_view cluster) ABSL_LOCKS_EXCLUDED(mu_);
+  // Handles for a configured redis by name; kept like routes'.
+  RedisMetrics* ForRedis(std::string_view redis) ABSL_LOCKS_EXCLUDED(mu_);
 
   // bulwark_config_reloads_total{result}; both series exist from construction
   // so that increase() over them works from the first scrape.
@@ -343,6 +375,8 @@ class Metrics {
   absl::flat_hash_map<std::string, std::unique_ptr<RouteMetrics>> routes_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<ClusterMetrics>> clusters_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<RedisMetrics>> redis_
       ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const std::function<void()>> collect_hook_
       ABSL_GUARDED_BY(mu_);

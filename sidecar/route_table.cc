@@ -9,7 +9,13 @@
 namespace bulwark {
 namespace {
 
-std::string Fingerprint(const config::v1::Route& route) {
+// `store`: the Redis store of the route's global rate limit (null: none). Its
+// address is part of the fingerprint: a limiter lives on its store, so a
+// store replaced by a reload (a changed address or password) replaces the
+// limiter too. While a state holds a store, no other store can have its
+// address.
+std::string Fingerprint(const config::v1::Route& route,
+                        const store::RedisStore* store) {
   config::v1::Route policies;
   *policies.mutable_rate_limit() = route.rate_limit();
   *policies.mutable_circuit_breaker() = route.circuit_breaker();
@@ -20,17 +26,19 @@ std::string Fingerprint(const config::v1::Route& route) {
   policies.SerializeToString(&out);
   return absl::StrCat(route.has_rate_limit(), route.has_circuit_breaker(),
                       route.has_concurrency(), route.has_singleflight(),
-                      route.has_retry(), ":", out);
+                      route.has_retry(), ":",
+                      reinterpret_cast<uintptr_t>(store), ":", out);
 }
 
-std::shared_ptr<RouteState> NewState(const config::v1::Route& config,
-                                     RouteMetrics* metrics,
-                                     std::string fingerprint, Clock& clock) {
+std::shared_ptr<RouteState> NewState(
+    const config::v1::Route& config, RouteMetrics* metrics,
+    std::string fingerprint, Clock& clock,
+    std::shared_ptr<store::RedisStore> redis_store) {
   auto state = std::make_shared<RouteState>();
   state->fingerprint = std::move(fingerprint);
   if (config.has_rate_limit()) {
-    state->rate_limit =
-        chain::RateLimitStage::NewState(config.rate_limit(), clock);
+    state->rate_limit = chain::RateLimitStage::NewState(
+        config.rate_limit(), config.name(), clock, std::move(redis_store));
   }
   if (config.has_circuit_breaker()) {
     state->breaker = chain::BreakerStage::NewState(
@@ -57,7 +65,8 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     Metrics& metrics, const RouteTable* previous,
     const absl::flat_hash_set<std::string>* unary_methods, Clock& clock,
     const absl::flat_hash_set<std::string>* streaming_methods,
-    const absl::flat_hash_set<std::string>* idempotent_methods) {
+    const absl::flat_hash_set<std::string>* idempotent_methods,
+    const RedisStores* redis_stores) {
   std::unique_ptr<RouteTable> table(new RouteTable());
   // The methods that get a label of their own in the per-method series.
   absl::flat_hash_set<std::string> known_methods;
@@ -82,7 +91,20 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
     route->cluster = cluster->second;
     if (rc.has_timeout()) route->timeout = ToAbslDuration(rc.timeout());
     route->metrics = metrics.ForRoute(rc.name());
-    std::string fingerprint = Fingerprint(rc);
+    std::shared_ptr<store::RedisStore> redis_store;
+    if (rc.rate_limit().has_global()) {
+      const std::string& name = rc.rate_limit().global().redis();
+      if (redis_stores != nullptr) {
+        if (auto it = redis_stores->find(name); it != redis_stores->end()) {
+          redis_store = it->second;
+        }
+      }
+      if (redis_store == nullptr) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("route ", rc.name(), ": unknown redis ", name));
+      }
+    }
+    std::string fingerprint = Fingerprint(rc, redis_store.get());
     if (previous != nullptr) {
       for (const auto& old : previous->routes_) {
         if (old->name == rc.name() && old->state->fingerprint == fingerprint) {
@@ -91,8 +113,8 @@ absl::StatusOr<std::unique_ptr<RouteTable>> RouteTable::Build(
       }
     }
     if (route->state == nullptr) {
-      route->state =
-          NewState(rc, route->metrics, std::move(fingerprint), clock);
+      route->state = NewState(rc, route->metrics, std::move(fingerprint), clock,
+                              std::move(redis_store));
     }
     RouteState& state = *route->state;
     if (state.rate_limit != nullptr) {

@@ -41,6 +41,7 @@
 #include "sidecar/metrics.h"
 #include "sidecar/net/stream_handler.h"
 #include "sidecar/recent_activity.h"
+#include "sidecar/store/redis_store.h"
 
 namespace bulwark {
 
@@ -91,9 +92,16 @@ struct Route {
   }
 };
 
+// The Redis stores of a snapshot by redis name (SPEC section 8).
+using RedisStores =
+    absl::flat_hash_map<std::string, std::shared_ptr<store::RedisStore>>;
+
 class RouteTable {
  public:
-  // `clusters` by name must hold every cluster the routes name.
+  // `clusters` by name must hold every cluster the routes name, and
+  // `redis_stores` every redis a global rate limit names. A route's state is
+  // kept from `previous` when its name and policy settings are unchanged and,
+  // for a global rate limit, its store is the same object.
   static absl::StatusOr<std::unique_ptr<RouteTable>> Build(
       const config::v1::Config& config,
       const absl::flat_hash_map<std::string, std::shared_ptr<Cluster>>&
@@ -102,7 +110,8 @@ class RouteTable {
       const absl::flat_hash_set<std::string>* unary_methods = nullptr,
       Clock& clock = MonotonicClock::Get(),
       const absl::flat_hash_set<std::string>* streaming_methods = nullptr,
-      const absl::flat_hash_set<std::string>* idempotent_methods = nullptr);
+      const absl::flat_hash_set<std::string>* idempotent_methods = nullptr,
+      const RedisStores* redis_stores = nullptr);
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
   const Route* Match(std::string_view path) const;

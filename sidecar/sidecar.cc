@@ -168,6 +168,7 @@ absl::StatusOr<std::unique_ptr<Sidecar>> Sidecar::Create(LoadedConfig config) {
     absl::MutexLock lock(&sidecar->mu_);
     sidecar->snapshot_ = *snapshot;
   }
+  sidecar->KeepRedisStores(**snapshot);
   const config::v1::Config& proto = (*snapshot)->config.proto;
 
   auto listen = ParseHostPort(proto.listener().address(), PortZero::kAllow);
@@ -299,6 +300,7 @@ int Sidecar::Run() {
       RefreshEndpoints();
       continue;
     }
+    ReleaseUnusedRedisStores();
     // Timeout: has the file's content changed (ConfigMap updates swap a
     // symlink)?
     if (!config_path_.empty()) {
@@ -384,6 +386,26 @@ void Sidecar::Install(std::shared_ptr<const Snapshot> snapshot) {
   }
   StartHealthChecks(snapshot);
   if (dns_refresher_ != nullptr) dns_refresher_->SetNames(DnsNames(*snapshot));
+  KeepRedisStores(*snapshot);
+}
+
+void Sidecar::KeepRedisStores(const Snapshot& snapshot) {
+  for (const auto& [name, store] : snapshot.redis) {
+    if (std::find(redis_stores_.begin(), redis_stores_.end(), store) ==
+        redis_stores_.end()) {
+      redis_stores_.push_back(store);
+    }
+  }
+  ReleaseUnusedRedisStores();
+}
+
+void Sidecar::ReleaseUnusedRedisStores() {
+  // use_count() == 1: only this list holds it, and nothing can take a new
+  // reference from nowhere, so the answer cannot go stale.
+  std::erase_if(redis_stores_,
+                [](const std::shared_ptr<store::RedisStore>& store) {
+                  return store.use_count() == 1;
+                });
 }
 
 void Sidecar::RefreshEndpoints() {

@@ -75,8 +75,18 @@ class Sidecar {
   // before the workers' ForceCloseAndStop, whose task then runs after it (posts
   // run in order).
   void StopHealthChecks();
+  // Keeps a reference to each of `snapshot`'s Redis stores, then lets go of
+  // those nothing else holds any more (no snapshot, no rate limit state): the
+  // last reference is always this one, so a store's thread is stopped and
+  // joined here, on the main thread, never on a worker.
+  void KeepRedisStores(const Snapshot& snapshot);
+  void ReleaseUnusedRedisStores();
 
   Metrics metrics_{BULWARK_VERSION};
+  // Declared after metrics_ (their hooks feed it) and before everything that
+  // holds snapshots, so the stores stop last, at shutdown, once the workers
+  // and the snapshots are gone.
+  std::vector<std::shared_ptr<store::RedisStore>> redis_stores_;
   absl::Mutex mu_;
   std::shared_ptr<const Snapshot> snapshot_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<net::Worker>> workers_;

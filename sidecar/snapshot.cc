@@ -1,8 +1,74 @@
 #include "sidecar/snapshot.h"
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/host_port.h"
+#include "sidecar/store/redis_client.h"
 
 namespace bulwark {
+namespace {
+
+RedisMetrics::Result ResultOf(store::RedisResult::Kind kind) {
+  switch (kind) {
+    case store::RedisResult::Kind::kOk:
+      return RedisMetrics::Result::kOk;
+    case store::RedisResult::Kind::kTimeout:
+      return RedisMetrics::Result::kTimeout;
+    case store::RedisResult::Kind::kError:
+      break;
+  }
+  return RedisMetrics::Result::kError;
+}
+
+// The stores of `config`: those of `previous` whose entry and password are
+// unchanged, new ones for the rest.
+absl::Status BuildRedisStores(const LoadedConfig& config,
+                              const Snapshot* previous,
+                              const SnapshotDeps& deps, Snapshot& snapshot) {
+  for (const config::v1::Redis& rc : config.proto.redis()) {
+    std::string password;
+    if (auto it = config.redis_passwords.find(rc.name());
+        it != config.redis_passwords.end()) {
+      password = it->second;
+    }
+    std::string fingerprint;
+    rc.SerializeToString(&fingerprint);
+    absl::StrAppend(&fingerprint, "\n", password);
+    if (previous != nullptr) {
+      auto fp = previous->redis_fingerprints.find(rc.name());
+      auto store = previous->redis.find(rc.name());
+      if (fp != previous->redis_fingerprints.end() &&
+          store != previous->redis.end() && fp->second == fingerprint) {
+        snapshot.redis[rc.name()] = store->second;
+        snapshot.redis_fingerprints[rc.name()] = std::move(fingerprint);
+        continue;
+      }
+    }
+    auto address = ParseHostPort(rc.address(), PortZero::kReject);
+    if (!address.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("redis ", rc.name(), ": ", address.status().message()));
+    }
+    RedisMetrics* metrics = deps.metrics.ForRedis(rc.name());
+    store::RedisClientOptions options{
+        .address = *std::move(address),
+        .username = rc.username(),
+        .password = std::move(password),
+        .timeout = ToAbslDuration(rc.timeout()),
+        .on_result =
+            [metrics](const store::RedisResult& result) {
+              metrics->Requests(ResultOf(result.kind)).Increment();
+              metrics->Duration().Observe(
+                  absl::ToDoubleSeconds(result.duration));
+            },
+    };
+    snapshot.redis[rc.name()] =
+        store::RedisStore::Start(std::move(options), deps.clock);
+    snapshot.redis_fingerprints[rc.name()] = std::move(fingerprint);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
     LoadedConfig config, const Snapshot* previous, const SnapshotDeps& deps) {
@@ -25,14 +91,18 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> BuildSnapshot(
     snapshot->clusters[cc.name()] = *cluster;
     snapshot->cluster_list.push_back(*cluster);
   }
+  if (absl::Status status = BuildRedisStores(config, previous, deps, *snapshot);
+      !status.ok()) {
+    return status;
+  }
   // The routes point into the snapshot's own copy of the method sets.
   snapshot->config = std::move(config);
   auto routes = RouteTable::Build(
       snapshot->config.proto, snapshot->clusters, deps.metrics,
       previous != nullptr ? previous->routes.get() : nullptr,
       &snapshot->config.unary_methods, deps.clock,
-      &snapshot->config.streaming_methods,
-      &snapshot->config.idempotent_methods);
+      &snapshot->config.streaming_methods, &snapshot->config.idempotent_methods,
+      &snapshot->redis);
   if (!routes.ok()) return routes.status();
   snapshot->routes = std::move(*routes);
   snapshot->config_json = ConfigToJson(snapshot->config.proto);

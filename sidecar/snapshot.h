@@ -29,6 +29,15 @@ struct Snapshot {
   std::string config_json;
   // The access log (null: off). Kept across reloads while its path stays.
   std::shared_ptr<AccessLogWriter> access_log;
+  // One store (a connection on a thread of its own) per configured redis
+  // (SPEC section 8), by name; kept from the previous snapshot while the
+  // entry and its password are unchanged. The global rate limits that use a
+  // store hold it too, so it lives as long as the last of them: whoever
+  // drops the last reference joins its thread (Sidecar keeps one itself so
+  // that happens on the main thread, never a worker's).
+  RedisStores redis;
+  // What each store was built from (the entry and its password), by name.
+  absl::flat_hash_map<std::string, std::string> redis_fingerprints;
 };
 
 struct SnapshotDeps {

@@ -12,6 +12,7 @@
 #include "sidecar/log.h"
 #include "sidecar/net/header_util.h"
 #include "sidecar/net/local_answer.h"
+#include "sidecar/net/tls.h"
 #include "sidecar/net/upstream_request_headers.h"
 #include "sidecar/net/upstream_session.h"
 #include "sidecar/net/worker.h"
@@ -869,6 +870,17 @@ void DownstreamStream::OnDownstreamClosed(uint32_t error_code) {
 // DownstreamSession
 
 std::string DownstreamStream::peer() const { return session_.peer(); }
+
+std::string_view DownstreamStream::peer_identity() const {
+  return session_.peer_identity();
+}
+
+const std::string& DownstreamSession::peer_identity() const {
+  if (!peer_identity_.has_value()) {
+    peer_identity_ = PeerCertificateIdentity(tls());
+  }
+  return *peer_identity_;
+}
 
 const std::string& DownstreamSession::peer() const {
   if (!peer_text_.has_value()) peer_text_ = FormatPeer(peer_);

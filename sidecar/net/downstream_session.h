@@ -44,6 +44,7 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   Worker& worker();
   std::string_view path() const override { return path_; }
   std::string peer() const override;
+  std::string_view peer_identity() const override;
   std::string_view header(std::string_view name) const override;
   absl::Time start_time() const override { return start_; }
   absl::Time client_deadline() const override { return client_deadline_; }
@@ -190,6 +191,9 @@ class DownstreamSession final : public H2Connection {
   }
   // Formatted once per connection, on first use.
   const std::string& peer() const;
+  // The client certificate's identity (PeerCertificateIdentity), read once
+  // per connection on first use (streams exist only after the handshake).
+  const std::string& peer_identity() const;
   static std::string FormatPeer(const sockaddr_storage& addr);
   ~DownstreamSession() override;
 
@@ -244,6 +248,7 @@ class DownstreamSession final : public H2Connection {
   absl::flat_hash_map<int32_t, std::unique_ptr<DownstreamStream>> streams_;
   sockaddr_storage peer_{};  // from accept; zero (AF_UNSPEC) if unknown
   mutable std::optional<std::string> peer_text_;
+  mutable std::optional<std::string> peer_identity_;
 };
 
 }  // namespace bulwark::net

@@ -79,6 +79,8 @@ class H2Connection {
   void Close(std::string_view why);
   // Speaks TLS on the socket from now on (takes ownership); set before any I/O.
   void SetTls(SSL* ssl) { ssl_ = ssl; }
+  // The connection's TLS state (null: plaintext).
+  SSL* tls() const { return ssl_; }
 
   // nghttp2's send_data callback for NGHTTP2_DATA_FLAG_NO_COPY (set by the
   // data providers' read callbacks): the DATA frame goes straight into the

@@ -133,6 +133,10 @@ class Call {
   // The client's address ("ip:port"), "" if unknown; formatted on each call
   // (for the access log).
   virtual std::string peer() const { return ""; }
+  // The downstream mTLS client certificate's URI SAN, else its subject CN;
+  // empty without TLS or a certificate. Read once per connection; valid while
+  // the call lives.
+  virtual std::string_view peer_identity() const { return ""; }
   // The value of a request header (lower-case name), or empty.
   virtual std::string_view header(std::string_view name) const = 0;
   virtual absl::Time start_time() const = 0;

@@ -269,4 +269,41 @@ SSL* TlsContext::NewConnection(int fd, const std::string& peer_name) const {
   return ssl;
 }
 
+std::string PeerCertificateIdentity(SSL* ssl) {
+  if (ssl == nullptr) return "";
+  X509* cert = SSL_get_peer_certificate(ssl);  // a reference of our own
+  if (cert == nullptr) return "";
+  std::string identity;
+  if (auto* names = static_cast<GENERAL_NAMES*>(
+          X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+      names != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(names) && identity.empty(); ++i) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+      if (name->type != GEN_URI) continue;
+      const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
+      identity.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
+                      static_cast<size_t>(ASN1_STRING_length(uri)));
+    }
+    GENERAL_NAMES_free(names);
+  }
+  if (identity.empty()) {
+    X509_NAME* subject = X509_get_subject_name(cert);
+    const int index = subject != nullptr ? X509_NAME_get_index_by_NID(
+                                               subject, NID_commonName, -1)
+                                         : -1;
+    if (index >= 0) {
+      const ASN1_STRING* cn =
+          X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, index));
+      unsigned char* utf8 = nullptr;
+      if (const int len = ASN1_STRING_to_UTF8(&utf8, cn); len > 0) {
+        identity.assign(reinterpret_cast<const char*>(utf8),
+                        static_cast<size_t>(len));
+      }
+      OPENSSL_free(utf8);
+    }
+  }
+  X509_free(cert);
+  return identity;
+}
+
 }  // namespace bulwark::net

@@ -66,6 +66,12 @@ class TlsContext {
 // The last OpenSSL error as text (clears the error queue).
 std::string TlsErrorString();
 
+// The identity of the peer certificate of an established connection (SPEC
+// section 8, `key: PEER_IDENTITY`): its first URI subjectAltName, else its
+// subject's commonName; "" without a certificate or with neither. Cost: one
+// certificate parse; read it once per connection.
+std::string PeerCertificateIdentity(SSL* ssl);
+
 }  // namespace bulwark::net
 
 #endif  // BULWARK_SIDECAR_NET_TLS_H_

@@ -87,6 +87,7 @@ class GlobalLimiter::Core : public std::enable_shared_from_this<Core> {
             .tokens_granted = tokens_granted_.load(std::memory_order_relaxed),
             .store_errors = store_errors_.load(std::memory_order_relaxed),
             .heartbeats = heartbeats_.load(std::memory_order_relaxed),
+            .store_failing = failing_.load(std::memory_order_relaxed),
             .keyless = keyless_->allowance.StatsApprox(now)};
     {
       absl::MutexLock lock(&keys_mu_);
@@ -194,6 +195,7 @@ class GlobalLimiter::Core : public std::enable_shared_from_this<Core> {
           ParseRefillReply(result.reply, requested);
       if (reply.ok()) {
         tokens_granted_.fetch_add(reply->granted, std::memory_order_relaxed);
+        failing_.store(false, std::memory_order_relaxed);
         state.allowance.OnGrant(reply->granted, now, Replicas());
         return;
       }
@@ -202,6 +204,7 @@ class GlobalLimiter::Core : public std::enable_shared_from_this<Core> {
       error = result.error;
     }
     store_errors_.fetch_add(1, std::memory_order_relaxed);
+    failing_.store(true, std::memory_order_relaxed);
     SetLastError(std::move(error));
     state.allowance.OnStoreError(now, options_.on_store_error);
   }
@@ -225,15 +228,18 @@ class GlobalLimiter::Core : public std::enable_shared_from_this<Core> {
 
   void OnHeartbeatDone(const RedisResult& result) {
     if (result.kind != RedisResult::Kind::kOk) {
+      failing_.store(true, std::memory_order_relaxed);
       SetLastError(result.error);
       return;
     }
     absl::StatusOr<int64_t> replicas = ParseHeartbeatReply(result.reply);
     if (!replicas.ok()) {
+      failing_.store(true, std::memory_order_relaxed);
       SetLastError(std::string(replicas.status().message()));
       return;
     }
     heartbeats_.fetch_add(1, std::memory_order_relaxed);
+    failing_.store(false, std::memory_order_relaxed);
     // At least this replica: its own heartbeat was just recorded.
     replicas_.store(
         static_cast<int>(std::clamp<int64_t>(*replicas, 1, 1 << 20)),
@@ -260,6 +266,8 @@ class GlobalLimiter::Core : public std::enable_shared_from_this<Core> {
   std::atomic<int64_t> tokens_granted_{0};
   std::atomic<int64_t> store_errors_{0};
   std::atomic<int64_t> heartbeats_{0};
+  // For /routes only: a flag, no ordering with anything else.
+  std::atomic<bool> failing_{false};
 
   absl::Mutex keys_mu_;
   absl::flat_hash_map<std::string, Slot> keys_ ABSL_GUARDED_BY(keys_mu_);

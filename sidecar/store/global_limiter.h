@@ -74,10 +74,13 @@ class GlobalLimiter {
     size_t keys = 0;      // keyed allowances held (the keyless one aside)
     int replicas = 0;     // as last seen; 0: never heard back
     int64_t refills = 0;  // refill scripts sent
-    int64_t tokens_granted = 0;      // over all grants
-    int64_t store_errors = 0;        // refills that failed or timed out
-    int64_t heartbeats = 0;          // answered
-    std::string last_error;          // of the latest failed refill or heartbeat
+    int64_t tokens_granted = 0;  // over all grants
+    int64_t store_errors = 0;    // refills that failed or timed out
+    int64_t heartbeats = 0;      // answered
+    std::string last_error;      // of the latest failed refill or heartbeat
+    // The latest refill or heartbeat to finish failed (error or timeout): keys
+    // that ask the store now fall back to on_store_error.
+    bool store_failing = false;
     GlobalAllowance::Stats keyless;  // the allowance of calls without a key
   };
 
