@@ -24,7 +24,8 @@
 //     clamped to [1, burst / replicas]. When a grant comes back short (the
 //     shared bucket ran dry) the next request waits about as long as the
 //     bucket needs to make a batch for this sidecar's share, at most
-//     refill_horizon; calls rejected meanwhile get that wait as pushback.
+//     refill_horizon and at most 3/4 of the bucket's time to fill its burst;
+//     calls rejected meanwhile get that wait as pushback.
 //   - Fallback (OnStoreError): granted tokens are still spent first (the
 //     start reserve is not); then
 //     LOCAL enforces rate / replicas and burst / replicas with a local token
@@ -145,7 +146,9 @@ class GlobalAllowance {
   TakeResult Admit(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   TakeResult Reject(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a short grant: how long the shared bucket needs to make one batch
-  // for this sidecar's share, within [1 ms, refill_horizon].
+  // for this sidecar's share, at most three quarters of the time it takes to
+  // fill its whole burst (so no token is lost to the bucket's cap while this
+  // sidecar waits), within [1 ms, refill_horizon].
   absl::Duration DryWait() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const GlobalAllowanceOptions options_;

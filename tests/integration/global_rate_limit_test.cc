@@ -217,6 +217,7 @@ struct SidecarSpec {
   // The keyed route (Write, per x-tenant) has these numbers.
   double keyed_rate = 50;
   int64_t keyed_burst = 10;
+  bool shadow = false;  // the echo route's limit
 };
 
 class GlobalRateLimitTest : public ::testing::Test {
@@ -274,7 +275,8 @@ routes:
       requests_per_second: )",
                         spec.rate, R"(
       burst: )",
-                        spec.burst, R"(
+                        spec.burst, spec.shadow ? "\n      shadow: true" : "",
+                        R"(
       global: { redis: main, domain: )",
                         spec.domain, ", on_redis_error: ", spec.on_redis_error,
                         R"( }
@@ -574,24 +576,41 @@ TEST_F(GlobalRateLimitTest, AReloadThatChangesTheLimitTakesEffect) {
   EXPECT_TRUE(RoutesShow(s, "\"mode\": \"shared\"")) << Admin(s, "/routes");
 }
 
+// Also: a shadow global limit decides (here DENY, Redis refusing the
+// password) and counts, but lets every call through.
 TEST_F(GlobalRateLimitTest, AuthWithAPasswordFileAndAWrongPasswordFallsBack) {
   const int good = StartOne({.domain = "auth"});
-  const int bad =
-      StartOne({.domain = "auth-bad", .password_file = "wrong.password"});
+  const int bad = StartOne({.domain = "auth-bad",
+                            .on_redis_error = "DENY",
+                            .password_file = "wrong.password",
+                            .shadow = true});
   ASSERT_EQ(sidecars_.size(), 2u);
   AwaitShared({good}, 1);
   // The wrong password: every round trip fails, the route falls back to
-  // LOCAL and says why.
+  // on_redis_error and says why.
   Load load({.port = sidecars_[bad].port, .rate = 50, .threads = 1});
   EXPECT_TRUE(PollUntil(
       [&] {
         const std::string routes = Admin(bad, "/routes");
-        return absl::StrContains(routes, "\"mode\": \"LOCAL\"") &&
+        return absl::StrContains(routes, "\"mode\": \"DENY\"") &&
                absl::StrContains(routes, "AUTH");
       },
       absl::Seconds(10)))
       << Admin(bad, "/routes");
+  const absl::Time from = absl::Now();
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        return MetricValue(Admin(bad, "/metrics"),
+                           "bulwark_shadow_rejections_total",
+                           "reason=\"rate_limited\"") >= 20;
+      },
+      absl::Seconds(10)));
   load.Stop();
+  const Counts shadow = load.Between(from, absl::Now());
+  std::cout << "shadow DENY, wrong password: " << ToString(shadow) << "\n";
+  EXPECT_GT(shadow.ok, 0);
+  EXPECT_EQ(shadow.rate_limited, 0);
+  EXPECT_EQ(shadow.other, 0);
   EXPECT_GT(MetricValue(Admin(bad, "/metrics"), "bulwark_redis_requests_total",
                         "result=\"error\""),
             0);

@@ -1,5 +1,6 @@
 #include "policies/global_allowance.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <thread>
@@ -202,8 +203,9 @@ TEST(GlobalAllowanceTest, ShortGrantWaitsBeforeAskingAgain) {
   const GlobalTake rejected = allowance.TryTake(clock.Now());
   EXPECT_EQ(rejected.take.kind, TakeResult::kRejected);
   EXPECT_EQ(rejected.refill_tokens, 0);
-  // At least the time the bucket needs for one token per replica: 3 / 300 s.
-  EXPECT_GE(rejected.take.retry_after, absl::Milliseconds(10));
+  // The time the bucket needs for one token per replica (3 / 300 s), but no
+  // more than three quarters of its time to fill the burst of 3: 7.5 ms.
+  EXPECT_GE(rejected.take.retry_after, absl::Microseconds(7500));
   EXPECT_LE(rejected.take.retry_after, absl::Milliseconds(100));
 
   clock.AdvanceBy(absl::Milliseconds(100));
@@ -356,6 +358,54 @@ TEST(GlobalAllowanceTest, ConcurrentCallsSpendEachTokenOnce) {
   // Every admitted call spent a granted token or was lent (and is owed).
   EXPECT_EQ(admitted.load(), granted.load() - stats.tokens + stats.debt);
   EXPECT_GT(granted.load(), 0);
+}
+
+}  // namespace
+}  // namespace bulwark
+
+namespace bulwark {
+namespace {
+
+// A busy sidecar alone against a shared bucket whose burst is one batch (200
+// calls/s, burst 20, 1000 calls/s offered): its short grants must not make it
+// wait until the shared bucket is full, or the tokens past the cap are lost
+// and it admits less than the limit. The shared bucket is simulated here
+// (refill at the rate, capped at the burst), each refill answered 2 ms later.
+TEST(GlobalAllowanceTest, ABusySidecarAloneGetsTheWholeLimitWithASmallBurst) {
+  FakeClock clock;
+  const GlobalAllowanceOptions options{.rate_per_second = 200, .burst = 20};
+  GlobalAllowance allowance(options, /*replicas=*/1, clock.Now());
+  double shared = 20;  // the bucket in "Redis", starts full
+  absl::Time shared_at = clock.Now();
+  int64_t pending = 0;  // tokens asked for, answered at `answer_at`
+  absl::Time answer_at = absl::InfiniteFuture();
+  int64_t admitted = 0;
+  int64_t refills = 0;
+  const absl::Time start = clock.Now();
+  for (int ms = 0; ms < 10'000; ++ms) {
+    clock.AdvanceBy(absl::Milliseconds(1));
+    const absl::Time now = clock.Now();
+    if (now >= answer_at) {
+      shared =
+          std::min(20.0, shared + 200 * absl::ToDoubleSeconds(now - shared_at));
+      shared_at = now;
+      const auto granted =
+          std::min<int64_t>(pending, static_cast<int64_t>(shared));
+      shared -= static_cast<double>(granted);
+      allowance.OnGrant(granted, now);
+      answer_at = absl::InfiniteFuture();
+    }
+    const GlobalTake t = allowance.TryTake(now);
+    if (Admitted(t)) ++admitted;
+    if (t.refill_tokens > 0) {
+      ++refills;
+      pending = t.refill_tokens;
+      answer_at = now + absl::Milliseconds(2);
+    }
+  }
+  const double limit = 200 * absl::ToDoubleSeconds(clock.Now() - start) + 20;
+  EXPECT_LE(admitted, limit);
+  EXPECT_GE(admitted, 0.98 * 200 * 10) << refills << " refills";
 }
 
 }  // namespace
