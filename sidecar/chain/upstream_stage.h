@@ -58,9 +58,8 @@ class UpstreamStage {
   // A healthy, not ejected endpoint, or nullptr (then answer
   // NoHealthyEndpoint()). The clock is read only with outlier detection.
   Endpoint* Pick(Clock& clock) const {
-    return cluster_->Pick(cluster_->has_outlier_detection()
-                              ? clock.Now()
-                              : absl::InfinitePast());
+    return cluster_->Pick(
+        cluster_->has_outlier_detection() ? clock.Now() : absl::InfinitePast());
   }
   // Another endpoint than those `tried` when there is one.
   Endpoint* PickOther(absl::Time now, absl::Span<Endpoint* const> tried) const {

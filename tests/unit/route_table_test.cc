@@ -540,7 +540,8 @@ TEST_F(ClusterTest, SkipsAnUnhealthyEndpoint) {
   cluster->endpoints()[0]->load.healthy.store(false);
   EXPECT_TRUE(cluster->AnyHealthy());
   for (int i = 0; i < 6; ++i) {
-    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002") << "pick " << i;
+    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002")
+        << "pick " << i;
   }
   // Healthy again: back in the rotation.
   cluster->endpoints()[0]->load.healthy.store(true);
@@ -569,7 +570,8 @@ clusters:
   ASSERT_NE(cluster, nullptr);
   cluster->endpoints()[0]->load.in_flight.store(5);
   for (int i = 0; i < 4; ++i) {
-    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002") << "pick " << i;
+    EXPECT_EQ(Address(cluster->Pick(absl::Now())), "127.0.0.1:1002")
+        << "pick " << i;
   }
 }
 
