@@ -8,6 +8,8 @@
 #                                    older build, to compare before and after a change)
 #   EXTRA_YAML='access_log: {path: /tmp/a.log}'   appended to the sidecar's config (top-level
 #                                    fields: e.g. the access log on)
+#   PEER_YAML=path                   the sidecar's config template instead of bench/peers/'s
+#                                    (${PORT}, ${ADMIN_PORT}, ${UPSTREAM_PORT} are filled in)
 #
 # bulwark-policies is bench/peers/bulwark-policies.yaml (every policy, singleflight in shadow).
 # Starts the demo upstream, then runs the proxy (one worker, configs from bench/peers/) under
@@ -70,6 +72,7 @@ run() {
   if [ "$proxy" != nghttpx ]; then
     local peer=bench/peers/bulwark-plain.yaml
     [ "$proxy" = bulwark-policies ] && peer=bench/peers/bulwark-policies.yaml
+    [ -n "${PEER_YAML:-}" ] && peer=$PEER_YAML
     sed -e "s/\${PORT}/$port/; s/\${ADMIN_PORT}/$admin/; s/\${UPSTREAM_PORT}/$upstream/" \
       -e "s/\${SF_SHADOW}/true/" "$peer" >"$tmp/proxy.yaml"
     python3 - "$tmp/proxy.yaml" <<'EOF'
