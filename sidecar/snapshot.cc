@@ -1,7 +1,9 @@
 #include "sidecar/snapshot.h"
 
 #include "absl/strings/str_cat.h"
+#include "sidecar/file_util.h"
 #include "sidecar/host_port.h"
+#include "sidecar/net/tls.h"
 #include "sidecar/store/redis_client.h"
 
 namespace bulwark {
@@ -20,7 +22,7 @@ RedisMetrics::Result ResultOf(store::RedisResult::Kind kind) {
 }
 
 // The stores of `config`: those of `previous` whose entry and password are
-// unchanged, new ones for the rest.
+// unchanged (with TLS: the files' contents too), new ones for the rest.
 absl::Status BuildRedisStores(const LoadedConfig& config,
                               const Snapshot* previous,
                               const SnapshotDeps& deps, Snapshot& snapshot) {
@@ -33,6 +35,15 @@ absl::Status BuildRedisStores(const LoadedConfig& config,
     std::string fingerprint;
     rc.SerializeToString(&fingerprint);
     absl::StrAppend(&fingerprint, "\n", password);
+    if (rc.has_tls()) {
+      // Rotated certificates make a new store (a new TLS context); unreadable
+      // files fail below, in TlsContext::Client.
+      for (const std::string* file :
+           {&rc.tls().ca_file(), &rc.tls().cert_file(), &rc.tls().key_file()}) {
+        if (file->empty()) continue;
+        absl::StrAppend(&fingerprint, "\n", ReadConfigFile(*file).value_or(""));
+      }
+    }
     if (previous != nullptr) {
       auto fp = previous->redis_fingerprints.find(rc.name());
       auto store = previous->redis.find(rc.name());
@@ -61,8 +72,29 @@ absl::Status BuildRedisStores(const LoadedConfig& config,
                   absl::ToDoubleSeconds(result.duration));
             },
     };
-    snapshot.redis[rc.name()] =
-        store::RedisStore::Start(std::move(options), deps.clock);
+    if (rc.has_tls()) {
+      auto tls =
+          net::TlsContext::Client({.ca_file = rc.tls().ca_file(),
+                                   .cert_file = rc.tls().cert_file(),
+                                   .key_file = rc.tls().key_file(),
+                                   .server_name = rc.tls().server_name()});
+      if (!tls.ok()) {
+        return absl::Status(tls.status().code(),
+                            absl::StrCat("redis ", rc.name(),
+                                         ": tls: ", tls.status().message()));
+      }
+      auto store = store::RedisStore::StartTls(std::move(options),
+                                               *std::move(tls), deps.clock);
+      if (!store.ok()) {
+        return absl::Status(
+            store.status().code(),
+            absl::StrCat("redis ", rc.name(), ": ", store.status().message()));
+      }
+      snapshot.redis[rc.name()] = *std::move(store);
+    } else {
+      snapshot.redis[rc.name()] =
+          store::RedisStore::Start(std::move(options), deps.clock);
+    }
     snapshot.redis_fingerprints[rc.name()] = std::move(fingerprint);
   }
   return absl::OkStatus();

@@ -201,6 +201,11 @@ std::string SummarizeConfig(const LoadedConfig& loaded) {
                            redis.username().empty()
                                ? ""
                                : absl::StrCat(" as ", redis.username())),
+        redis.has_tls()
+            ? absl::StrCat(", TLS", redis.tls().cert_file().empty()
+                                        ? ""
+                                        : " with a client certificate")
+            : "",
         ", timeout ",
         FormatDurationForHumans(ToAbslDuration(redis.timeout()))));
   }

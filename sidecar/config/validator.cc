@@ -519,11 +519,18 @@ void ConfigValidator::ValidateRedisEntry(cfg::Redis& redis) {
     }
   }
   if (redis.has_tls()) {
+    // Through the store's TLS bridge (hiredis 0.14 has no TLS of its own).
     Field t(&errors_, ".tls");
-    errors_.AddError(
-        "TLS to Redis is not supported: it needs hiredis built with SSL "
-        "(hiredis_ssl, hiredis >= 1.0), which Debian 12's libhiredis 0.14 "
-        "lacks; use a TLS-terminating proxy on the loopback");
+    cfg::RedisTls& tls = *redis.mutable_tls();
+    if (tls.cert_file().empty() != tls.key_file().empty()) {
+      const bool cert_missing = tls.cert_file().empty();
+      Field m(&errors_, cert_missing ? ".cert_file" : ".key_file");
+      errors_.AddError(cert_missing ? "required when key_file is set"
+                                    : "required when cert_file is set");
+    }
+    ResolveAndCheckFile("ca_file", tls.mutable_ca_file());
+    ResolveAndCheckFile("cert_file", tls.mutable_cert_file());
+    ResolveAndCheckFile("key_file", tls.mutable_key_file());
   }
   CheckDurationBetween(errors_, "timeout", redis.timeout(),
                        absl::Milliseconds(1), absl::Seconds(10));

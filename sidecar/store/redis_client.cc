@@ -169,8 +169,8 @@ void RedisClient::Connect() {
   state_ = State::kConnecting;
   authenticating_ = false;
   ++stats_.connects;
-  redisAsyncContext* ac =
-      redisAsyncConnect(options_.address.host.c_str(), options_.address.port);
+  const HostPort& to = options_.connect_to.value_or(options_.address);
+  redisAsyncContext* ac = redisAsyncConnect(to.host.c_str(), to.port);
   if (ac == nullptr) {
     DropConnection(Prefixed("cannot allocate a connection"));
     return;
@@ -182,6 +182,7 @@ void RedisClient::Connect() {
     return;
   }
   ac->data = this;
+  if (options_.on_socket) options_.on_socket(ac->c.fd);
   if (redisLibeventAttach(ac, loop_.base()) != REDIS_OK) {
     redisAsyncFree(ac);
     DropConnection(Prefixed("cannot attach to the event loop"));
@@ -254,7 +255,6 @@ void RedisClient::BecomeReady() {
   if (connect_timer_ != 0) loop_.CancelTimer(connect_timer_);
   connect_timer_ = 0;
   state_ = State::kReady;
-  attempt_ = 0;
   consecutive_timeouts_ = 0;
   ++stats_.ready;
   std::deque<uint64_t> unsent;
@@ -290,6 +290,11 @@ void RedisClient::LoseConnection(std::string error) {
   connect_timer_ = 0;
   state_ = State::kDisconnected;
   authenticating_ = false;
+  if (options_.transport_error) {
+    if (std::string why = options_.transport_error(); !why.empty()) {
+      error = Prefixed(why);
+    }
+  }
   stats_.last_error = error;
   ScheduleReconnect();
   // What was sent on the connection, in issue order, then what waited for it.
@@ -427,6 +432,10 @@ void RedisClient::HandleReply(redisAsyncContext* ac, uint64_t id,
     return;
   }
   consecutive_timeouts_ = 0;
+  // The backoff restarts once Redis answers, not when the TCP connect ends:
+  // through a TLS bridge every connect to the loopback succeeds, even when
+  // the handshake behind it fails.
+  attempt_ = 0;
   if (id == kAuthId) {
     HandleAuthReply(reply);
     return;

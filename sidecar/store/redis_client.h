@@ -16,18 +16,20 @@
 // failed AUTH, a connect timeout or `timeouts_before_reconnect` timeouts in a
 // row with no reply in between drop the connection and reconnect after an
 // exponential backoff with jitter (uniform in [d/2, d], d doubling from
-// reconnect_backoff_base up to reconnect_backoff_max; reset once a
-// connection is ready). A late reply to a command that already timed out is
+// reconnect_backoff_base up to reconnect_backoff_max; reset by the first
+// reply on a connection). A late reply to a command that already timed out is
 // read and dropped.
 //
 // Scripts: EvalSha sends EVALSHA and, on a NOSCRIPT error (a restarted or
 // flushed Redis), the same call as EVAL, which also caches the script.
 //
-// Not supported (documented gaps): TLS (Debian 12's hiredis 0.14.1 has no
-// hiredis_ssl: `dpkg -L libhiredis-dev` lists no ssl header or library; a
-// TLS config must be rejected by the validator until hiredis >= 1.0 is
-// available), Redis Cluster redirections (MOVED/ASK come back as error
-// results; point the client at one node or a cluster proxy), RESP3.
+// TLS: Debian 12's hiredis 0.14.1 has none (no hiredis_ssl); RedisStore
+// points the client (connect_to) at a TlsBridge on the loopback, and the
+// bridge explains (transport_error) the connections it closes.
+//
+// Not supported (documented gaps): Redis Cluster redirections (MOVED/ASK come
+// back as error results; point the client at one node or a cluster proxy),
+// RESP3.
 //
 // Thread-safety: not thread-safe: create, use and destroy it on the loop's
 // thread only. Callbacks run on that thread; never after the client is
@@ -44,6 +46,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -102,6 +105,14 @@ class RedisScript {
 
 struct RedisClientOptions {
   HostPort address;
+  // Set: connect here instead (a TlsBridge); errors still name `address`.
+  std::optional<HostPort> connect_to;
+  // Called with each new connection's socket, right after the connect
+  // starts (the bridge admits only that one).
+  absl::AnyInvocable<void(int fd)> on_socket;
+  // Called when a connection is lost: a non-empty answer (why a TLS bridge
+  // closed it) replaces hiredis's own reason.
+  absl::AnyInvocable<std::string()> transport_error;
   // ACL user for AUTH; empty: AUTH with the password alone (the default user).
   std::string username;
   // Empty: no AUTH.

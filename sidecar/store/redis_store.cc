@@ -3,17 +3,51 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace bulwark::store {
 
 std::unique_ptr<RedisStore> RedisStore::Start(RedisClientOptions options,
                                               Clock& clock) {
-  return std::unique_ptr<RedisStore>(new RedisStore(std::move(options), clock));
+  return std::unique_ptr<RedisStore>(
+      new RedisStore(std::move(options), clock, nullptr));
 }
 
-RedisStore::RedisStore(RedisClientOptions options, Clock& clock)
+absl::StatusOr<std::unique_ptr<RedisStore>> RedisStore::StartTls(
+    RedisClientOptions options, std::shared_ptr<const net::TlsContext> tls,
+    Clock& clock) {
+  if (tls == nullptr) {
+    return absl::InvalidArgumentError("StartTls needs a TLS context");
+  }
+  auto store = std::unique_ptr<RedisStore>(
+      new RedisStore(std::move(options), clock, std::move(tls)));
+  if (!store->bridge_status_.ok()) return store->bridge_status_;
+  return store;
+}
+
+RedisStore::RedisStore(RedisClientOptions options, Clock& clock,
+                       std::shared_ptr<const net::TlsContext> tls)
     : name_(options.address.ToString()) {
+  if (tls != nullptr) {
+    // Made here, on the loop before its thread runs it (nothing else uses
+    // the loop yet); used and destroyed on the store's thread.
+    auto bridge =
+        TlsBridge::Start({.target = options.address,
+                          .tls = std::move(tls),
+                          .handshake_timeout = std::max(options.connect_timeout,
+                                                        absl::Milliseconds(1))},
+                         loop_);
+    if (!bridge.ok()) {
+      bridge_status_ = bridge.status();
+      return;  // no thread: StartTls returns the error
+    }
+    bridge_ = *std::move(bridge);
+    TlsBridge* b = bridge_.get();
+    options.connect_to = b->local_address();
+    options.on_socket = [b](int fd) { b->Expect(fd); };
+    options.transport_error = [b] { return b->TakeLastError(); };
+  }
   // Counted here, then handed on to whoever configured a hook.
   auto hook = std::move(options.on_result);
   options.on_result = [this,
@@ -46,16 +80,19 @@ RedisStore::RedisStore(RedisClientOptions options, Clock& clock)
   thread_ = std::thread([this, &clock, options = std::move(options)]() mutable {
     client_ = std::make_unique<RedisClient>(std::move(options), loop_, clock);
     loop_.Run();
+    // The client first: it holds hooks into the bridge.
     client_.reset();
+    bridge_.reset();
   });
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
 RedisStore::~RedisStore() {
-  // Run's loop ends after this iteration; the client is destroyed on the
-  // store's thread before it returns.
+  // Run's loop ends after this iteration; the client (and the bridge) are
+  // destroyed on the store's thread before it returns.
   loop_.Stop();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
+  bridge_.reset();  // never started a thread: still here
 }
 
 void RedisStore::Post(Task task) {

@@ -6,6 +6,11 @@
 // Many GlobalLimiters (one per route with a global limit) share one store,
 // hence one connection.
 //
+// With a TLS context (a `tls` block), the store's loop also runs a TlsBridge
+// that the client connects through (hiredis 0.14 has no TLS of its own); it
+// lives and dies with the store, and its connect plus handshake is bounded by
+// the client's connect_timeout.
+//
 // Thread-safety: Post and PostAfter may be called from any thread; tasks run
 // on the store's thread, in post order per posting thread. Everything a task
 // gets (the RedisClient) is used on that thread only. The destructor stops
@@ -25,11 +30,15 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "policies/clock.h"
 #include "sidecar/net/event_loop.h"
+#include "sidecar/net/tls.h"
 #include "sidecar/store/redis_client.h"
+#include "sidecar/store/tls_bridge.h"
 
 namespace bulwark::store {
 
@@ -47,6 +56,11 @@ class RedisStore {
   // the store. options.on_result, if set, runs on the store's thread.
   static std::unique_ptr<RedisStore> Start(RedisClientOptions options,
                                            Clock& clock);
+  // The same over TLS: `tls` is a client context (TlsContext::Client). Fails
+  // only if the bridge cannot listen on the loopback.
+  static absl::StatusOr<std::unique_ptr<RedisStore>> StartTls(
+      RedisClientOptions options, std::shared_ptr<const net::TlsContext> tls,
+      Clock& clock);
   ~RedisStore();
   RedisStore(const RedisStore&) = delete;
   RedisStore& operator=(const RedisStore&) = delete;
@@ -60,10 +74,13 @@ class RedisStore {
   const std::string& name() const { return name_; }  // "host:port"
 
  private:
-  RedisStore(RedisClientOptions options, Clock& clock);
+  RedisStore(RedisClientOptions options, Clock& clock,
+             std::shared_ptr<const net::TlsContext> tls);
 
   const std::string name_;
   net::EventLoop loop_;
+  absl::Status bridge_status_;           // why the bridge could not start
+  std::unique_ptr<TlsBridge> bridge_;    // the store's thread only
   std::unique_ptr<RedisClient> client_;  // the store's thread only
   std::thread thread_;
 

@@ -180,17 +180,38 @@ redis:
                                "(got 11s)"));
 }
 
-TEST(GlobalConfigTest, RedisTlsIsRefusedWithTheReason) {
-  EXPECT_THAT(ErrorOf(Config(R"yaml(
+TEST(GlobalConfigTest, RedisTlsFilesAreResolvedAndChecked) {
+  const std::filesystem::path dir = MakeTempDir();
+  WriteFile(dir / "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+  auto loaded = ParseConfigText(Config(R"yaml(
 redis:
   - name: main
     address: "127.0.0.1:6379"
-    tls: { ca_file: ca.pem }
+    tls: { ca_file: ca.pem, server_name: redis.test }
 )yaml",
-                             "      burst: 1\n")),
-              HasSubstr("redis[0].tls: TLS to Redis is not supported: it "
-                        "needs hiredis built with SSL (hiredis_ssl, hiredis >= "
-                        "1.0), which Debian 12's libhiredis 0.14 lacks"));
+                                       "      global: { redis: main }\n"),
+                                "test.yaml", dir.string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->proto.redis(0).tls().ca_file(), (dir / "ca.pem").string());
+  EXPECT_EQ(loaded->proto.redis(0).tls().server_name(), "redis.test");
+}
+
+TEST(GlobalConfigTest, BadRedisTlsFilesAreErrorsNamingTheField) {
+  const std::filesystem::path dir = MakeTempDir();
+  WriteFile(dir / "empty.pem", "");
+  const std::string error = ErrorOf(Config(R"yaml(
+redis:
+  - name: main
+    address: "127.0.0.1:6379"
+    tls: { ca_file: missing.pem, key_file: empty.pem }
+)yaml",
+                                           "      burst: 1\n"),
+                                    dir.string());
+  EXPECT_THAT(error, HasSubstr("redis[0].tls.ca_file: cannot read "
+                               "\"missing.pem\""));
+  EXPECT_THAT(error, HasSubstr("redis[0].tls.cert_file: required when "
+                               "key_file is set"));
+  EXPECT_THAT(error, HasSubstr("redis[0].tls.key_file: \"empty.pem\""));
 }
 
 TEST(GlobalConfigTest, PasswordFileIsReadAndItsNewlineStripped) {
