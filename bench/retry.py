@@ -37,90 +37,21 @@ Every process is started in its own session and stopped by PID at exit.
 """
 
 import argparse
-import atexit
 import datetime
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-_started = []
-
-
-def _stop(proc, grace=3.0):
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-
-
-def _stop_all():
-    while _started:
-        _stop(_started.pop())
-
-
-def _on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
-
-
-atexit.register(_stop_all)
-signal.signal(signal.SIGTERM, _on_signal)
-signal.signal(signal.SIGINT, _on_signal)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import fetch, free_port, metric_sum, start, stop, wait_port
 
 
 def log(msg):
     print(f"retry: {msg}", file=sys.stderr, flush=True)
-
-
-def start(argv, log_path):
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    _started.append(proc)
-    return proc
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def fetch(url, timeout=2.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode(errors="replace")
-
-
-def metric_sum(text, name, contains=""):
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and contains in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 CONFIG = """listener: {{ address: "127.0.0.1:{port}" }}
@@ -165,8 +96,7 @@ def run_contestant(args, bins, tmp, name, upstream_flags, balancing, cluster_ext
                    check=True, timeout=args.seconds + 60, stdout=subprocess.DEVNULL)
     metrics = fetch(f"http://127.0.0.1:{admin}/metrics")
     for p in [sidecar] + procs:
-        _stop(p)
-        _started.remove(p)
+        stop(p)
     with open(out) as f:
         rep = json.load(f)
     calls = rep["calls"]
