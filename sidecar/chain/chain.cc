@@ -72,8 +72,7 @@ class FlightCall final {
         leadership_(std::move(leadership)),
         permit_(std::move(permit)) {
     const bool retries =
-        route_.upstream->Retries(request.path) &&
-        request.body.size() <= route_.upstream->retry()->max_request_bytes + 5;
+        route_.upstream->RetriesHeld(request.path, request.body.size());
     attempts_ = std::make_unique<Attempts>(
         handler_.executor(), route_, endpoint, ticket, std::move(request),
         retries, snapshot_->config.proto.listener().max_message_bytes(),
@@ -269,7 +268,7 @@ class ChainCall final : public net::CallObserver {
         route_.upstream->Retries(call_.path())) {
       // Held whole to be sent again: retried calls are unary, so holding
       // costs nothing; a larger request gets one attempt, streamed.
-      call_.CollectRequest(route_.upstream->retry()->max_request_bytes + 5,
+      call_.CollectRequest(route_.upstream->MaxRetriedRequestBytes(),
                            [this](std::optional<std::string> body) {
                              if (body.has_value()) {
                                body_ = std::move(body);
@@ -419,8 +418,8 @@ class ChainCall final : public net::CallObserver {
       raw->Start();
       return;
     }
-    if (body_.has_value() && route_.upstream->Retries(call_.path()) &&
-        body_->size() <= route_.upstream->retry()->max_request_bytes + 5) {
+    if (body_.has_value() &&
+        route_.upstream->RetriesHeld(call_.path(), body_->size())) {
       RunAttempts(endpoint);
       return;
     }

@@ -86,6 +86,16 @@ class UpstreamStage {
   // Whether calls of `path` may be retried and hedged (retry configured, the
   // method unary and, with IDEMPOTENT, marked safe to repeat).
   bool Retries(std::string_view path) const;
+  // The most a held request may weigh, 5-byte prefix included, to be retried
+  // (retry's max_request_bytes of message). Requires retry().
+  uint64_t MaxRetriedRequestBytes() const {
+    return retry_->max_request_bytes + 5;
+  }
+  // Whether a held request of `held_bytes` (prefix included) to `path` is
+  // retried and hedged: Retries(path) and within MaxRetriedRequestBytes().
+  bool RetriesHeld(std::string_view path, size_t held_bytes) const {
+    return Retries(path) && held_bytes <= MaxRetriedRequestBytes();
+  }
   RetryBudget* budget() const { return budget_; }
   RouteMetrics* metrics() const { return metrics_; }
   // The `retry` object of /routes.

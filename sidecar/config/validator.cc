@@ -249,6 +249,20 @@ void ConfigValidator::ResolveAndCheckFile(absl::string_view field,
   }
 }
 
+void ConfigValidator::CheckClientTls(std::string* ca_file,
+                                     std::string* cert_file,
+                                     std::string* key_file) {
+  if (cert_file->empty() != key_file->empty()) {
+    const bool cert_missing = cert_file->empty();
+    Field m(&errors_, cert_missing ? ".cert_file" : ".key_file");
+    errors_.AddError(cert_missing ? "required when key_file is set"
+                                  : "required when cert_file is set");
+  }
+  ResolveAndCheckFile("ca_file", ca_file);
+  ResolveAndCheckFile("cert_file", cert_file);
+  ResolveAndCheckFile("key_file", key_file);
+}
+
 std::string ConfigValidator::DescribePath(const std::string& original,
                                           const std::string& resolved) {
   if (original == resolved) return Quote(original);
@@ -426,15 +440,8 @@ void ConfigValidator::ValidateCluster(int index, cfg::Cluster& cluster) {
   if (cluster.has_tls()) {
     Field t(&errors_, ".tls");
     cfg::UpstreamTls& tls = *cluster.mutable_tls();
-    if (tls.cert_file().empty() != tls.key_file().empty()) {
-      const bool cert_missing = tls.cert_file().empty();
-      Field m(&errors_, cert_missing ? ".cert_file" : ".key_file");
-      errors_.AddError(cert_missing ? "required when key_file is set"
-                                    : "required when cert_file is set");
-    }
-    ResolveAndCheckFile("ca_file", tls.mutable_ca_file());
-    ResolveAndCheckFile("cert_file", tls.mutable_cert_file());
-    ResolveAndCheckFile("key_file", tls.mutable_key_file());
+    CheckClientTls(tls.mutable_ca_file(), tls.mutable_cert_file(),
+                   tls.mutable_key_file());
   }
   if (const absl::Duration refresh =
           ToAbslDuration(cluster.dns_refresh_interval());
@@ -522,15 +529,8 @@ void ConfigValidator::ValidateRedisEntry(cfg::Redis& redis) {
     // Through the store's TLS bridge (hiredis 0.14 has no TLS of its own).
     Field t(&errors_, ".tls");
     cfg::RedisTls& tls = *redis.mutable_tls();
-    if (tls.cert_file().empty() != tls.key_file().empty()) {
-      const bool cert_missing = tls.cert_file().empty();
-      Field m(&errors_, cert_missing ? ".cert_file" : ".key_file");
-      errors_.AddError(cert_missing ? "required when key_file is set"
-                                    : "required when cert_file is set");
-    }
-    ResolveAndCheckFile("ca_file", tls.mutable_ca_file());
-    ResolveAndCheckFile("cert_file", tls.mutable_cert_file());
-    ResolveAndCheckFile("key_file", tls.mutable_key_file());
+    CheckClientTls(tls.mutable_ca_file(), tls.mutable_cert_file(),
+                   tls.mutable_key_file());
   }
   CheckDurationBetween(errors_, "timeout", redis.timeout(),
                        absl::Milliseconds(1), absl::Seconds(10));

@@ -55,6 +55,10 @@ class ConfigValidator {
   // Resolves `*path` against the config's directory in place (what the rest of
   // the sidecar and /config then see) and checks that the file can be read.
   void ResolveAndCheckFile(absl::string_view field, std::string* path);
+  // A client side's TLS files (a cluster's or a Redis's `tls`): cert_file and
+  // key_file together or neither, each file resolved and readable.
+  void CheckClientTls(std::string* ca_file, std::string* cert_file,
+                      std::string* key_file);
   static std::string DescribePath(const std::string& original,
                                   const std::string& resolved);
   std::optional<HostPort> CheckAddress(absl::string_view field,
