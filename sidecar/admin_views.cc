@@ -121,6 +121,17 @@ std::string RoutesJson(const Snapshot& snapshot, absl::Time now,
           ", \"healthy\": ", endpoint->load.healthy.load() ? "true" : "false",
           ", \"in_flight\": ", endpoint->load.in_flight.load(),
           ", \"ejected\": ", endpoint->load.ejected.load() ? "true" : "false");
+      if (cluster->UsesLatency()) {
+        // PEAK_EWMA (SPEC section 3): the latency estimate the balancer
+        // weighs calls in flight by; null before the first sample.
+        const std::optional<absl::Duration> estimate =
+            LatencyEstimate(endpoint->load, now);
+        absl::StrAppend(
+            &out, ", \"latency_estimate_ms\": ",
+            estimate.has_value()
+                ? absl::StrCat(absl::ToDoubleMilliseconds(*estimate))
+                : "null");
+      }
       if (endpoint->outlier != nullptr) {
         // Outlier detection (SPEC section 9): time left of a timed ejection
         // (null while ejected until a Watch stream says SERVING).

@@ -127,10 +127,18 @@ absl::StatusOr<std::shared_ptr<Cluster>> Cluster::Create(
       cluster->endpoints_.push_back(std::move(endpoint));
     }
   }
-  cluster->balancer_ = std::make_unique<Balancer>(
-      config.load_balancing() == config::v1::Cluster::LEAST_REQUEST
-          ? Balancer::Policy::kLeastRequest
-          : Balancer::Policy::kRoundRobin);
+  Balancer::Policy policy = Balancer::Policy::kRoundRobin;
+  switch (config.load_balancing()) {
+    case config::v1::Cluster::LEAST_REQUEST:
+      policy = Balancer::Policy::kLeastRequest;
+      break;
+    case config::v1::Cluster::PEAK_EWMA:
+      policy = Balancer::Policy::kPeakEwma;
+      break;
+    default:
+      break;
+  }
+  cluster->balancer_ = std::make_unique<Balancer>(policy);
   return cluster;
 }
 
@@ -225,7 +233,7 @@ void Cluster::EndDueEjections(absl::Time now) {
 
 Endpoint* Cluster::Pick(absl::Time now) {
   EndDueEjections(now);
-  const std::optional<size_t> index = balancer_->Pick(loads_);
+  const std::optional<size_t> index = balancer_->Pick(loads_, now);
   if (index.has_value()) return endpoints_[*index].get();
   if (!outlier_detection_ || config_.outlier_detection().min_available() == 0) {
     return nullptr;

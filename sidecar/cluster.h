@@ -1,8 +1,8 @@
 // Cluster: one upstream service's endpoints, their health and load, and the
 // balancer that picks among the healthy ones. Endpoint objects are shared
 // between configuration snapshots (an endpoint whose address is unchanged keeps
-// its health and in-flight count across a reload), and so is a cluster's live
-// state.
+// its health, in-flight count and latency estimate across a reload), and so is
+// a cluster's live state.
 //
 // An endpoint of the configuration given as a DNS name becomes one Endpoint per
 // address the name resolves to (sidecar/dns.h); an IP literal is one Endpoint.
@@ -13,7 +13,7 @@
 // Building a cluster may resolve DNS names (blocking, on a cache miss): done
 // at start-up, reload and DNS refresh on the main thread, never on a worker.
 // Cost of Pick: one atomic increment plus a scan of the endpoints (round robin
-// skips unhealthy ones).
+// skips unhealthy ones; PEAK_EWMA adds an exp() per endpoint read).
 #ifndef BULWARK_SIDECAR_CLUSTER_H_
 #define BULWARK_SIDECAR_CLUSTER_H_
 
@@ -85,9 +85,10 @@ class Cluster {
 
   // A healthy, not ejected endpoint by the configured balancing, or nullptr if
   // none is healthy. Ejections that are due end here (`now`: the monotonic
-  // clock). When ejections (and health) leave none, a healthy ejected endpoint
-  // is used while min_available > 0: ejection never leaves fewer than
-  // min_available endpoints.
+  // clock; read only with outlier detection or UsesLatency()). When ejections
+  // (and health) leave none, a healthy ejected endpoint is used while
+  // min_available > 0: ejection never leaves fewer than min_available
+  // endpoints.
   Endpoint* Pick(absl::Time now);
   // As Pick, but an endpoint not in `tried` when there is one (a retry goes
   // to another endpoint).
@@ -96,6 +97,9 @@ class Cluster {
   // Ends the ejections whose time is up (Pick does it too).
   void EndDueEjections(absl::Time now);
   bool has_outlier_detection() const { return outlier_detection_; }
+  // Whether the balancing (PEAK_EWMA) reads the clock at a pick and wants
+  // each call's latency (UpstreamStage::RecordOutcome).
+  bool UsesLatency() const { return balancer_->UsesLatency(); }
 
  private:
   Cluster(const config::v1::Cluster& config, ClusterMetrics* metrics);

@@ -98,7 +98,8 @@ Attempts::~Attempts() {
       if (route_.breaker != nullptr) {
         route_.breaker->Settle(attempt->ticket, outcome, Now());
       }
-      stage_.RecordOutcome(*attempt->endpoint, outcome, Now());
+      stage_.RecordOutcome(*attempt->endpoint, outcome, Now(),
+                           /*latency_sample=*/true);
       attempt->endpoint->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
     } else if (route_.breaker != nullptr) {
       route_.breaker->Forget(attempt->ticket);
@@ -258,7 +259,8 @@ void Attempts::OnAttemptFinished(Attempt& attempt,
   if (route_.breaker != nullptr) {
     route_.breaker->Settle(attempt.ticket, outcome, now);
   }
-  stage_.RecordOutcome(*attempt.endpoint, outcome, now);
+  stage_.RecordOutcome(*attempt.endpoint, outcome, now,
+                       /*latency_sample=*/true);
   attempt.endpoint->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (attempt.endpoint->metrics != nullptr) {
     attempt.endpoint->metrics->UpstreamRequests(result.grpc_code).Increment();
@@ -330,9 +332,14 @@ void Attempts::Finish(const net::UpstreamCallResult& result) {
   // The others lose: cancelled upstream, neither success nor failure.
   std::vector<std::unique_ptr<Attempt>> losers = std::move(in_flight_);
   in_flight_.clear();
+  const absl::Time now = !losers.empty() && route_.cluster->UsesLatency()
+                             ? Now()
+                             : absl::InfinitePast();
   for (auto& attempt : losers) {
     attempt->call.reset();
     if (route_.breaker != nullptr) route_.breaker->Forget(attempt->ticket);
+    stage_.RecordCancelledAttempt(*attempt->endpoint, now - attempt->start,
+                                  now);
     attempt->endpoint->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
     // Sent, then cancelled by the sidecar: the upstream saw it.
     if (attempt->endpoint->metrics != nullptr) {

@@ -166,7 +166,8 @@ class ChainCall final : public net::CallObserver {
                       net::CallResult::Ending::kDeadlineExceeded);
     if (endpoint_ != nullptr) {
       endpoint_->load.in_flight.fetch_sub(1, std::memory_order_relaxed);
-      route_.upstream->RecordOutcome(*endpoint_, OutcomeOfCall(result), now);
+      route_.upstream->RecordOutcome(*endpoint_, OutcomeOfCall(result), now,
+                                     /*latency_sample=*/result.unary_shaped);
       if (result.forwarded) {
         const int upstream_code = result.upstream_grpc_code >= 0
                                       ? result.upstream_grpc_code

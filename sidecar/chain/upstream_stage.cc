@@ -58,6 +58,31 @@ bool UpstreamStage::Retries(std::string_view path) const {
          (unary_methods_ != nullptr && unary_methods_->contains(key));
 }
 
+void UpstreamStage::RecordLatency(Endpoint& endpoint,
+                                  const UpstreamOutcome& outcome,
+                                  absl::Time now) const {
+  using Kind = UpstreamOutcome::Kind;
+  switch (outcome.kind) {
+    case Kind::kNotSent:
+    case Kind::kRefused:
+      return;  // the upstream never had it
+    case Kind::kAnswered:
+      // A quick failure must not make an endpoint look fast (it would draw
+      // the calls it fails): only an answer that is not a failure lowers the
+      // estimate.
+      if (rule_.Classify(outcome) != OutcomeRule::Verdict::kFailure) {
+        ObserveLatency(endpoint.load, outcome.upstream_time, now);
+        return;
+      }
+      break;
+    case Kind::kTransportFailure:
+    case Kind::kDeadline:
+    case Kind::kClientCancelled:
+      break;
+  }
+  ObserveLatencyAtLeast(endpoint.load, outcome.upstream_time, now);
+}
+
 Rejection UpstreamStage::NoHealthyEndpoint() const {
   return {.code = absl::StatusCode::kUnavailable,
           .reason = RejectReason::kNoHealthyEndpoint,

@@ -56,22 +56,39 @@ class UpstreamStage {
                 const absl::flat_hash_set<std::string>* idempotent_methods);
 
   // A healthy, not ejected endpoint, or nullptr (then answer
-  // NoHealthyEndpoint()). The clock is read only with outlier detection.
+  // NoHealthyEndpoint()). The clock is read only with outlier detection or
+  // PEAK_EWMA balancing.
   Endpoint* Pick(Clock& clock) const {
-    return cluster_->Pick(
-        cluster_->has_outlier_detection() ? clock.Now() : absl::InfinitePast());
+    return cluster_->Pick(cluster_->has_outlier_detection() ||
+                                  cluster_->UsesLatency()
+                              ? clock.Now()
+                              : absl::InfinitePast());
   }
   // Another endpoint than those `tried` when there is one.
   Endpoint* PickOther(absl::Time now, absl::Span<Endpoint* const> tried) const {
     return cluster_->PickOther(now, tried);
   }
   Rejection NoHealthyEndpoint() const;
+  // PEAK_EWMA: a hedge that lost, cancelled after `elapsed` upstream: the
+  // endpoint took at least that long.
+  void RecordCancelledAttempt(Endpoint& endpoint, absl::Duration elapsed,
+                              absl::Time now) const {
+    if (cluster_->UsesLatency()) {
+      ObserveLatencyAtLeast(endpoint.load, elapsed, now);
+    }
+  }
   Cluster& cluster() const { return *cluster_; }
 
-  // Outlier detection's record of one live outcome (a call, a flight or an
-  // attempt) of `endpoint`, by the breaker's rule.
+  // One live outcome (a call, a flight or an attempt) of `endpoint`: for
+  // outlier detection, by the breaker's rule; for PEAK_EWMA, when
+  // `latency_sample` (a unary-shaped call: its upstream time is a latency),
+  // the upstream time: a latency when answered, a lower bound when the call
+  // failed, timed out or was cancelled first.
   void RecordOutcome(Endpoint& endpoint, const UpstreamOutcome& outcome,
-                     absl::Time now) const {
+                     absl::Time now, bool latency_sample) const {
+    if (latency_sample && cluster_->UsesLatency()) {
+      RecordLatency(endpoint, outcome, now);
+    }
     if (!cluster_->has_outlier_detection()) return;
     const OutcomeRule::Verdict verdict = rule_.Classify(outcome);
     if (verdict == OutcomeRule::Verdict::kNeither) return;
@@ -102,6 +119,9 @@ class UpstreamStage {
   std::string DescribeRetryJson(absl::Time now) const;
 
  private:
+  void RecordLatency(Endpoint& endpoint, const UpstreamOutcome& outcome,
+                     absl::Time now) const;
+
   std::shared_ptr<Cluster> cluster_;
   const OutcomeRule rule_;
   std::optional<RetryPolicy> retry_;

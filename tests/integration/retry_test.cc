@@ -7,10 +7,12 @@
 // Control.GetStats, so "sent twice" is counted where it happens.
 // Waiting polls against deadlines.
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -296,6 +298,37 @@ constexpr char kPlainRoute[] = R"(  - name: demo
     match: { service: bulwark.demo.v1.Demo }
     cluster: demo
 )";
+
+TEST_F(RetryTest, PeakEwmaSendsATenTimesSlowerEndpointAlmostNoCalls) {
+  // LEAST_REQUEST would send the slow endpoint about 1 call in 21 here (as
+  // many in flight on each, each call there 10x as long): some 11 of 240.
+  Start({"--delay=60ms"}, "    load_balancing: PEAK_EWMA\n", kPlainRoute,
+        {"--delay=6ms"});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 60; ++i) EXPECT_TRUE(Call(false).ok());
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  const std::vector<uint64_t> calls = UpstreamCalls();
+  std::cout << "calls per upstream (the last 10x slower): " << calls[0] << ", "
+            << calls[1] << ", " << calls[2] << "\n";
+  EXPECT_EQ(calls[0] + calls[1] + calls[2], 240u);
+  // Its first answer (60 ms) prices it out for seconds: only the calls sent
+  // before that answer came back (at most one per worker while unsampled).
+  EXPECT_LE(calls[2], 3u);
+  EXPECT_GE(calls[2], 1u);  // tried once: a new endpoint costs nothing
+  // /routes shows the estimate it was priced by.
+  const std::string slow = EndpointJson(*upstreams_[2]);
+  constexpr std::string_view kField = "\"latency_estimate_ms\": ";
+  const size_t at = slow.find(kField);
+  ASSERT_NE(at, std::string::npos) << slow;
+  const double estimate_ms =
+      std::strtod(slow.c_str() + at + kField.size(), nullptr);
+  EXPECT_GE(estimate_ms, 50) << slow;
+  EXPECT_LE(estimate_ms, 1000) << slow;
+}
 
 TEST_F(RetryTest, OutlierDetectionEjectsAFailingEndpointAndReturnsIt) {
   Start({"--fail_code=14"}, kOutlierCluster, kPlainRoute);

@@ -5,6 +5,7 @@
 // coalesced, parked, and what the breaker and the metrics counted.
 #include "sidecar/chain/chain.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <deque>
 #include <map>
@@ -27,6 +28,7 @@ namespace bulwark::chain {
 namespace {
 
 using net::CallResult;
+using ::testing::ElementsAre;
 using Ending = net::CallResult::Ending;
 
 class NoResolver final : public Resolver {
@@ -1597,6 +1599,142 @@ TEST_F(RetryTest, RetriesAndOutlierDetectionTogetherAnswerEveryCallOk) {
   int to_bad = 0;
   for (const auto& up : executor_.upstream()) to_bad += up->endpoint == bad;
   EXPECT_EQ(to_bad, 3);
+}
+
+// --- PEAK_EWMA balancing
+// ------------------------------------------------------
+
+constexpr char kPeakEwmaCluster[] =
+    R"(    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    load_balancing: PEAK_EWMA)";
+
+class ChainPeakEwmaTest : public RetryTest {
+ protected:
+  const Endpoint& EndpointAt(const std::string& resolved) {
+    for (const auto& e : route().cluster->endpoints()) {
+      if (e->resolved == resolved) return *e;
+    }
+    ADD_FAILURE() << "no endpoint " << resolved;
+    return *route().cluster->endpoints()[0];
+  }
+  // The estimate in whole milliseconds, -1 if never sampled.
+  int64_t EstimateMs(const Endpoint& e) {
+    const std::optional<absl::Duration> estimate =
+        LatencyEstimate(e.load, executor_.clock().Now());
+    return estimate.has_value() ? absl::ToInt64Milliseconds(*estimate) : -1;
+  }
+};
+
+TEST_F(ChainPeakEwmaTest, UnaryCallsAreLatencySamplesAndStreamsAreNot) {
+  Build("", "{service: shop.v1.Orders}", "", kPeakEwmaCluster);
+  const auto& endpoints = route().cluster->endpoints();
+  // Never sampled and idle: the three are tried in turn.
+  FakeCall& stream = Call();
+  ASSERT_EQ(stream.decision(), FakeCall::Decision::kForwarded);
+  stream.CloseAnswered(0, absl::Seconds(30));  // not unary-shaped: no sample
+  for (const auto& e : endpoints) EXPECT_EQ(EstimateMs(*e), -1);
+  int sampled = 0;
+  for (int i = 0; i < 3; ++i) {
+    FakeCall& call = Call();
+    ASSERT_EQ(call.decision(), FakeCall::Decision::kForwarded);
+    CallResult result =
+        Ended(Ending::kCompleted, 0, true, absl::Milliseconds(i == 0 ? 40 : 4));
+    result.upstream_grpc_code = 0;
+    result.unary_shaped = true;
+    call.Close(result);
+  }
+  std::vector<int64_t> estimates;
+  for (const auto& e : endpoints) {
+    estimates.push_back(EstimateMs(*e));
+    sampled += EstimateMs(*e) >= 0;
+  }
+  EXPECT_EQ(sampled, 3);  // each unsampled endpoint got one call
+  std::sort(estimates.begin(), estimates.end());
+  EXPECT_THAT(estimates, ElementsAre(4, 4, 40));
+  // Now the 40 ms endpoint is passed over while the others are as loaded.
+  const Endpoint* slow = nullptr;
+  for (const auto& e : endpoints) {
+    if (EstimateMs(*e) == 40) slow = e.get();
+  }
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_NE(route().upstream->Pick(executor_.clock()), slow);
+  }
+}
+
+TEST_F(ChainPeakEwmaTest, AFastFailureNeverMakesAnEndpointLookFast) {
+  Build("", "{service: shop.v1.Orders}", "", kPeakEwmaCluster);
+  FakeCall& first = Call();
+  ASSERT_EQ(first.decision(), FakeCall::Decision::kForwarded);
+  const Endpoint* forwarded_to = nullptr;  // the one holding the call
+  for (const auto& e : route().cluster->endpoints()) {
+    if (e->load.in_flight.load() == 1) forwarded_to = e.get();
+  }
+  ASSERT_NE(forwarded_to, nullptr);
+  const Endpoint& e = *forwarded_to;
+  CallResult ok = Ended(Ending::kCompleted, 0, true, absl::Milliseconds(30));
+  ok.upstream_grpc_code = 0;
+  ok.unary_shaped = true;
+  first.Close(ok);
+  ASSERT_EQ(EstimateMs(e), 30);
+  // The others are busy: the next call goes to the same endpoint and fails
+  // in 1 ms (UNAVAILABLE, a failure by the default rule).
+  for (const auto& other : route().cluster->endpoints()) {
+    if (other.get() != &e) other->load.in_flight.store(100);
+  }
+  FakeCall& second = Call();
+  CallResult failed =
+      Ended(Ending::kCompleted, 14, true, absl::Milliseconds(1));
+  failed.upstream_grpc_code = 14;
+  failed.unary_shaped = true;
+  second.Close(failed);
+  EXPECT_EQ(EstimateMs(e), 30);  // a lower bound: not lowered
+  // A transport failure after 50 ms raises it.
+  FakeCall& third = Call();
+  CallResult broken =
+      Ended(Ending::kUpstreamFailed, 14, true, absl::Milliseconds(50));
+  broken.unary_shaped = true;
+  third.Close(broken);
+  EXPECT_EQ(EstimateMs(e), 50);
+  for (const auto& other : route().cluster->endpoints()) {
+    if (other.get() != &e) other->load.in_flight.store(0);
+  }
+}
+
+TEST_F(ChainPeakEwmaTest, AHedgeThatLosesLeavesItsElapsedTimeAsALowerBound) {
+  Build(R"(    retry: {methods: ALL, hedge_delay: 10ms, max_attempts: 2}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kPeakEwmaCluster);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.AdvanceBy(absl::Milliseconds(12));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), Answered(0, "fast"));  // duration: 5 ms
+  ASSERT_TRUE(Upstream(0).cancelled);
+  EXPECT_EQ(EstimateMs(EndpointAt(Upstream(1).endpoint)), 5);
+  // The first attempt was out 12 ms when cancelled: at least that slow.
+  EXPECT_EQ(EstimateMs(EndpointAt(Upstream(0).endpoint)), 12);
+  call.CloseAnswered();
+  // The next call avoids the slow one: the fast one (5 ms x 1) loses only to
+  // the endpoint never tried (0).
+  FakeCall& next = Call();
+  next.SendRequest("q");
+  ASSERT_EQ(UpstreamCalls(), 3u);
+  EXPECT_NE(Upstream(2).endpoint, Upstream(0).endpoint);
+  EXPECT_NE(Upstream(2).endpoint, Upstream(1).endpoint);
+}
+
+TEST_F(ChainPeakEwmaTest, OtherBalancingsRecordNoLatency) {
+  Build(R"(    retry: {methods: ALL, hedge_delay: 10ms, max_attempts: 2}
+)",
+        "{service: shop.v1.Orders, method: GetOrder}", "", kThreeEndpoints);
+  FakeCall& call = Call();
+  call.SendRequest("q");
+  executor_.AdvanceBy(absl::Milliseconds(12));
+  ASSERT_EQ(UpstreamCalls(), 2u);
+  executor_.Finish(Upstream(1), Answered(0));
+  for (const auto& e : route().cluster->endpoints())
+    EXPECT_EQ(EstimateMs(*e), -1);
+  call.CloseAnswered();
 }
 
 }  // namespace

@@ -619,7 +619,7 @@ routes:
     circuit_breaker: {failure_codes: [UNAVAILABLE, unavailable]}
 )yaml"),
       "test.yaml: clusters[0].load_balancing: unknown value \"RANDOM\" (valid: "
-      "ROUND_ROBIN, LEAST_REQUEST)\n"
+      "ROUND_ROBIN, LEAST_REQUEST, PEAK_EWMA)\n"
       "test.yaml: routes[0].circuit_breaker.failure_codes[1]: unknown value "
       "\"unavailable\" (valid: OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, "
       "DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, "
