@@ -1,4 +1,4 @@
-#include "sidecar/store/redis_client.h"
+#include "sidecar/store/redis_connection.h"
 
 // hiredis 0.14.1 (Debian 12). The libevent adapter is header-only.
 #include <hiredis/adapters/libevent.h>
@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "sidecar/net/event_loop.h"
@@ -117,7 +116,7 @@ std::string_view RedisResultKindName(RedisResult::Kind kind) {
 RedisScript::RedisScript(std::string body)
     : body_(std::move(body)), sha1_(HexSha1(body_)) {}
 
-struct RedisClient::Pending {
+struct RedisConnection::Pending {
   uint64_t id = 0;
   std::vector<std::string> argv;  // until sent
   Callback done;
@@ -125,12 +124,14 @@ struct RedisClient::Pending {
   bool sent = false;
 };
 
-RedisClient::RedisClient(RedisClientOptions options, net::EventLoop& loop,
-                         Clock& clock)
+RedisConnection::RedisConnection(RedisConnectionOptions options,
+                                 net::EventLoop& loop, Clock& clock)
     : options_(std::move(options)),
       loop_(loop),
       clock_(clock),
       name_(absl::StrCat("redis ", options_.address.ToString())) {
+  // Commands issued before the first connect starts wait for it.
+  state_ = State::kConnecting;
   // Not inside the constructor: a failure there would call back at once.
   reconnect_timer_ = loop_.AddTimer(absl::ZeroDuration(), [this] {
     reconnect_timer_ = 0;
@@ -138,7 +139,7 @@ RedisClient::RedisClient(RedisClientOptions options, net::EventLoop& loop,
   });
 }
 
-RedisClient::~RedisClient() {
+RedisConnection::~RedisConnection() {
   for (uint64_t* timer :
        {&deadline_timer_, &connect_timer_, &reconnect_timer_, &fail_timer_}) {
     if (*timer != 0) loop_.CancelTimer(*timer);
@@ -154,18 +155,18 @@ RedisClient::~RedisClient() {
   // Pending callbacks are dropped uncalled.
 }
 
-RedisClient::Stats RedisClient::stats() const {
+RedisConnection::Stats RedisConnection::stats() const {
   Stats s = stats_;
   s.state = state_;
   s.pending = pending_.size();
   return s;
 }
 
-std::string RedisClient::Prefixed(std::string_view what) const {
+std::string RedisConnection::Prefixed(std::string_view what) const {
   return absl::StrCat(name_, ": ", absl::string_view(what.data(), what.size()));
 }
 
-void RedisClient::Connect() {
+void RedisConnection::Connect() {
   state_ = State::kConnecting;
   authenticating_ = false;
   ++stats_.connects;
@@ -188,8 +189,8 @@ void RedisClient::Connect() {
     DropConnection(Prefixed("cannot attach to the event loop"));
     return;
   }
-  redisAsyncSetConnectCallback(ac, &RedisClient::OnConnect);
-  redisAsyncSetDisconnectCallback(ac, &RedisClient::OnDisconnect);
+  redisAsyncSetConnectCallback(ac, &RedisConnection::OnConnect);
+  redisAsyncSetDisconnectCallback(ac, &RedisConnection::OnDisconnect);
   ac_ = ac;
   connect_timer_ = loop_.AddTimer(options_.connect_timeout, [this] {
     connect_timer_ = 0;
@@ -199,14 +200,14 @@ void RedisClient::Connect() {
   });
 }
 
-void RedisClient::Detach(const redisAsyncContext* ac) {
+void RedisConnection::Detach(const redisAsyncContext* ac) {
   // hiredis's own struct; it only carries our pointer.
   const_cast<redisAsyncContext*>(ac)->data = nullptr;
   if (ac_ == ac) ac_ = nullptr;
 }
 
-void RedisClient::OnConnect(const redisAsyncContext* ac, int status) {
-  auto* self = static_cast<RedisClient*>(ac->data);
+void RedisConnection::OnConnect(const redisAsyncContext* ac, int status) {
+  auto* self = static_cast<RedisConnection*>(ac->data);
   if (self == nullptr) return;
   if (status != REDIS_OK) {
     // hiredis frees the context when this returns: forget it, never free it.
@@ -222,7 +223,7 @@ void RedisClient::OnConnect(const redisAsyncContext* ac, int status) {
   }
 }
 
-void RedisClient::SendAuth() {
+void RedisConnection::SendAuth() {
   authenticating_ = true;
   std::vector<const char*> argv = {"AUTH"};
   std::vector<size_t> lens = {4};
@@ -232,14 +233,15 @@ void RedisClient::SendAuth() {
   }
   argv.push_back(options_.password.data());
   lens.push_back(options_.password.size());
-  if (redisAsyncCommandArgv(ac_, &RedisClient::OnReply, IdToPrivdata(kAuthId),
+  if (redisAsyncCommandArgv(ac_, &RedisConnection::OnReply,
+                            IdToPrivdata(kAuthId),
                             static_cast<int>(argv.size()), argv.data(),
                             lens.data()) != REDIS_OK) {
     DropConnection(Prefixed("cannot send AUTH"));
   }
 }
 
-void RedisClient::HandleAuthReply(const void* reply) {
+void RedisConnection::HandleAuthReply(const void* reply) {
   if (!authenticating_) return;
   authenticating_ = false;
   const auto* r = static_cast<const redisReply*>(reply);
@@ -251,7 +253,7 @@ void RedisClient::HandleAuthReply(const void* reply) {
   BecomeReady();
 }
 
-void RedisClient::BecomeReady() {
+void RedisConnection::BecomeReady() {
   if (connect_timer_ != 0) loop_.CancelTimer(connect_timer_);
   connect_timer_ = 0;
   state_ = State::kReady;
@@ -266,10 +268,11 @@ void RedisClient::BecomeReady() {
   }
 }
 
-void RedisClient::OnDisconnect(const redisAsyncContext* ac, int /*status*/) {
+void RedisConnection::OnDisconnect(const redisAsyncContext* ac,
+                                   int /*status*/) {
   // Only a connection that hiredis closed itself still has our pointer (one
   // we drop is detached first).
-  auto* self = static_cast<RedisClient*>(ac->data);
+  auto* self = static_cast<RedisConnection*>(ac->data);
   if (self == nullptr) return;
   std::string error =
       self->Prefixed(ContextError(ac, "connection closed by the server"));
@@ -277,7 +280,7 @@ void RedisClient::OnDisconnect(const redisAsyncContext* ac, int /*status*/) {
   self->LoseConnection(std::move(error));
 }
 
-void RedisClient::DropConnection(std::string error) {
+void RedisConnection::DropConnection(std::string error) {
   redisAsyncContext* ac = ac_;
   if (ac != nullptr) Detach(ac);
   LoseConnection(std::move(error));
@@ -285,7 +288,7 @@ void RedisClient::DropConnection(std::string error) {
   if (ac != nullptr) redisAsyncFree(ac);
 }
 
-void RedisClient::LoseConnection(std::string error) {
+void RedisConnection::LoseConnection(std::string error) {
   if (connect_timer_ != 0) loop_.CancelTimer(connect_timer_);
   connect_timer_ = 0;
   state_ = State::kDisconnected;
@@ -297,6 +300,7 @@ void RedisClient::LoseConnection(std::string error) {
   }
   stats_.last_error = error;
   ScheduleReconnect();
+  if (options_.on_connection_lost) options_.on_connection_lost(error);
   // What was sent on the connection, in issue order, then what waited for it.
   std::vector<uint64_t> ids;
   for (const auto& [id, pending] : pending_) {
@@ -312,7 +316,7 @@ void RedisClient::LoseConnection(std::string error) {
   }
 }
 
-void RedisClient::ScheduleReconnect() {
+void RedisConnection::ScheduleReconnect() {
   if (reconnect_timer_ != 0) return;
   const absl::Duration cap =
       std::max(options_.reconnect_backoff_max, absl::Milliseconds(1));
@@ -330,7 +334,7 @@ void RedisClient::ScheduleReconnect() {
   });
 }
 
-void RedisClient::Command(std::vector<std::string> argv, Callback done) {
+void RedisConnection::Command(std::vector<std::string> argv, Callback done) {
   const uint64_t id = ++next_id_;
   auto pending = std::make_unique<Pending>();
   pending->id = id;
@@ -361,39 +365,7 @@ void RedisClient::Command(std::vector<std::string> argv, Callback done) {
   }
 }
 
-void RedisClient::EvalSha(const RedisScript& script,
-                          std::vector<std::string> keys,
-                          std::vector<std::string> args, Callback done) {
-  std::vector<std::string> argv;
-  argv.reserve(3 + keys.size() + args.size());
-  argv.push_back("EVALSHA");
-  argv.push_back(script.sha1());
-  argv.push_back(absl::StrCat(keys.size()));
-  for (std::string& k : keys) argv.push_back(std::move(k));
-  for (std::string& a : args) argv.push_back(std::move(a));
-  std::vector<std::string> first = argv;
-  Command(std::move(first),
-          [this, &script, argv = std::move(argv),
-           done = std::move(done)](RedisResult result) mutable {
-            if (result.kind != RedisResult::Kind::kError ||
-                !absl::StartsWith(result.error, "NOSCRIPT")) {
-              done(std::move(result));
-              return;
-            }
-            // Redis lost its script cache (restarted, flushed): EVAL caches it
-            // again.
-            argv[0] = "EVAL";
-            argv[1] = script.body();
-            Command(std::move(argv),
-                    [first_trip = result.duration,
-                     done = std::move(done)](RedisResult again) mutable {
-                      again.duration += first_trip;
-                      done(std::move(again));
-                    });
-          });
-}
-
-void RedisClient::Send(Pending& pending) {
+void RedisConnection::Send(Pending& pending) {
   std::vector<const char*> argv;
   std::vector<size_t> lens;
   argv.reserve(pending.argv.size());
@@ -403,7 +375,7 @@ void RedisClient::Send(Pending& pending) {
     lens.push_back(a.size());
   }
   if (ac_ == nullptr ||
-      redisAsyncCommandArgv(ac_, &RedisClient::OnReply,
+      redisAsyncCommandArgv(ac_, &RedisConnection::OnReply,
                             IdToPrivdata(pending.id),
                             static_cast<int>(argv.size()), argv.data(),
                             lens.data()) != REDIS_OK) {
@@ -413,14 +385,15 @@ void RedisClient::Send(Pending& pending) {
   pending.argv = {};
 }
 
-void RedisClient::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
-  auto* self = static_cast<RedisClient*>(ac->data);
+void RedisConnection::OnReply(redisAsyncContext* ac, void* reply,
+                              void* privdata) {
+  auto* self = static_cast<RedisConnection*>(ac->data);
   if (self == nullptr) return;
   self->HandleReply(ac, PrivdataToId(privdata), reply);
 }
 
-void RedisClient::HandleReply(redisAsyncContext* ac, uint64_t id,
-                              const void* reply) {
+void RedisConnection::HandleReply(redisAsyncContext* ac, uint64_t id,
+                                  const void* reply) {
   if (reply == nullptr) {
     // hiredis is closing this connection: it hands back every command sent
     // on it, then calls OnDisconnect. Fail them all now, detached, so that
@@ -455,7 +428,7 @@ void RedisClient::HandleReply(redisAsyncContext* ac, uint64_t id,
   Complete(id, std::move(result));
 }
 
-void RedisClient::FailSoon(uint64_t id, std::string error) {
+void RedisConnection::FailSoon(uint64_t id, std::string error) {
   to_fail_.emplace_back(id, std::move(error));
   if (fail_timer_ != 0) return;
   fail_timer_ = loop_.AddTimer(absl::ZeroDuration(), [this] {
@@ -469,7 +442,7 @@ void RedisClient::FailSoon(uint64_t id, std::string error) {
   });
 }
 
-void RedisClient::Complete(uint64_t id, RedisResult result) {
+void RedisConnection::Complete(uint64_t id, RedisResult result) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
   std::unique_ptr<Pending> pending = std::move(it->second);
@@ -490,7 +463,7 @@ void RedisClient::Complete(uint64_t id, RedisResult result) {
   pending->done(std::move(result));
 }
 
-void RedisClient::ArmDeadlineTimer() {
+void RedisConnection::ArmDeadlineTimer() {
   if (deadline_timer_ != 0 || deadlines_.empty()) return;
   deadline_timer_ =
       loop_.AddTimer(deadlines_.front().first - clock_.Now(), [this] {
@@ -499,7 +472,7 @@ void RedisClient::ArmDeadlineTimer() {
       });
 }
 
-void RedisClient::OnDeadlines() {
+void RedisConnection::OnDeadlines() {
   const absl::Time now = clock_.Now();
   while (!deadlines_.empty() && deadlines_.front().first <= now) {
     const uint64_t id = deadlines_.front().second;

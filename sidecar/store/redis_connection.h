@@ -1,47 +1,43 @@
-// RedisClient: one asynchronous connection to one configured Redis (SPEC
+// RedisConnection: one asynchronous connection to one Redis node (SPEC
 // section 8), on hiredis's libevent adapter and a loop the caller owns. It
-// decides nothing about rate limits; it decides how each command ends: every
-// command completes exactly once, on the loop thread, as ok (a reply), error
-// (a refused or broken connection, a failed AUTH, an error reply, a reply it
-// cannot read) or timeout (no answer within `timeout`), with its round-trip
-// duration: what bulwark_redis_requests_total{result} and
-// bulwark_redis_request_duration_seconds count.
+// decides nothing about rate limits or Redis Cluster slots (RedisClient, over
+// one RedisConnection per node, does); it decides how each command ends:
+// every command completes exactly once, on the loop thread, as ok (a reply),
+// error (a refused or broken connection, a failed AUTH, an error reply, a
+// reply it cannot read) or timeout (no answer within `timeout`), with its
+// round-trip duration.
 //
 // Connection life: connect (within connect_timeout, AUTH included), AUTH
 // [username] password on every (re)connect when a password is set, then
-// commands are pipelined on the one connection. Commands issued while
-// connecting wait for it (their timeout runs); commands issued while
-// disconnected fail at once (on the next loop turn, never inside the call),
-// so a caller falls back without waiting. A refused or broken connection, a
-// failed AUTH, a connect timeout or `timeouts_before_reconnect` timeouts in a
-// row with no reply in between drop the connection and reconnect after an
-// exponential backoff with jitter (uniform in [d/2, d], d doubling from
-// reconnect_backoff_base up to reconnect_backoff_max; reset by the first
-// reply on a connection). A late reply to a command that already timed out is
-// read and dropped.
+// commands are pipelined on the one connection, in issue order. Commands
+// issued while connecting wait for it (their timeout runs); commands issued
+// while disconnected fail at once (on the next loop turn, never inside the
+// call), so a caller falls back without waiting. A refused or broken
+// connection, a failed AUTH, a connect timeout or `timeouts_before_reconnect`
+// timeouts in a row with no reply in between drop the connection (and call
+// on_connection_lost) and reconnect after an exponential backoff with jitter
+// (uniform in [d/2, d], d doubling from reconnect_backoff_base up to
+// reconnect_backoff_max; reset by the first reply on a connection). A late
+// reply to a command that already timed out is read and dropped.
 //
-// Scripts: EvalSha sends EVALSHA and, on a NOSCRIPT error (a restarted or
-// flushed Redis), the same call as EVAL, which also caches the script.
-//
-// TLS: Debian 12's hiredis 0.14.1 has none (no hiredis_ssl); RedisStore
-// points the client (connect_to) at a TlsBridge on the loopback, and the
+// TLS: Debian 12's hiredis 0.14.1 has none (no hiredis_ssl); RedisClient
+// points the connection (connect_to) at a TlsBridge on the loopback, and the
 // bridge explains (transport_error) the connections it closes.
 //
-// Not supported (documented gaps): Redis Cluster redirections (MOVED/ASK come
-// back as error results; point the client at one node or a cluster proxy),
-// RESP3.
+// Not supported: RESP3.
 //
 // Thread-safety: not thread-safe: create, use and destroy it on the loop's
-// thread only. Callbacks run on that thread; never after the client is
-// destroyed (pending callbacks are dropped uncalled by the destructor). The
-// loop must outlive the client. hiredis 0.14 resolves a host name with a
-// blocking getaddrinfo and writes with write(2): run it on a loop of its own
-// (RedisStore does), not a worker's, and with SIGPIPE blocked or ignored on
-// that thread. Cost: a command is one hash-map entry, a copy of its
-// arguments until it is sent, and one pipelined write; one timer serves every
-// deadline (all commands share one timeout, so deadlines come in order).
-#ifndef BULWARK_SIDECAR_STORE_REDIS_CLIENT_H_
-#define BULWARK_SIDECAR_STORE_REDIS_CLIENT_H_
+// thread only, and never from inside one of its own callbacks. Callbacks run
+// on that thread; never after the connection is destroyed (pending callbacks
+// are dropped uncalled by the destructor). The loop must outlive it. hiredis
+// 0.14 resolves a host name with a blocking getaddrinfo and writes with
+// write(2): run it on a loop of its own (RedisStore does), not a worker's, and
+// with SIGPIPE blocked or ignored on that thread. Cost: a command is one
+// hash-map entry, a copy of its arguments until it is sent, and one pipelined
+// write; one timer serves every deadline (all commands share one timeout, so
+// deadlines come in order).
+#ifndef BULWARK_SIDECAR_STORE_REDIS_CONNECTION_H_
+#define BULWARK_SIDECAR_STORE_REDIS_CONNECTION_H_
 
 #include <cstdint>
 #include <deque>
@@ -103,7 +99,7 @@ class RedisScript {
   std::string sha1_;
 };
 
-struct RedisClientOptions {
+struct RedisConnectionOptions {
   HostPort address;
   // Set: connect here instead (a TlsBridge); errors still name `address`.
   std::optional<HostPort> connect_to;
@@ -129,9 +125,13 @@ struct RedisClientOptions {
   // Called on the loop thread as each command completes (metrics), before
   // the command's own callback.
   absl::AnyInvocable<void(const RedisResult&)> on_result;
+  // Called on the loop thread when a connection is lost or a connect fails
+  // (with the error its commands fail with), before they fail. It must not
+  // destroy the connection.
+  absl::AnyInvocable<void(const std::string& error)> on_connection_lost;
 };
 
-class RedisClient {
+class RedisConnection {
  public:
   enum class State { kDisconnected, kConnecting, kReady };
   using Callback = absl::AnyInvocable<void(RedisResult)>;
@@ -146,23 +146,20 @@ class RedisClient {
   };
 
   // Call on the loop thread; connects on the next loop turn.
-  RedisClient(RedisClientOptions options, net::EventLoop& loop, Clock& clock);
-  ~RedisClient();
-  RedisClient(const RedisClient&) = delete;
-  RedisClient& operator=(const RedisClient&) = delete;
+  RedisConnection(RedisConnectionOptions options, net::EventLoop& loop,
+                  Clock& clock);
+  ~RedisConnection();
+  RedisConnection(const RedisConnection&) = delete;
+  RedisConnection& operator=(const RedisConnection&) = delete;
 
   // Sends `argv` (a command and its arguments); `done` runs exactly once, on
   // the loop thread, never inside this call.
   void Command(std::vector<std::string> argv, Callback done);
 
-  // EVALSHA script.sha1 numkeys keys... args..., retried as EVAL on
-  // NOSCRIPT (the duration then covers both round trips). `script` must
-  // outlive the call (scripts are constants).
-  void EvalSha(const RedisScript& script, std::vector<std::string> keys,
-               std::vector<std::string> args, Callback done);
-
   State state() const { return state_; }
   Stats stats() const;
+  // Commands not yet completed.
+  size_t pending() const { return pending_.size(); }
 
  private:
   struct Pending;
@@ -191,7 +188,7 @@ class RedisClient {
   void OnDeadlines();
   std::string Prefixed(std::string_view what) const;
 
-  RedisClientOptions options_;
+  RedisConnectionOptions options_;
   net::EventLoop& loop_;
   Clock& clock_;
   const std::string name_;  // "redis host:port"
@@ -217,4 +214,4 @@ class RedisClient {
 
 }  // namespace bulwark::store
 
-#endif  // BULWARK_SIDECAR_STORE_REDIS_CLIENT_H_
+#endif  // BULWARK_SIDECAR_STORE_REDIS_CONNECTION_H_
