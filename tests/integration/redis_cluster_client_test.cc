@@ -38,7 +38,7 @@ RedisClientOptions ClientOptions(int port) {
 }
 
 // Runs `issue` on the store's thread and waits for the command's result.
-RedisResult Run(
+RedisResult RunOnStore(
     RedisStore& store,
     absl::AnyInvocable<void(RedisClient&, RedisClient::Callback)> issue) {
   struct Shared {
@@ -60,10 +60,11 @@ RedisResult Run(
 
 // `argv` routed by argv[1].
 RedisResult OnKey(RedisStore& store, std::vector<std::string> argv) {
-  return Run(store, [argv = std::move(argv)](RedisClient& client,
+  return RunOnStore(store,
+                    [argv = std::move(argv)](RedisClient& client,
                                              RedisClient::Callback done) {
-    client.CommandOnKey(1, argv, std::move(done));
-  });
+                      client.CommandOnKey(1, argv, std::move(done));
+                    });
 }
 
 RedisClient::Stats StatsOf(RedisStore& store) {
@@ -163,7 +164,7 @@ TEST_F(RedisClusterClientTest, EvalShaCachesTheScriptOnEachNodeThatLacksIt) {
   auto store = StartStore(/*seed=*/0);
   static const RedisScript script("return KEYS[1]");
   for (const auto& [node, key] : keys_) {
-    RedisResult r = Run(
+    RedisResult r = RunOnStore(
         *store, [key = key](RedisClient& client, RedisClient::Callback done) {
           client.EvalSha(script, {key}, {}, std::move(done));
         });
