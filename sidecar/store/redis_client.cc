@@ -1,11 +1,5 @@
 #include "sidecar/store/redis_client.h"
 
-// hiredis 0.14.1 (Debian 12). The libevent adapter is header-only.
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#include <openssl/sha.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -14,467 +8,201 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "sidecar/net/event_loop.h"
 
 namespace bulwark::store {
-namespace {
 
-// The request id reserved for the AUTH of the current connection.
-constexpr uint64_t kAuthId = 0;
+struct RedisClient::Node {
+  HostPort address;
+  std::string name;  // address.ToString()
+  bool seed = false;
+  absl::Time last_used;
+  std::list<std::string>::iterator lru;  // in lru_ while routable
+  // The bridge before the connection: the connection, destroyed first, holds
+  // hooks into it.
+  std::unique_ptr<TlsBridge> bridge;
+  std::unique_ptr<RedisConnection> conn;
+};
 
-// hiredis 0.14 refuses arrays nested deeper than 7; this is a second fence.
-constexpr int kMaxReplyDepth = 16;
-
-void* IdToPrivdata(uint64_t id) {
-  return reinterpret_cast<void*>(static_cast<uintptr_t>(id));
-}
-uint64_t PrivdataToId(void* privdata) {
-  return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(privdata));
-}
-
-RedisReply Convert(const redisReply* r, int depth) {
-  RedisReply out;
-  switch (r->type) {
-    case REDIS_REPLY_STRING:
-      out.type = RedisReply::Type::kString;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_STATUS:
-      out.type = RedisReply::Type::kStatus;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_ERROR:
-      out.type = RedisReply::Type::kError;
-      out.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      out.type = RedisReply::Type::kInteger;
-      out.integer = r->integer;
-      break;
-    case REDIS_REPLY_NIL:
-      out.type = RedisReply::Type::kNil;
-      break;
-    case REDIS_REPLY_ARRAY:
-      if (depth >= kMaxReplyDepth) {
-        out.type = RedisReply::Type::kError;
-        out.str = "reply nested too deeply";
-        break;
-      }
-      out.type = RedisReply::Type::kArray;
-      out.elements.reserve(r->elements);
-      for (size_t i = 0; i < r->elements; ++i) {
-        if (r->element[i] == nullptr) {
-          out.elements.emplace_back();  // nil
-        } else {
-          out.elements.push_back(Convert(r->element[i], depth + 1));
-        }
-      }
-      break;
-    default:
-      out.type = RedisReply::Type::kError;
-      out.str = absl::StrCat("unsupported reply type ", r->type);
-      break;
-  }
-  return out;
-}
-
-std::string HexSha1(absl::string_view data) {
-  unsigned char digest[SHA_DIGEST_LENGTH];
-  SHA1(reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-       digest);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(2 * SHA_DIGEST_LENGTH);
-  for (unsigned char c : digest) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 0xf]);
-  }
-  return out;
-}
-
-std::string ContextError(const redisAsyncContext* ac, std::string_view dflt) {
-  if (ac != nullptr && ac->errstr != nullptr && ac->errstr[0] != '\0') {
-    return ac->errstr;
-  }
-  return std::string(dflt);
-}
-
-}  // namespace
-
-std::string_view RedisResultKindName(RedisResult::Kind kind) {
-  switch (kind) {
-    case RedisResult::Kind::kOk:
-      return "ok";
-    case RedisResult::Kind::kError:
-      return "error";
-    case RedisResult::Kind::kTimeout:
-      return "timeout";
-  }
-  return "error";
-}
-
-RedisScript::RedisScript(std::string body)
-    : body_(std::move(body)), sha1_(HexSha1(body_)) {}
-
-struct RedisClient::Pending {
-  uint64_t id = 0;
-  std::vector<std::string> argv;  // until sent
+struct RedisClient::Op {
+  std::vector<std::string> argv;  // kept whole for a resend
   Callback done;
   absl::Time started;
-  bool sent = false;
+  int slot = -1;  // -1: no key
+  int redirections = 0;
+  bool asking = false;                  // the latest attempt went after ASKING
+  const RedisScript* script = nullptr;  // EvalSha: resent as EVAL once
+  bool eval_sent = false;
 };
+
+absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Create(
+    RedisClientOptions options, net::EventLoop& loop, Clock& clock) {
+  auto client = std::unique_ptr<RedisClient>(
+      new RedisClient(std::move(options), loop, clock));
+  auto seed = client->OpenNode(client->options_.address);
+  if (!seed.ok()) return seed.status();
+  Node& node = **seed;
+  node.seed = true;
+  client->lru_.push_front(node.name);
+  node.lru = client->lru_.begin();
+  client->nodes_.emplace(node.name, *std::move(seed));
+  return client;
+}
 
 RedisClient::RedisClient(RedisClientOptions options, net::EventLoop& loop,
                          Clock& clock)
     : options_(std::move(options)),
       loop_(loop),
       clock_(clock),
-      name_(absl::StrCat("redis ", options_.address.ToString())) {
-  // Not inside the constructor: a failure there would call back at once.
-  reconnect_timer_ = loop_.AddTimer(absl::ZeroDuration(), [this] {
-    reconnect_timer_ = 0;
-    Connect();
-  });
-}
+      seed_name_(options_.address.ToString()) {}
 
 RedisClient::~RedisClient() {
-  for (uint64_t* timer :
-       {&deadline_timer_, &connect_timer_, &reconnect_timer_, &fail_timer_}) {
+  for (uint64_t* timer : {&sweep_timer_, &fail_timer_}) {
     if (*timer != 0) loop_.CancelTimer(*timer);
     *timer = 0;
   }
-  if (redisAsyncContext* ac = ac_; ac != nullptr) {
-    // Callbacks hiredis runs while freeing (NULL replies, the disconnect) see
-    // no client and return; if this runs inside a hiredis callback, hiredis
-    // frees the context once that callback returns.
-    Detach(ac);
-    redisAsyncFree(ac);
-  }
-  // Pending callbacks are dropped uncalled.
+  // Connections drop their pending callbacks (and the commands they carry)
+  // uncalled; so are the commands still waiting to fail.
+  retired_.clear();
+  nodes_.clear();
+  to_fail_.clear();
+}
+
+RedisClient::State RedisClient::state() const {
+  auto it = nodes_.find(seed_name_);
+  return it == nodes_.end() ? State::kDisconnected : it->second->conn->state();
 }
 
 RedisClient::Stats RedisClient::stats() const {
   Stats s = stats_;
-  s.state = state_;
-  s.pending = pending_.size();
+  s.pending = in_flight_;
+  s.connections = nodes_.size() + retired_.size();
+  if (auto it = nodes_.find(seed_name_); it != nodes_.end()) {
+    const RedisConnection::Stats seed = it->second->conn->stats();
+    s.state = seed.state;
+    s.last_error = seed.last_error;
+  }
   return s;
 }
 
-std::string RedisClient::Prefixed(std::string_view what) const {
-  return absl::StrCat(name_, ": ", absl::string_view(what.data(), what.size()));
-}
-
-void RedisClient::Connect() {
-  state_ = State::kConnecting;
-  authenticating_ = false;
-  ++stats_.connects;
-  const HostPort& to = options_.connect_to.value_or(options_.address);
-  redisAsyncContext* ac = redisAsyncConnect(to.host.c_str(), to.port);
-  if (ac == nullptr) {
-    DropConnection(Prefixed("cannot allocate a connection"));
-    return;
-  }
-  if (ac->err != 0) {
-    std::string error = Prefixed(ContextError(ac, "cannot connect"));
-    redisAsyncFree(ac);
-    DropConnection(std::move(error));
-    return;
-  }
-  ac->data = this;
-  if (options_.on_socket) options_.on_socket(ac->c.fd);
-  if (redisLibeventAttach(ac, loop_.base()) != REDIS_OK) {
-    redisAsyncFree(ac);
-    DropConnection(Prefixed("cannot attach to the event loop"));
-    return;
-  }
-  redisAsyncSetConnectCallback(ac, &RedisClient::OnConnect);
-  redisAsyncSetDisconnectCallback(ac, &RedisClient::OnDisconnect);
-  ac_ = ac;
-  connect_timer_ = loop_.AddTimer(options_.connect_timeout, [this] {
-    connect_timer_ = 0;
-    DropConnection(Prefixed(
-        absl::StrCat(authenticating_ ? "AUTH" : "connect", " not done within ",
-                     absl::FormatDuration(options_.connect_timeout))));
-  });
-}
-
-void RedisClient::Detach(const redisAsyncContext* ac) {
-  // hiredis's own struct; it only carries our pointer.
-  const_cast<redisAsyncContext*>(ac)->data = nullptr;
-  if (ac_ == ac) ac_ = nullptr;
-}
-
-void RedisClient::OnConnect(const redisAsyncContext* ac, int status) {
-  auto* self = static_cast<RedisClient*>(ac->data);
-  if (self == nullptr) return;
-  if (status != REDIS_OK) {
-    // hiredis frees the context when this returns: forget it, never free it.
-    std::string error = self->Prefixed(ContextError(ac, "connect failed"));
-    self->Detach(ac);
-    self->LoseConnection(std::move(error));
-    return;
-  }
-  if (self->options_.password.empty()) {
-    self->BecomeReady();
-  } else {
-    self->SendAuth();
-  }
-}
-
-void RedisClient::SendAuth() {
-  authenticating_ = true;
-  std::vector<const char*> argv = {"AUTH"};
-  std::vector<size_t> lens = {4};
-  if (!options_.username.empty()) {
-    argv.push_back(options_.username.data());
-    lens.push_back(options_.username.size());
-  }
-  argv.push_back(options_.password.data());
-  lens.push_back(options_.password.size());
-  if (redisAsyncCommandArgv(ac_, &RedisClient::OnReply, IdToPrivdata(kAuthId),
-                            static_cast<int>(argv.size()), argv.data(),
-                            lens.data()) != REDIS_OK) {
-    DropConnection(Prefixed("cannot send AUTH"));
-  }
-}
-
-void RedisClient::HandleAuthReply(const void* reply) {
-  if (!authenticating_) return;
-  authenticating_ = false;
-  const auto* r = static_cast<const redisReply*>(reply);
-  if (r->type == REDIS_REPLY_ERROR) {
-    DropConnection(Prefixed(
-        absl::StrCat("AUTH failed: ", absl::string_view(r->str, r->len))));
-    return;
-  }
-  BecomeReady();
-}
-
-void RedisClient::BecomeReady() {
-  if (connect_timer_ != 0) loop_.CancelTimer(connect_timer_);
-  connect_timer_ = 0;
-  state_ = State::kReady;
-  consecutive_timeouts_ = 0;
-  ++stats_.ready;
-  std::deque<uint64_t> unsent;
-  unsent.swap(unsent_);
-  for (uint64_t id : unsent) {
-    if (auto it = pending_.find(id); it != pending_.end()) Send(*it->second);
-    // A send may drop the connection; the rest then fail with it.
-    if (state_ != State::kReady) break;
-  }
-}
-
-void RedisClient::OnDisconnect(const redisAsyncContext* ac, int /*status*/) {
-  // Only a connection that hiredis closed itself still has our pointer (one
-  // we drop is detached first).
-  auto* self = static_cast<RedisClient*>(ac->data);
-  if (self == nullptr) return;
-  std::string error =
-      self->Prefixed(ContextError(ac, "connection closed by the server"));
-  self->Detach(ac);
-  self->LoseConnection(std::move(error));
-}
-
-void RedisClient::DropConnection(std::string error) {
-  redisAsyncContext* ac = ac_;
-  if (ac != nullptr) Detach(ac);
-  LoseConnection(std::move(error));
-  // At once, or (inside a hiredis callback) when that callback returns.
-  if (ac != nullptr) redisAsyncFree(ac);
-}
-
-void RedisClient::LoseConnection(std::string error) {
-  if (connect_timer_ != 0) loop_.CancelTimer(connect_timer_);
-  connect_timer_ = 0;
-  state_ = State::kDisconnected;
-  authenticating_ = false;
-  if (options_.transport_error) {
-    if (std::string why = options_.transport_error(); !why.empty()) {
-      error = Prefixed(why);
-    }
-  }
-  stats_.last_error = error;
-  ScheduleReconnect();
-  // What was sent on the connection, in issue order, then what waited for it.
-  std::vector<uint64_t> ids;
-  for (const auto& [id, pending] : pending_) {
-    if (pending->sent) ids.push_back(id);
-  }
-  std::sort(ids.begin(), ids.end());
-  for (uint64_t id : ids) pending_[id]->sent = false;
-  ids.insert(ids.end(), unsent_.begin(), unsent_.end());
-  unsent_.clear();
-  // A callback may issue commands: they fail soon (disconnected).
-  for (uint64_t id : ids) {
-    Complete(id, {.kind = RedisResult::Kind::kError, .error = error});
-  }
-}
-
-void RedisClient::ScheduleReconnect() {
-  if (reconnect_timer_ != 0) return;
-  const absl::Duration cap =
-      std::max(options_.reconnect_backoff_max, absl::Milliseconds(1));
-  absl::Duration delay =
-      std::max(options_.reconnect_backoff_base, absl::Milliseconds(1));
-  for (int i = 0; i < attempt_ && delay < cap; ++i) delay *= 2;
-  delay = std::min(delay, cap);
-  ++attempt_;
-  const absl::Duration jittered =
-      delay / 2 + absl::Nanoseconds(absl::Uniform<int64_t>(
-                      rng_, 0, absl::ToInt64Nanoseconds(delay / 2) + 1));
-  reconnect_timer_ = loop_.AddTimer(jittered, [this] {
-    reconnect_timer_ = 0;
-    Connect();
-  });
-}
-
 void RedisClient::Command(std::vector<std::string> argv, Callback done) {
-  const uint64_t id = ++next_id_;
-  auto pending = std::make_unique<Pending>();
-  pending->id = id;
-  pending->argv = std::move(argv);
-  pending->done = std::move(done);
-  pending->started = clock_.Now();
-  Pending& p = *pending;
-  pending_.emplace(id, std::move(pending));
-  deadlines_.emplace_back(p.started + options_.timeout, id);
-  ArmDeadlineTimer();
-  if (p.argv.empty()) {
-    FailSoon(id, Prefixed("empty command"));
-    return;
-  }
-  switch (state_) {
-    case State::kReady:
-      Send(p);
-      if (!p.sent) FailSoon(id, Prefixed("cannot send: connection closing"));
-      break;
-    case State::kConnecting:
-      unsent_.push_back(id);
-      break;
-    case State::kDisconnected:
-      FailSoon(id, stats_.last_error.empty()
-                       ? Prefixed("not connected")
-                       : absl::StrCat("not connected: ", stats_.last_error));
-      break;
-  }
+  auto op = std::make_unique<Op>();
+  op->argv = std::move(argv);
+  op->done = std::move(done);
+  Start(std::move(op));
+}
+
+void RedisClient::CommandOnKey(size_t key_arg, std::vector<std::string> argv,
+                               Callback done) {
+  auto op = std::make_unique<Op>();
+  if (key_arg < argv.size()) op->slot = KeySlot(argv[key_arg]);
+  op->argv = std::move(argv);
+  op->done = std::move(done);
+  Start(std::move(op));
 }
 
 void RedisClient::EvalSha(const RedisScript& script,
                           std::vector<std::string> keys,
                           std::vector<std::string> args, Callback done) {
-  std::vector<std::string> argv;
-  argv.reserve(3 + keys.size() + args.size());
-  argv.push_back("EVALSHA");
-  argv.push_back(script.sha1());
-  argv.push_back(absl::StrCat(keys.size()));
-  for (std::string& k : keys) argv.push_back(std::move(k));
-  for (std::string& a : args) argv.push_back(std::move(a));
-  std::vector<std::string> first = argv;
-  Command(std::move(first),
-          [this, &script, argv = std::move(argv),
-           done = std::move(done)](RedisResult result) mutable {
-            if (result.kind != RedisResult::Kind::kError ||
-                !absl::StartsWith(result.error, "NOSCRIPT")) {
-              done(std::move(result));
-              return;
-            }
-            // Redis lost its script cache (restarted, flushed): EVAL caches it
-            // again.
-            argv[0] = "EVAL";
-            argv[1] = script.body();
-            Command(std::move(argv),
-                    [first_trip = result.duration,
-                     done = std::move(done)](RedisResult again) mutable {
-                      again.duration += first_trip;
-                      done(std::move(again));
-                    });
-          });
+  auto op = std::make_unique<Op>();
+  if (!keys.empty()) op->slot = KeySlot(keys.front());
+  op->argv.reserve(3 + keys.size() + args.size());
+  op->argv.push_back("EVALSHA");
+  op->argv.push_back(script.sha1());
+  op->argv.push_back(absl::StrCat(keys.size()));
+  for (std::string& k : keys) op->argv.push_back(std::move(k));
+  for (std::string& a : args) op->argv.push_back(std::move(a));
+  op->script = &script;
+  op->done = std::move(done);
+  Start(std::move(op));
 }
 
-void RedisClient::Send(Pending& pending) {
-  std::vector<const char*> argv;
-  std::vector<size_t> lens;
-  argv.reserve(pending.argv.size());
-  lens.reserve(pending.argv.size());
-  for (const std::string& a : pending.argv) {
-    argv.push_back(a.data());
-    lens.push_back(a.size());
-  }
-  if (ac_ == nullptr ||
-      redisAsyncCommandArgv(ac_, &RedisClient::OnReply,
-                            IdToPrivdata(pending.id),
-                            static_cast<int>(argv.size()), argv.data(),
-                            lens.data()) != REDIS_OK) {
+void RedisClient::Start(std::unique_ptr<Op> op) {
+  op->started = clock_.Now();
+  ++in_flight_;
+  if (op->argv.empty()) {
+    FailSoon(std::move(op),
+             absl::StrCat("redis ", seed_name_, ": empty command"));
     return;
   }
-  pending.sent = true;
-  pending.argv = {};
+  HostPort target = options_.address;
+  if (const HostPort* mapped = slots_.NodeFor(op->slot); mapped != nullptr) {
+    target = *mapped;
+  }
+  SendTo(target, std::move(op), /*asking=*/false);
 }
 
-void RedisClient::OnReply(redisAsyncContext* ac, void* reply, void* privdata) {
-  auto* self = static_cast<RedisClient*>(ac->data);
-  if (self == nullptr) return;
-  self->HandleReply(ac, PrivdataToId(privdata), reply);
+void RedisClient::SendTo(const HostPort& address, std::unique_ptr<Op> op,
+                         bool asking) {
+  std::string error;
+  Node* node = NodeFor(address, error);
+  if (node == nullptr) {
+    FailSoon(std::move(op), std::move(error));
+    return;
+  }
+  Touch(*node);
+  op->asking = asking;
+  // Pipelined on the one connection: ASKING is answered first, and only the
+  // next command on that connection may use the slot being imported.
+  if (asking) node->conn->Command({"ASKING"}, [](RedisResult) {});
+  std::vector<std::string> argv = op->argv;
+  node->conn->Command(std::move(argv),
+                      [this, where = node->address,
+                       op = std::move(op)](RedisResult result) mutable {
+                        OnAttempt(where, std::move(op), std::move(result));
+                      });
 }
 
-void RedisClient::HandleReply(redisAsyncContext* ac, uint64_t id,
-                              const void* reply) {
-  if (reply == nullptr) {
-    // hiredis is closing this connection: it hands back every command sent
-    // on it, then calls OnDisconnect. Fail them all now, detached, so that
-    // nothing reaches the dying context (a callback that issues a command
-    // gets a clean failure).
-    std::string error = Prefixed(ContextError(ac, "connection lost"));
-    Detach(ac);
-    LoseConnection(std::move(error));
+void RedisClient::OnAttempt(const HostPort& node, std::unique_ptr<Op> op,
+                            RedisResult result) {
+  if (result.kind != RedisResult::Kind::kError) {
+    Finish(std::move(op), std::move(result));
     return;
   }
-  consecutive_timeouts_ = 0;
-  // The backoff restarts once Redis answers, not when the TCP connect ends:
-  // through a TLS bridge every connect to the loopback succeeds, even when
-  // the handshake behind it fails.
-  attempt_ = 0;
-  if (id == kAuthId) {
-    HandleAuthReply(reply);
-    return;
-  }
-  if (!pending_.contains(id)) return;  // timed out already: a late reply
-  RedisResult result;
-  {
-    result.reply = Convert(static_cast<const redisReply*>(reply), 0);
-    if (result.reply.type == RedisReply::Type::kError) {
-      result.kind = RedisResult::Kind::kError;
-      result.error = std::move(result.reply.str);
-      result.reply = {};
+  if (LooksLikeRedirection(result.error)) {
+    absl::StatusOr<Redirection> redirect = ParseRedirection(result.error);
+    if (!redirect.ok()) {
+      result.error = absl::StrCat("redis ", node.ToString(), ": ",
+                                  redirect.status().message());
+      Finish(std::move(op), std::move(result));
+      return;
+    }
+    if (op->redirections >= options_.max_redirections) {
+      result.error = absl::StrCat(
+          "redis ", node.ToString(), ": more than ", options_.max_redirections,
+          " redirections (the last: ", result.error, ")");
+      Finish(std::move(op), std::move(result));
+      return;
+    }
+    ++op->redirections;
+    if (redirect->node.host.empty()) redirect->node.host = node.host;
+    if (redirect->kind == Redirection::Kind::kMoved) {
+      ++stats_.moved;
+      slots_.Assign(redirect->slot, redirect->node);
+      SendTo(redirect->node, std::move(op), /*asking=*/false);
     } else {
-      result.kind = RedisResult::Kind::kOk;
+      ++stats_.asked;
+      SendTo(redirect->node, std::move(op), /*asking=*/true);
     }
+    return;
   }
-  Complete(id, std::move(result));
+  if (op->script != nullptr && !op->eval_sent &&
+      absl::StartsWith(result.error, "NOSCRIPT")) {
+    // That node lost its script cache (restarted, flushed) or never had the
+    // script: EVAL caches it there.
+    op->eval_sent = true;
+    op->argv[0] = "EVAL";
+    op->argv[1] = op->script->body();
+    const bool asking = op->asking;
+    SendTo(node, std::move(op), asking);
+    return;
+  }
+  Finish(std::move(op), std::move(result));
 }
 
-void RedisClient::FailSoon(uint64_t id, std::string error) {
-  to_fail_.emplace_back(id, std::move(error));
-  if (fail_timer_ != 0) return;
-  fail_timer_ = loop_.AddTimer(absl::ZeroDuration(), [this] {
-    fail_timer_ = 0;
-    std::vector<std::pair<uint64_t, std::string>> batch;
-    batch.swap(to_fail_);
-    for (auto& [id, error] : batch) {
-      Complete(id,
-               {.kind = RedisResult::Kind::kError, .error = std::move(error)});
-    }
-  });
-}
-
-void RedisClient::Complete(uint64_t id, RedisResult result) {
-  auto it = pending_.find(id);
-  if (it == pending_.end()) return;
-  std::unique_ptr<Pending> pending = std::move(it->second);
-  pending_.erase(it);
-  result.duration = clock_.Now() - pending->started;
+void RedisClient::Finish(std::unique_ptr<Op> op, RedisResult result) {
+  --in_flight_;
+  result.duration = clock_.Now() - op->started;
   switch (result.kind) {
     case RedisResult::Kind::kOk:
       ++stats_.ok;
@@ -487,39 +215,138 @@ void RedisClient::Complete(uint64_t id, RedisResult result) {
       break;
   }
   if (options_.on_result) options_.on_result(result);
-  pending->done(std::move(result));
+  op->done(std::move(result));
 }
 
-void RedisClient::ArmDeadlineTimer() {
-  if (deadline_timer_ != 0 || deadlines_.empty()) return;
-  deadline_timer_ =
-      loop_.AddTimer(deadlines_.front().first - clock_.Now(), [this] {
-        deadline_timer_ = 0;
-        OnDeadlines();
-      });
+void RedisClient::FailSoon(std::unique_ptr<Op> op, std::string error) {
+  to_fail_.emplace_back(std::move(op), std::move(error));
+  if (fail_timer_ != 0) return;
+  fail_timer_ = loop_.AddTimer(absl::ZeroDuration(), [this] {
+    fail_timer_ = 0;
+    std::vector<std::pair<std::unique_ptr<Op>, std::string>> batch;
+    batch.swap(to_fail_);
+    for (auto& [op, error] : batch) {
+      Finish(std::move(op),
+             {.kind = RedisResult::Kind::kError, .error = std::move(error)});
+    }
+  });
 }
 
-void RedisClient::OnDeadlines() {
+RedisClient::Node* RedisClient::NodeFor(const HostPort& address,
+                                        std::string& error) {
+  std::string name = address.ToString();
+  if (auto it = nodes_.find(name); it != nodes_.end()) return it->second.get();
+  const size_t cap = static_cast<size_t>(std::max(options_.max_connections, 1));
+  if (nodes_.size() >= cap) {
+    // The least recently used idle connection makes room.
+    std::string victim;
+    for (auto it = lru_.rbegin(); it != lru_.rend(); ++it) {
+      const Node& n = *nodes_.at(*it);
+      if (!n.seed && n.conn->pending() == 0) {
+        victim = *it;
+        break;
+      }
+    }
+    if (victim.empty()) {
+      error = absl::StrCat("redis ", name, ": not connected: all ", cap,
+                           " node connections are busy");
+      return nullptr;
+    }
+    Retire(victim);
+  }
+  absl::StatusOr<std::unique_ptr<Node>> node = OpenNode(address);
+  if (!node.ok()) {
+    error = absl::StrCat("redis ", name, ": ", node.status().message());
+    return nullptr;
+  }
+  Node* n = node->get();
+  lru_.push_front(name);
+  n->lru = lru_.begin();
+  nodes_.emplace(std::move(name), *std::move(node));
+  ArmSweep();
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<RedisClient::Node>> RedisClient::OpenNode(
+    const HostPort& address) {
+  auto node = std::make_unique<Node>();
+  node->address = address;
+  node->name = address.ToString();
+  node->last_used = clock_.Now();
+  RedisConnectionOptions options{
+      .address = address,
+      .username = options_.username,
+      .password = options_.password,
+      .timeout = options_.timeout,
+      .connect_timeout = options_.connect_timeout,
+      .reconnect_backoff_base = options_.reconnect_backoff_base,
+      .reconnect_backoff_max = options_.reconnect_backoff_max,
+      .timeouts_before_reconnect = options_.timeouts_before_reconnect,
+      // A node that cannot be reached serves nothing: its keys go back to
+      // the seed (SlotMap calls nothing back).
+      .on_connection_lost =
+          [this, address](const std::string&) { slots_.Forget(address); },
+  };
+  if (options_.tls != nullptr) {
+    // SNI and the certificate check: the configured server_name, else this
+    // node's host (TlsBridge).
+    auto bridge =
+        TlsBridge::Start({.target = address,
+                          .tls = options_.tls,
+                          .handshake_timeout = std::max(
+                              options_.connect_timeout, absl::Milliseconds(1))},
+                         loop_);
+    if (!bridge.ok()) return bridge.status();
+    node->bridge = *std::move(bridge);
+    TlsBridge* b = node->bridge.get();
+    options.connect_to = b->local_address();
+    options.on_socket = [b](int fd) { b->Expect(fd); };
+    options.transport_error = [b] { return b->TakeLastError(); };
+  }
+  node->conn =
+      std::make_unique<RedisConnection>(std::move(options), loop_, clock_);
+  return node;
+}
+
+void RedisClient::Touch(Node& node) {
+  node.last_used = clock_.Now();
+  lru_.splice(lru_.begin(), lru_, node.lru);
+}
+
+void RedisClient::Retire(const std::string& name) {
+  auto it = nodes_.find(name);
+  if (it == nodes_.end() || it->second->seed) return;
+  lru_.erase(it->second->lru);
+  retired_.push_back(std::move(it->second));
+  nodes_.erase(it);
+  ArmSweep();
+}
+
+void RedisClient::ArmSweep() {
+  if (sweep_timer_ != 0 || (nodes_.size() <= 1 && retired_.empty())) return;
+  const absl::Duration every = std::clamp(
+      options_.idle_timeout / 2, absl::Milliseconds(10), absl::Seconds(1));
+  sweep_timer_ = loop_.AddTimer(every, [this] {
+    sweep_timer_ = 0;
+    Sweep();
+  });
+}
+
+void RedisClient::Sweep() {
+  // On a timer, never inside a connection's callback: freeing is safe here.
   const absl::Time now = clock_.Now();
-  while (!deadlines_.empty() && deadlines_.front().first <= now) {
-    const uint64_t id = deadlines_.front().second;
-    deadlines_.pop_front();
-    auto it = pending_.find(id);
-    if (it == pending_.end()) continue;
-    const bool sent = it->second->sent;
-    Complete(
-        id,
-        {.kind = RedisResult::Kind::kTimeout,
-         .error = Prefixed(absl::StrCat(
-             "no answer within ", absl::FormatDuration(options_.timeout)))});
-    if (sent && state_ == State::kReady &&
-        ++consecutive_timeouts_ >= options_.timeouts_before_reconnect) {
-      DropConnection(Prefixed(absl::StrCat(
-          consecutive_timeouts_, " commands in a row unanswered within ",
-          absl::FormatDuration(options_.timeout))));
+  std::vector<std::string> idle;
+  for (const auto& [name, node] : nodes_) {
+    if (!node->seed && node->conn->pending() == 0 &&
+        now - node->last_used >= options_.idle_timeout) {
+      idle.push_back(name);
     }
   }
-  ArmDeadlineTimer();
+  for (const std::string& name : idle) Retire(name);
+  std::erase_if(retired_, [](const std::unique_ptr<Node>& node) {
+    return node->conn->pending() == 0;
+  });
+  ArmSweep();
 }
 
 }  // namespace bulwark::store

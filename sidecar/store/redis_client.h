@@ -1,65 +1,74 @@
-// RedisClient: one asynchronous connection to one configured Redis (SPEC
-// section 8), on hiredis's libevent adapter and a loop the caller owns. It
-// decides nothing about rate limits; it decides how each command ends: every
-// command completes exactly once, on the loop thread, as ok (a reply), error
-// (a refused or broken connection, a failed AUTH, an error reply, a reply it
-// cannot read) or timeout (no answer within `timeout`), with its round-trip
-// duration: what bulwark_redis_requests_total{result} and
+// RedisClient: the configured Redis (SPEC section 8), a single server or a
+// Redis Cluster, as one asynchronous client on a loop the caller owns. It
+// decides where each command goes and how it ends; it decides nothing about
+// rate limits.
+//
+// Routing: a command names its key (EvalSha: its first key; CommandOnKey: the
+// argument given); it goes to the node the slot map names for that key's
+// slot (cluster_slots.h), else to the seed node (`address`). A command
+// without a key goes to the seed. Redirections are followed: MOVED <slot>
+// <node> records the slot's new node and resends there; ASK <slot> <node>
+// (a slot being migrated) sends ASKING and then the command once to that node
+// and records nothing; NOSCRIPT (a node that restarted, was flushed or never
+// ran the script) resends that EVALSHA as EVAL, which caches the script, on
+// the same node. After `max_redirections` redirections the next one ends the
+// command as an error. A single non-cluster Redis never redirects: every
+// command then goes to the seed, one connection, as before Redis Cluster
+// support.
+//
+// Results: every command completes exactly once, on the loop thread, as ok
+// (a reply), error (a refused or broken connection, a failed AUTH, an error
+// reply, a malformed or one-too-many redirection) or timeout (no answer
+// within `timeout` on one round trip), with its whole duration, every round
+// trip and redirection included; on_result runs once per command, before its
+// callback: what bulwark_redis_requests_total{result} and
 // bulwark_redis_request_duration_seconds count.
 //
-// Connection life: connect (within connect_timeout, AUTH included), AUTH
-// [username] password on every (re)connect when a password is set, then
-// commands are pipelined on the one connection. Commands issued while
-// connecting wait for it (their timeout runs); commands issued while
-// disconnected fail at once (on the next loop turn, never inside the call),
-// so a caller falls back without waiting. A refused or broken connection, a
-// failed AUTH, a connect timeout or `timeouts_before_reconnect` timeouts in a
-// row with no reply in between drop the connection and reconnect after an
-// exponential backoff with jitter (uniform in [d/2, d], d doubling from
-// reconnect_backoff_base up to reconnect_backoff_max; reset by the first
-// reply on a connection). A late reply to a command that already timed out is
-// read and dropped.
-//
-// Scripts: EvalSha sends EVALSHA and, on a NOSCRIPT error (a restarted or
-// flushed Redis), the same call as EVAL, which also caches the script.
-//
-// TLS: Debian 12's hiredis 0.14.1 has none (no hiredis_ssl); RedisStore
-// points the client (connect_to) at a TlsBridge on the loopback, and the
-// bridge explains (transport_error) the connections it closes.
-//
-// Not supported (documented gaps): Redis Cluster redirections (MOVED/ASK come
-// back as error results; point the client at one node or a cluster proxy),
-// RESP3.
+// Nodes: one RedisConnection per node (same AUTH, timeouts and backoff; with
+// `tls`, a TlsBridge per node whose certificate check uses the configured
+// server_name, else the node's announced host). A node whose connection is
+// lost or cannot connect has its slots forgotten, so its keys go back to the
+// seed, which redirects them again once the cluster knows where they live;
+// meanwhile commands to an unreachable node fail fast (it is reconnecting).
+// A non-seed connection unused for `idle_timeout` is closed; at most
+// `max_connections` are open (the least recently used idle one is closed to
+// make room; when every one is busy the command fails). The seed's connection
+// is never closed. The slot map learns slot by slot (no CLUSTER SLOTS
+// refresh): a key's first command after a resharding costs one redirection.
 //
 // Thread-safety: not thread-safe: create, use and destroy it on the loop's
-// thread only. Callbacks run on that thread; never after the client is
-// destroyed (pending callbacks are dropped uncalled by the destructor). The
-// loop must outlive the client. hiredis 0.14 resolves a host name with a
-// blocking getaddrinfo and writes with write(2): run it on a loop of its own
-// (RedisStore does), not a worker's, and with SIGPIPE blocked or ignored on
-// that thread. Cost: a command is one hash-map entry, a copy of its
-// arguments until it is sent, and one pipelined write; one timer serves every
-// deadline (all commands share one timeout, so deadlines come in order).
+// thread only. Callbacks run on that thread, never inside the call that
+// issued the command, never after the client is destroyed (pending callbacks
+// are dropped uncalled by the destructor). The loop must outlive the client.
+// hiredis 0.14 resolves host names with a blocking getaddrinfo and writes with
+// write(2) (so do the bridges): run it on a loop of its own (RedisStore does),
+// not a worker's, with SIGPIPE blocked or ignored on that thread. Cost: a
+// command is a heap entry carrying its arguments until it completes (they are
+// kept for a resend), one slot hash of its key and one map lookup, plus what
+// RedisConnection costs per round trip; per node, one connection (and one
+// bridge); the slot map is 32 KiB. Closed connections are freed by a sweep
+// once a second.
 #ifndef BULWARK_SIDECAR_STORE_REDIS_CLIENT_H_
 #define BULWARK_SIDECAR_STORE_REDIS_CLIENT_H_
 
+#include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <memory>
-#include <optional>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/random/random.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "policies/clock.h"
 #include "sidecar/host_port.h"
-
-struct redisAsyncContext;
+#include "sidecar/net/tls.h"
+#include "sidecar/store/cluster_slots.h"
+#include "sidecar/store/redis_connection.h"
+#include "sidecar/store/tls_bridge.h"
 
 namespace bulwark::net {
 class EventLoop;
@@ -67,152 +76,115 @@ class EventLoop;
 
 namespace bulwark::store {
 
-// One reply, copied out of hiredis so no hiredis type leaks. A plain value.
-struct RedisReply {
-  enum class Type { kNil, kInteger, kString, kStatus, kError, kArray };
-  Type type = Type::kNil;
-  int64_t integer = 0;               // kInteger
-  std::string str;                   // kString, kStatus, kError
-  std::vector<RedisReply> elements;  // kArray
-};
-
-struct RedisResult {
-  enum class Kind { kOk, kError, kTimeout };
-  Kind kind = Kind::kError;
-  // kOk: the reply (never of Type::kError: an error reply is Kind::kError).
-  RedisReply reply;
-  // kError, kTimeout: what happened, e.g. "redis 127.0.0.1:6379: AUTH failed:
-  // WRONGPASS invalid username-password pair or user is disabled."
-  std::string error;
-  // From the call that issued the command to its completion.
-  absl::Duration duration = absl::ZeroDuration();
-};
-
-// "ok", "error", "timeout": the `result` label.
-std::string_view RedisResultKindName(RedisResult::Kind kind);
-
-// A Lua script and its SHA-1 (hex), computed once.
-class RedisScript {
- public:
-  explicit RedisScript(std::string body);
-  const std::string& body() const { return body_; }
-  const std::string& sha1() const { return sha1_; }
-
- private:
-  std::string body_;
-  std::string sha1_;
-};
-
 struct RedisClientOptions {
+  // The seed node: a single Redis, or any node of a Redis Cluster.
   HostPort address;
-  // Set: connect here instead (a TlsBridge); errors still name `address`.
-  std::optional<HostPort> connect_to;
-  // Called with each new connection's socket, right after the connect
-  // starts (the bridge admits only that one).
-  absl::AnyInvocable<void(int fd)> on_socket;
-  // Called when a connection is lost: a non-empty answer (why a TLS bridge
-  // closed it) replaces hiredis's own reason.
-  absl::AnyInvocable<std::string()> transport_error;
   // ACL user for AUTH; empty: AUTH with the password alone (the default user).
   std::string username;
-  // Empty: no AUTH.
+  // Empty: no AUTH. The same on every node.
   std::string password;
   // Per round trip: a command unanswered this long completes as kTimeout.
   absl::Duration timeout = absl::Milliseconds(50);
-  // TCP connect plus AUTH.
+  // TCP connect plus AUTH (plus the TLS handshake).
   absl::Duration connect_timeout = absl::Seconds(1);
   absl::Duration reconnect_backoff_base = absl::Milliseconds(50);
   absl::Duration reconnect_backoff_max = absl::Seconds(2);
-  // This many timeouts in a row, with no reply in between, drop the
-  // connection (a half-open TCP connection would otherwise never recover).
+  // This many timeouts in a row on one connection, with no reply in between,
+  // drop it (a half-open TCP connection would otherwise never recover).
   int timeouts_before_reconnect = 3;
   // Called on the loop thread as each command completes (metrics), before
   // the command's own callback.
   absl::AnyInvocable<void(const RedisResult&)> on_result;
+  // Set: TLS to every node (a client context, TlsContext::Client).
+  std::shared_ptr<const net::TlsContext> tls;
+  // Redirections followed per command (MOVED and ASK alike).
+  int max_redirections = 5;
+  // A non-seed node's connection unused this long is closed.
+  absl::Duration idle_timeout = absl::Seconds(10);
+  // Node connections open at most, the seed's included (values < 1: 1).
+  int max_connections = 32;
 };
 
 class RedisClient {
  public:
-  enum class State { kDisconnected, kConnecting, kReady };
+  using State = RedisConnection::State;
   using Callback = absl::AnyInvocable<void(RedisResult)>;
 
   struct Stats {
-    State state = State::kDisconnected;
-    int64_t connects = 0;  // attempts
-    int64_t ready = 0;     // connections that became ready
-    int64_t ok = 0, errors = 0, timeouts = 0;
-    std::string last_error;  // of the latest failed connection
+    State state = State::kDisconnected;        // the seed's connection
+    int64_t ok = 0, errors = 0, timeouts = 0;  // completed commands
+    int64_t moved = 0, asked = 0;              // redirections followed
+    std::string last_error;  // the seed's latest failed connection
     size_t pending = 0;      // commands not yet completed
+    size_t connections = 0;  // node connections open (the seed's included)
   };
 
-  // Call on the loop thread; connects on the next loop turn.
-  RedisClient(RedisClientOptions options, net::EventLoop& loop, Clock& clock);
+  // Call on the loop thread (or before any thread runs the loop); the seed
+  // connects on the next loop turn. Fails only if `tls` is set and the seed's
+  // bridge cannot listen on the loopback.
+  static absl::StatusOr<std::unique_ptr<RedisClient>> Create(
+      RedisClientOptions options, net::EventLoop& loop, Clock& clock);
   ~RedisClient();
   RedisClient(const RedisClient&) = delete;
   RedisClient& operator=(const RedisClient&) = delete;
 
-  // Sends `argv` (a command and its arguments); `done` runs exactly once, on
-  // the loop thread, never inside this call.
+  // Sends `argv` (a command without a key: PING, INFO, FLUSHALL...) to the
+  // seed; a redirection is followed all the same. `done` runs exactly once,
+  // on the loop thread, never inside this call.
   void Command(std::vector<std::string> argv, Callback done);
 
-  // EVALSHA script.sha1 numkeys keys... args..., retried as EVAL on
-  // NOSCRIPT (the duration then covers both round trips). `script` must
-  // outlive the call (scripts are constants).
+  // The same, routed by the slot of argv[key_arg] (e.g. 1 for GET key).
+  void CommandOnKey(size_t key_arg, std::vector<std::string> argv,
+                    Callback done);
+
+  // EVALSHA script.sha1 numkeys keys... args..., routed by keys[0] (to the
+  // seed without keys), resent as EVAL on NOSCRIPT. `script` must outlive
+  // the call (scripts are constants).
   void EvalSha(const RedisScript& script, std::vector<std::string> keys,
                std::vector<std::string> args, Callback done);
 
-  State state() const { return state_; }
+  State state() const;
   Stats stats() const;
 
  private:
-  struct Pending;
+  struct Node;
+  struct Op;
 
-  static void OnConnect(const redisAsyncContext* ac, int status);
-  static void OnDisconnect(const redisAsyncContext* ac, int status);
-  static void OnReply(redisAsyncContext* ac, void* reply, void* privdata);
+  RedisClient(RedisClientOptions options, net::EventLoop& loop, Clock& clock);
 
-  void Connect();
-  void SendAuth();
-  void BecomeReady();
-  void Send(Pending& pending);
-  // Stops this client's callbacks for `ac` and forgets it.
-  void Detach(const redisAsyncContext* ac);
-  // Ends the current connection (if any) and frees it, then LoseConnection.
-  void DropConnection(std::string error);
-  // The connection is gone (already detached): fail every command sent on it
-  // or waiting for it with `error`, reconnect after the backoff.
-  void LoseConnection(std::string error);
-  void ScheduleReconnect();
-  void HandleReply(redisAsyncContext* ac, uint64_t id, const void* reply);
-  void HandleAuthReply(const void* reply);
-  void FailSoon(uint64_t id, std::string error);
-  void Complete(uint64_t id, RedisResult result);
-  void ArmDeadlineTimer();
-  void OnDeadlines();
-  std::string Prefixed(std::string_view what) const;
+  void Start(std::unique_ptr<Op> op);
+  // Sends `op` to `node` (looked up or opened), after ASKING when `asking`.
+  void SendTo(const HostPort& node, std::unique_ptr<Op> op, bool asking);
+  void OnAttempt(const HostPort& node, std::unique_ptr<Op> op,
+                 RedisResult result);
+  void Finish(std::unique_ptr<Op> op, RedisResult result);
+  // Finish with `error` on the next loop turn (never inside the issuing call).
+  void FailSoon(std::unique_ptr<Op> op, std::string error);
+  // The node's connection, opened if needed; nullptr with `error` set when it
+  // cannot be (a bridge that cannot listen, every connection busy).
+  Node* NodeFor(const HostPort& address, std::string& error);
+  absl::StatusOr<std::unique_ptr<Node>> OpenNode(const HostPort& address);
+  void Touch(Node& node);
+  // Moves `node` out of the routing table; it is freed by the sweep once its
+  // last command completed (never inside one of its callbacks).
+  void Retire(const std::string& name);
+  void ArmSweep();
+  void Sweep();
 
   RedisClientOptions options_;
   net::EventLoop& loop_;
   Clock& clock_;
-  const std::string name_;  // "redis host:port"
+  const std::string seed_name_;  // address.ToString()
 
-  redisAsyncContext* ac_ = nullptr;
-  State state_ = State::kDisconnected;
-  bool authenticating_ = false;
-  uint64_t next_id_ = 0;
-  absl::flat_hash_map<uint64_t, std::unique_ptr<Pending>> pending_;
-  std::deque<uint64_t> unsent_;  // waiting for the connection, in order
-  // (deadline, id) in issue order, hence in deadline order.
-  std::deque<std::pair<absl::Time, uint64_t>> deadlines_;
-  std::vector<std::pair<uint64_t, std::string>> to_fail_;
-  uint64_t deadline_timer_ = 0;
-  uint64_t connect_timer_ = 0;
-  uint64_t reconnect_timer_ = 0;
+  SlotMap slots_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Node>> nodes_;
+  std::list<std::string> lru_;  // node names, most recently used first
+  std::vector<std::unique_ptr<Node>> retired_;
+  std::vector<std::pair<std::unique_ptr<Op>, std::string>> to_fail_;
   uint64_t fail_timer_ = 0;
-  int attempt_ = 0;
-  int consecutive_timeouts_ = 0;
+  uint64_t sweep_timer_ = 0;
+  size_t in_flight_ = 0;
   Stats stats_;
-  absl::BitGen rng_;
 };
 
 }  // namespace bulwark::store

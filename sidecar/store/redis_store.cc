@@ -22,32 +22,14 @@ absl::StatusOr<std::unique_ptr<RedisStore>> RedisStore::StartTls(
   }
   auto store = std::unique_ptr<RedisStore>(
       new RedisStore(std::move(options), clock, std::move(tls)));
-  if (!store->bridge_status_.ok()) return store->bridge_status_;
+  if (!store->client_status_.ok()) return store->client_status_;
   return store;
 }
 
 RedisStore::RedisStore(RedisClientOptions options, Clock& clock,
                        std::shared_ptr<const net::TlsContext> tls)
     : name_(options.address.ToString()) {
-  if (tls != nullptr) {
-    // Made here, on the loop before its thread runs it (nothing else uses
-    // the loop yet); used and destroyed on the store's thread.
-    auto bridge =
-        TlsBridge::Start({.target = options.address,
-                          .tls = std::move(tls),
-                          .handshake_timeout = std::max(options.connect_timeout,
-                                                        absl::Milliseconds(1))},
-                         loop_);
-    if (!bridge.ok()) {
-      bridge_status_ = bridge.status();
-      return;  // no thread: StartTls returns the error
-    }
-    bridge_ = *std::move(bridge);
-    TlsBridge* b = bridge_.get();
-    options.connect_to = b->local_address();
-    options.on_socket = [b](int fd) { b->Expect(fd); };
-    options.transport_error = [b] { return b->TakeLastError(); };
-  }
+  if (tls != nullptr) options.tls = std::move(tls);
   // Counted here, then handed on to whoever configured a hook.
   auto hook = std::move(options.on_result);
   options.on_result = [this,
@@ -69,6 +51,14 @@ RedisStore::RedisStore(RedisClientOptions options, Clock& clock,
     }
     if (hook) hook(r);
   };
+  // Made here, on the loop before its thread runs it (nothing else uses the
+  // loop yet); used and destroyed on the store's thread.
+  auto client = RedisClient::Create(std::move(options), loop_, clock);
+  if (!client.ok()) {
+    client_status_ = client.status();
+    return;  // no thread: StartTls returns the error
+  }
+  client_ = *std::move(client);
   // The store's thread takes no process signals (SIGPIPE from hiredis's
   // write(2) to a closed socket above all): they belong to the main thread.
   // A new thread inherits the creator's mask, so block everything around the
@@ -77,22 +67,19 @@ RedisStore::RedisStore(RedisClientOptions options, Clock& clock,
   sigset_t previous;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &previous);
-  thread_ = std::thread([this, &clock, options = std::move(options)]() mutable {
-    client_ = std::make_unique<RedisClient>(std::move(options), loop_, clock);
+  thread_ = std::thread([this] {
     loop_.Run();
-    // The client first: it holds hooks into the bridge.
+    // On the store's thread, as every use of the client.
     client_.reset();
-    bridge_.reset();
   });
   pthread_sigmask(SIG_SETMASK, &previous, nullptr);
 }
 
 RedisStore::~RedisStore() {
-  // Run's loop ends after this iteration; the client (and the bridge) are
+  // Run's loop ends after this iteration; the client (and its bridges) are
   // destroyed on the store's thread before it returns.
   loop_.Stop();
   if (thread_.joinable()) thread_.join();
-  bridge_.reset();  // never started a thread: still here
 }
 
 void RedisStore::Post(Task task) {

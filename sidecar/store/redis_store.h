@@ -1,15 +1,16 @@
-// RedisStore: one configured Redis (SPEC section 8 `redis:` entry) as the
-// rest of the sidecar sees it: a thread of its own running an event loop with
-// one RedisClient on it, and a thread-safe way to hand it work. It decides
+// RedisStore: one configured Redis (SPEC section 8 `redis:` entry: a single
+// server or a Redis Cluster reached through a seed node) as the rest of the
+// sidecar sees it: a thread of its own running an event loop with one
+// RedisClient on it, and a thread-safe way to hand it work. It decides
 // nothing; it keeps Redis I/O (and hiredis's blocking DNS lookups) off the
 // workers' loops, so a call path that posts work here never waits for Redis.
 // Many GlobalLimiters (one per route with a global limit) share one store,
-// hence one connection.
+// hence one connection per Redis node.
 //
 // With a TLS context (a `tls` block), the store's loop also runs a TlsBridge
-// that the client connects through (hiredis 0.14 has no TLS of its own); it
-// lives and dies with the store, and its connect plus handshake is bounded by
-// the client's connect_timeout.
+// per node that the client connects through (hiredis 0.14 has no TLS of its
+// own); they live and die with the client, and each connect plus handshake is
+// bounded by the client's connect_timeout.
 //
 // Thread-safety: Post and PostAfter may be called from any thread; tasks run
 // on the store's thread, in post order per posting thread. Everything a task
@@ -38,7 +39,6 @@
 #include "sidecar/net/event_loop.h"
 #include "sidecar/net/tls.h"
 #include "sidecar/store/redis_client.h"
-#include "sidecar/store/tls_bridge.h"
 
 namespace bulwark::store {
 
@@ -79,8 +79,7 @@ class RedisStore {
 
   const std::string name_;
   net::EventLoop loop_;
-  absl::Status bridge_status_;           // why the bridge could not start
-  std::unique_ptr<TlsBridge> bridge_;    // the store's thread only
+  absl::Status client_status_;  // why the seed's bridge could not start
   std::unique_ptr<RedisClient> client_;  // the store's thread only
   std::thread thread_;
 

@@ -49,58 +49,7 @@ namespace {
 using test::ChildProcess;
 using ::testing::HasSubstr;
 
-constexpr char kRedisServer[] = "/usr/bin/redis-server";
-
-bool HaveRedis() { return access(kRedisServer, X_OK) == 0; }
-
-// A redis-server child on 127.0.0.1, no persistence.
-class RedisServer {
- public:
-  static absl::StatusOr<std::unique_ptr<RedisServer>> Start(
-      std::vector<std::string> extra_args = {}, int port = 0) {
-    auto server = std::unique_ptr<RedisServer>(new RedisServer(
-        port != 0 ? port : test::PickFreePort(), std::move(extra_args)));
-    if (absl::Status s = server->Launch(); !s.ok()) return s;
-    return server;
-  }
-
-  int port() const { return port_; }
-  ChildProcess* process() { return process_.get(); }
-
-  // SIGKILL, as a crash would.
-  void Kill() {
-    if (process_ == nullptr) return;
-    (void)process_->Signal(SIGKILL);
-    (void)process_->Wait(absl::Seconds(10));
-    process_.reset();
-  }
-
-  // A fresh, empty server on the same port.
-  absl::Status Restart() {
-    Kill();
-    return Launch();
-  }
-
- private:
-  RedisServer(int port, std::vector<std::string> extra_args)
-      : port_(port), extra_args_(std::move(extra_args)) {}
-
-  absl::Status Launch() {
-    std::vector<std::string> args = {
-        "--port", absl::StrCat(port_), "--bind", "127.0.0.1", "--save",
-        "",       "--appendonly",      "no"};
-    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
-    auto process = ChildProcess::Start(kRedisServer, args,
-                                       {.stop_grace = absl::Seconds(2)});
-    if (!process.ok()) return process.status();
-    process_ = std::move(*process);
-    return test::WaitForTcpPort(port_, absl::Seconds(10), process_.get());
-  }
-
-  const int port_;
-  const std::vector<std::string> extra_args_;
-  std::unique_ptr<ChildProcess> process_;
-};
+using test::RedisServer;
 
 RedisClientOptions ClientOptions(int port) {
   return {.address = {.host = "127.0.0.1", .port = static_cast<uint16_t>(port)},
@@ -149,7 +98,9 @@ bool EventuallyOk(RedisStore& store, std::vector<std::string> argv,
 class RedisStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!HaveRedis()) GTEST_SKIP() << kRedisServer << " is not installed";
+    if (!test::HaveRedisServer()) {
+      GTEST_SKIP() << test::kRedisServerPath << " is not installed";
+    }
   }
   MonotonicClock& clock_ = MonotonicClock::Get();
 };
@@ -257,14 +208,15 @@ TEST_F(RedisStoreTest, RefusedConnectionIsAnErrorThenReconnects) {
       absl::Seconds(5)))
       << Command(*store, {"PING"}).error;
 
-  auto redis = RedisServer::Start({}, port);
+  auto redis = RedisServer::Start({.port = port});
   ASSERT_TRUE(redis.ok()) << redis.status();
   EXPECT_TRUE(EventuallyOk(*store, {"PING"}));
 }
 
 TEST_F(RedisStoreTest, AuthWithPasswordOrAclUserAndClearErrors) {
-  auto redis = RedisServer::Start({"--requirepass", "secret", "--user", "alice",
-                                   "on", ">alicepw", "~*", "&*", "+@all"});
+  auto redis = RedisServer::Start(
+      {.extra_args = {"--requirepass", "secret", "--user", "alice", "on",
+                      ">alicepw", "~*", "&*", "+@all"}});
   ASSERT_TRUE(redis.ok()) << redis.status();
   const int port = (*redis)->port();
 
@@ -615,7 +567,7 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST_F(GlobalLimiterTest, WrongPasswordFallsBackWithAClearError) {
-  auto redis = RedisServer::Start({"--requirepass", "secret"});
+  auto redis = RedisServer::Start({.extra_args = {"--requirepass", "secret"}});
   ASSERT_TRUE(redis.ok()) << redis.status();
   RedisClientOptions wrong = ClientOptions((*redis)->port());
   wrong.password = "not-the-password";

@@ -48,55 +48,15 @@ using ::bulwark::demo::v1::Demo;
 using ::bulwark::demo::v1::EchoRequest;
 using ::bulwark::demo::v1::EchoResponse;
 
-constexpr char kRedisServer[] = "/usr/bin/redis-server";
 constexpr char kPassword[] = "s3cret-for-tests";
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
 
-// A redis-server child on 127.0.0.1 with the ACL user "bulwark" (the default
-// user off), no persistence.
-class RedisServer {
- public:
-  static absl::StatusOr<std::unique_ptr<RedisServer>> Start() {
-    auto server = std::unique_ptr<RedisServer>(new RedisServer(PickFreePort()));
-    if (absl::Status s = server->Launch(); !s.ok()) return s;
-    return server;
-  }
-  int port() const { return port_; }
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-
-  void Freeze() { (void)process_->Signal(SIGSTOP); }
-  void Thaw() { (void)process_->Signal(SIGCONT); }
-  // SIGKILL, as a crash would (a frozen server dies too).
-  void Kill() {
-    if (process_ == nullptr) return;
-    (void)process_->Signal(SIGKILL);
-    (void)process_->Wait(absl::Seconds(10));
-    process_.reset();
-  }
-  // A fresh, empty server on the same port.
-  absl::Status Restart() {
-    Kill();
-    return Launch();
-  }
-
- private:
-  explicit RedisServer(int port) : port_(port) {}
-  absl::Status Launch() {
-    auto process = ChildProcess::Start(
-        kRedisServer,
-        {"--port", absl::StrCat(port_), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--user", "bulwark", "on",
-         absl::StrCat(">", kPassword), "~*", "&*", "+@all", "--user", "default",
-         "off"},
-        {.stop_grace = absl::Seconds(2)});
-    if (!process.ok()) return process.status();
-    process_ = std::move(*process);
-    return WaitForTcpPort(port_, absl::Seconds(10), process_.get());
-  }
-
-  const int port_;
-  std::unique_ptr<ChildProcess> process_;
-};
+// The ACL user "bulwark" (the default user off).
+std::vector<std::string> AclArgs() {
+  return {"--user",  "bulwark", "on",    absl::StrCat(">", kPassword),
+          "~*",      "&*",      "+@all", "--user",
+          "default", "off"};
+}
 
 struct Call {
   absl::Time start;
@@ -223,10 +183,10 @@ struct SidecarSpec {
 class GlobalRateLimitTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (access(kRedisServer, X_OK) != 0) {
-      GTEST_SKIP() << kRedisServer << " is not installed";
+    if (!HaveRedisServer()) {
+      GTEST_SKIP() << kRedisServerPath << " is not installed";
     }
-    auto redis = RedisServer::Start();
+    auto redis = RedisServer::Start({.extra_args = AclArgs()});
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = *std::move(redis);
     auto upstream = DemoUpstream::Start();

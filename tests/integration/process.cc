@@ -875,3 +875,288 @@ absl::Status DemoUpstream::Restart() {
 }
 
 }  // namespace bulwark::test
+
+namespace bulwark::test {
+
+bool HaveRedisServer() {
+  return access(kRedisServerPath, X_OK) == 0 &&
+         access(kRedisCliPath, X_OK) == 0;
+}
+
+absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(
+    RedisServerOptions options) {
+  if (options.port == 0) options.port = PickFreePort();
+  auto server =
+      std::unique_ptr<RedisServer>(new RedisServer(std::move(options)));
+  if (absl::Status s = server->Launch(); !s.ok()) return s;
+  return server;
+}
+
+std::string RedisServer::address() const {
+  return absl::StrCat("127.0.0.1:", options_.port);
+}
+
+absl::Status RedisServer::Launch() {
+  std::vector<std::string> args;
+  if (options_.tls_only) {
+    args = {"--port", "0", "--tls-port", absl::StrCat(options_.port)};
+  } else {
+    args = {"--port", absl::StrCat(options_.port)};
+  }
+  for (const char* a :
+       {"--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}) {
+    args.emplace_back(a);
+  }
+  args.insert(args.end(), options_.extra_args.begin(),
+              options_.extra_args.end());
+  auto process = ChildProcess::Start(kRedisServerPath, std::move(args),
+                                     {.stop_grace = absl::Seconds(2)});
+  if (!process.ok()) return process.status();
+  process_ = *std::move(process);
+  return WaitForTcpPort(options_.port, absl::Seconds(10), process_.get());
+}
+
+void RedisServer::Freeze() {
+  if (process_ != nullptr) (void)process_->Signal(SIGSTOP);
+}
+
+void RedisServer::Thaw() {
+  if (process_ != nullptr) (void)process_->Signal(SIGCONT);
+}
+
+void RedisServer::Kill() {
+  if (process_ == nullptr) return;
+  (void)process_->Signal(SIGKILL);
+  (void)process_->Wait(absl::Seconds(10));
+  process_.reset();
+}
+
+absl::Status RedisServer::Restart() {
+  Kill();
+  return Launch();
+}
+
+absl::StatusOr<std::string> RedisServer::Cli(std::vector<std::string> args,
+                                             absl::Duration timeout) {
+  std::vector<std::string> full = {"-h", "127.0.0.1", "-p",
+                                   absl::StrCat(options_.port)};
+  full.insert(full.end(), std::make_move_iterator(args.begin()),
+              std::make_move_iterator(args.end()));
+  return RunRedisCli(std::move(full), timeout);
+}
+
+absl::StatusOr<std::string> RunRedisCli(std::vector<std::string> args,
+                                        absl::Duration timeout) {
+  const std::string joined = absl::StrJoin(args, " ");
+  auto cli = ChildProcess::Start(kRedisCliPath, std::move(args),
+                                 {.stop_grace = absl::Seconds(1)});
+  if (!cli.ok()) return cli.status();
+  auto exit = (*cli)->Wait(timeout);
+  if (!exit.ok()) {
+    (void)(*cli)->Stop(absl::Seconds(1));
+    return absl::DeadlineExceededError(
+        absl::StrCat("redis-cli ", joined, ": no end within ",
+                     absl::FormatDuration(timeout), ": ", (*cli)->Log()));
+  }
+  std::string out = (*cli)->Log();
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) {
+    out.pop_back();
+  }
+  if (!exit->ExitedWith(0)) {
+    return absl::InternalError(
+        absl::StrCat("redis-cli ", joined, ": ", exit->ToString(), ": ", out));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Start(
+    int nodes, std::vector<std::string> extra_args) {
+  auto cluster = std::unique_ptr<RedisCluster>(new RedisCluster());
+  const std::string dir = TempDir();
+  std::vector<int> taken;
+  auto fresh_port = [&taken] {
+    for (;;) {
+      const int port = PickFreePort();
+      // A node listens on port and port's cluster bus: never hand out one
+      // twice.
+      if (std::find(taken.begin(), taken.end(), port) == taken.end()) {
+        taken.push_back(port);
+        return port;
+      }
+    }
+  };
+  std::vector<std::string> create = {"--cluster", "create"};
+  for (int i = 0; i < nodes; ++i) {
+    const int port = fresh_port();
+    const int bus = fresh_port();
+    std::vector<std::string> args = {
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        absl::StrCat(dir, "/nodes-", port, ".conf"),
+        "--cluster-require-full-coverage",
+        "no",
+        "--cluster-node-timeout",
+        "2000",
+        "--cluster-port",
+        absl::StrCat(bus),
+        "--dir",
+        dir};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    auto node =
+        RedisServer::Start({.port = port, .extra_args = std::move(args)});
+    if (!node.ok()) return node.status();
+    create.push_back((*node)->address());
+    cluster->nodes_.push_back(*std::move(node));
+  }
+  for (const char* a : {"--cluster-replicas", "0", "--cluster-yes"}) {
+    create.emplace_back(a);
+  }
+  if (auto out = RunRedisCli(std::move(create), absl::Seconds(60)); !out.ok()) {
+    return out.status();
+  }
+  for (int i = 0; i < nodes; ++i) {
+    std::string last;
+    RedisServer& node = *cluster->nodes_[i];
+    const bool ok = PollUntil(
+        [&] {
+          auto info = node.Cli({"CLUSTER", "INFO"});
+          last = info.ok() ? *info : std::string(info.status().message());
+          return info.ok() && absl::StrContains(*info, "cluster_state:ok") &&
+                 absl::StrContains(*info, "cluster_slots_assigned:16384") &&
+                 absl::StrContains(*info,
+                                   absl::StrCat("cluster_known_nodes:", nodes));
+        },
+        absl::Seconds(30));
+    if (!ok) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "node ", node.address(), ": cluster not ok within 30s: ", last));
+    }
+    auto id = node.Cli({"CLUSTER", "MYID"});
+    if (!id.ok()) return id.status();
+    cluster->ids_.push_back(*id);
+  }
+  return cluster;
+}
+
+RedisServer* RedisCluster::AnyLive() {
+  for (auto& node : nodes_) {
+    if (node->running()) return node.get();
+  }
+  return nullptr;
+}
+
+absl::StatusOr<int> RedisCluster::KeySlot(const std::string& key) {
+  RedisServer* node = AnyLive();
+  if (node == nullptr) return absl::FailedPreconditionError("no live node");
+  auto out = node->Cli({"CLUSTER", "KEYSLOT", key});
+  if (!out.ok()) return out.status();
+  int slot = 0;
+  if (!absl::SimpleAtoi(*out, &slot)) {
+    return absl::InternalError(absl::StrCat("CLUSTER KEYSLOT: ", *out));
+  }
+  return slot;
+}
+
+absl::StatusOr<int> RedisCluster::NodeServing(int slot) {
+  RedisServer* live = AnyLive();
+  if (live == nullptr) return absl::FailedPreconditionError("no live node");
+  auto out = live->Cli({"CLUSTER", "NODES"});
+  if (!out.ok()) return out.status();
+  // <id> <ip:port@bus[,host]> <flags> <master> <ping> <pong> <epoch> <link>
+  // <slot or range>... ([slot->-id] entries are migrations: skipped).
+  for (absl::string_view line : absl::StrSplit(*out, '\n')) {
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (fields.size() < 9) continue;
+    absl::string_view address = fields[1];
+    address = address.substr(0, address.find('@'));
+    int port = 0;
+    if (!absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port)) {
+      continue;
+    }
+    for (size_t f = 8; f < fields.size(); ++f) {
+      if (absl::StartsWith(fields[f], "[")) continue;
+      std::vector<absl::string_view> range = absl::StrSplit(fields[f], '-');
+      int first = 0;
+      int last = 0;
+      if (!absl::SimpleAtoi(range[0], &first)) continue;
+      last = first;
+      if (range.size() > 1 && !absl::SimpleAtoi(range[1], &last)) continue;
+      if (slot < first || slot > last) continue;
+      for (int i = 0; i < size(); ++i) {
+        if (nodes_[i]->port() == port) return i;
+      }
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no node serves slot ", slot, ": ", *out));
+}
+
+namespace {
+
+absl::Status ExpectOk(absl::StatusOr<std::string> out, absl::string_view what) {
+  if (!out.ok()) return out.status();
+  if (*out != "OK") {
+    return absl::InternalError(absl::StrCat(what, ": ", *out));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RedisCluster::BeginMigration(int slot, int from, int to) {
+  const std::string s = absl::StrCat(slot);
+  if (absl::Status st = ExpectOk(
+          nodes_[to]->Cli({"CLUSTER", "SETSLOT", s, "IMPORTING", ids_[from]}),
+          "SETSLOT IMPORTING");
+      !st.ok()) {
+    return st;
+  }
+  return ExpectOk(
+      nodes_[from]->Cli({"CLUSTER", "SETSLOT", s, "MIGRATING", ids_[to]}),
+      "SETSLOT MIGRATING");
+}
+
+absl::Status RedisCluster::MigrateKeys(int slot, int from, int to) {
+  for (int round = 0; round < 100; ++round) {
+    auto keys = nodes_[from]->Cli(
+        {"CLUSTER", "GETKEYSINSLOT", absl::StrCat(slot), "100"});
+    if (!keys.ok()) return keys.status();
+    if (keys->empty()) return absl::OkStatus();
+    for (absl::string_view key :
+         absl::StrSplit(*keys, '\n', absl::SkipEmpty())) {
+      auto out = nodes_[from]->Cli({"MIGRATE", "127.0.0.1",
+                                    absl::StrCat(nodes_[to]->port()),
+                                    std::string(key), "0", "5000"});
+      if (!out.ok()) return out.status();
+      if (*out != "OK" && *out != "NOKEY") {
+        return absl::InternalError(absl::StrCat("MIGRATE ", key, ": ", *out));
+      }
+    }
+  }
+  return absl::DeadlineExceededError("slot never emptied");
+}
+
+absl::Status RedisCluster::EndMigration(int slot, int to) {
+  const std::string s = absl::StrCat(slot);
+  // The importing node first, as redis-cli --cluster reshard does.
+  if (absl::Status st =
+          ExpectOk(nodes_[to]->Cli({"CLUSTER", "SETSLOT", s, "NODE", ids_[to]}),
+                   "SETSLOT NODE");
+      !st.ok()) {
+    return st;
+  }
+  for (int i = 0; i < size(); ++i) {
+    if (i == to || !nodes_[i]->running()) continue;
+    if (absl::Status st = ExpectOk(
+            nodes_[i]->Cli({"CLUSTER", "SETSLOT", s, "NODE", ids_[to]}),
+            "SETSLOT NODE");
+        !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace bulwark::test

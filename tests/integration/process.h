@@ -8,7 +8,8 @@
 // fixed sleep, so tests stay fast on an idle machine and correct on a loaded
 // one.
 //
-// Thread-safety: ChildProcess and DemoUpstream are not thread-safe; use each
+// Thread-safety: ChildProcess, DemoUpstream, RedisServer and RedisCluster are
+// not thread-safe; use each
 // from one thread. The free functions are thread-safe.
 #ifndef BULWARK_TESTS_INTEGRATION_PROCESS_H_
 #define BULWARK_TESTS_INTEGRATION_PROCESS_H_
@@ -200,6 +201,103 @@ absl::StatusOr<std::string> HttpGet(std::string_view host, int port,
 // label text contains `label` (e.g. `route="demo"`), or -1 when there is none.
 double MetricValue(std::string_view exposition, std::string_view name,
                    std::string_view label);
+
+// redis-server and redis-cli as Debian installs them; tests that need them
+// GTEST_SKIP when HaveRedisServer() is false.
+inline constexpr char kRedisServerPath[] = "/usr/bin/redis-server";
+inline constexpr char kRedisCliPath[] = "/usr/bin/redis-cli";
+bool HaveRedisServer();
+
+struct RedisServerOptions {
+  // 0: a free port (PickFreePort).
+  int port = 0;
+  // Listen with TLS only: --port 0 --tls-port `port` (the TLS flags go in
+  // extra_args).
+  bool tls_only = false;
+  // After "--bind 127.0.0.1 --save '' --appendonly no" and the port flags.
+  std::vector<std::string> extra_args;
+};
+
+// A redis-server child on 127.0.0.1, no persistence, ready (accepting TCP)
+// once Start returns; stopped by its pid when destroyed.
+class RedisServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<RedisServer>> Start(
+      RedisServerOptions options = {});
+
+  int port() const { return options_.port; }
+  std::string address() const;  // "127.0.0.1:port"
+  ChildProcess* process() { return process_.get(); }
+  bool running() const { return process_ != nullptr; }
+
+  void Freeze();  // SIGSTOP
+  void Thaw();    // SIGCONT
+  // SIGKILL, as a crash would (a frozen server dies too).
+  void Kill();
+  // A fresh server (empty, unless its flags name files) on the same port.
+  absl::Status Restart();
+
+  // Runs redis-cli against this server (`args` after -h/-p) and returns
+  // what it printed (stdout and stderr), without a trailing newline.
+  absl::StatusOr<std::string> Cli(std::vector<std::string> args,
+                                  absl::Duration timeout = absl::Seconds(10));
+
+ private:
+  explicit RedisServer(RedisServerOptions options)
+      : options_(std::move(options)) {}
+  absl::Status Launch();
+
+  RedisServerOptions options_;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// Runs redis-cli with `args` and returns its output (stdout and stderr),
+// without a trailing newline; fails if it does not end within `timeout` or
+// exits non-zero.
+absl::StatusOr<std::string> RunRedisCli(
+    std::vector<std::string> args, absl::Duration timeout = absl::Seconds(10));
+
+// A Redis Cluster of `nodes` masters (no replicas) on 127.0.0.1, each
+// `redis-server --cluster-enabled yes --cluster-require-full-coverage no
+// --cluster-node-timeout 2000` with its own free --port and --cluster-port and
+// a config file under TempDir(), formed with `redis-cli --cluster create`
+// (the slots split evenly, in node order); Start returns once every node
+// reports cluster_state:ok and knows every other one. Nodes stop by pid when
+// it is destroyed.
+class RedisCluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<RedisCluster>> Start(
+      int nodes = 3, std::vector<std::string> extra_args = {});
+
+  int size() const { return static_cast<int>(nodes_.size()); }
+  RedisServer& node(int i) { return *nodes_[i]; }
+
+  // Node i's cluster id (CLUSTER MYID).
+  const std::string& id(int i) const { return ids_[i]; }
+
+  // The slot of `key` (CLUSTER KEYSLOT on a live node).
+  absl::StatusOr<int> KeySlot(const std::string& key);
+
+  // Which node serves `slot` now, as a live node's CLUSTER NODES says.
+  absl::StatusOr<int> NodeServing(int slot);
+
+  // Moves `slot` from node `from` to node `to` the way redis-cli --cluster
+  // reshard does, in steps the test can observe between: BeginMigration
+  // (IMPORTING on `to`, MIGRATING on `from`), MigrateKeys (MIGRATE every key
+  // of the slot: `from` then answers ASK), EndMigration (SETSLOT NODE on
+  // every live node: MOVED from then on).
+  absl::Status BeginMigration(int slot, int from, int to);
+  absl::Status MigrateKeys(int slot, int from, int to);
+  absl::Status EndMigration(int slot, int to);
+
+ private:
+  RedisCluster() = default;
+  // A node still running, to ask.
+  RedisServer* AnyLive();
+
+  std::vector<std::unique_ptr<RedisServer>> nodes_;
+  std::vector<std::string> ids_;
+};
 
 struct DemoUpstreamOptions {
   // --name; default: the binary's own "127.0.0.1:port".

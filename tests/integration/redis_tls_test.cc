@@ -32,7 +32,6 @@ using ::bulwark::demo::v1::Demo;
 using ::bulwark::demo::v1::EchoRequest;
 using ::bulwark::demo::v1::EchoResponse;
 
-constexpr char kRedisServer[] = "/usr/bin/redis-server";
 constexpr char kOpenssl[] = "/usr/bin/openssl";
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
 
@@ -100,8 +99,8 @@ Tally Burst(int port, int n) {
 class RedisTlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (access(kRedisServer, X_OK) != 0 || access(kOpenssl, X_OK) != 0) {
-      GTEST_SKIP() << kRedisServer << " or " << kOpenssl << " missing";
+    if (!HaveRedisServer() || access(kOpenssl, X_OK) != 0) {
+      GTEST_SKIP() << kRedisServerPath << " or " << kOpenssl << " missing";
     }
     dir_ = TempDir();
     ASSERT_TRUE(MakeCertificates(dir_))
@@ -124,19 +123,15 @@ class RedisTlsTest : public ::testing::Test {
 
   // redis-server with TLS only on a free port.
   void StartRedis(bool auth_clients) {
-    port_ = PickFreePort();
-    auto process = ChildProcess::Start(
-        kRedisServer,
-        {"--port", "0", "--tls-port", absl::StrCat(port_), "--bind",
-         "127.0.0.1", "--save", "", "--appendonly", "no", "--tls-cert-file",
-         dir_ + "/server.crt", "--tls-key-file", dir_ + "/server.key",
-         "--tls-ca-cert-file", dir_ + "/ca.crt", "--tls-auth-clients",
-         auth_clients ? "yes" : "no"},
-        {.stop_grace = absl::Seconds(2)});
-    ASSERT_TRUE(process.ok()) << process.status();
-    redis_ = std::move(*process);
-    ASSERT_TRUE(WaitForTcpPort(port_, absl::Seconds(10), redis_.get()).ok())
-        << redis_->Log();
+    auto redis = RedisServer::Start(
+        {.tls_only = true,
+         .extra_args = {"--tls-cert-file", dir_ + "/server.crt",
+                        "--tls-key-file", dir_ + "/server.key",
+                        "--tls-ca-cert-file", dir_ + "/ca.crt",
+                        "--tls-auth-clients", auth_clients ? "yes" : "no"}});
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    port_ = redis_->port();
   }
 
   // A sidecar whose echo route has a global limit of 5/s, burst 5, through
@@ -199,7 +194,7 @@ routes:
 
   std::string dir_;
   int port_ = 0;
-  std::unique_ptr<ChildProcess> redis_;
+  std::unique_ptr<RedisServer> redis_;
   std::unique_ptr<DemoUpstream> upstream_;
   std::vector<StartedSidecar> sidecars_;
 };

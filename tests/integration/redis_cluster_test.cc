@@ -1,0 +1,447 @@
+// Global rate limits on a Redis Cluster end to end (SPEC section 8): real
+// bulwark sidecars in front of bulwark-demo-upstream, each seeded at a
+// different node of a 3-node cluster (redis-server --cluster-enabled, started
+// and formed by the test on free loopback ports, stopped by pid). The limits'
+// keys are chosen so that their slots land on every node; the tests check
+// that each limit stays shared across the sidecars (admitted calls within
+// 5 % of rate x window + burst, no Redis errors, the bucket on the node the
+// cluster names), that a limit whose slot is migrated mid-run (ASK, then
+// MOVED) keeps holding, and that when a node dies only its limits fall back
+// (on_redis_error) while the others stay shared. Skipped when
+// /usr/bin/redis-server is missing.
+//
+// Load and windows as in global_rate_limit_test.cc: open-loop callers,
+// admitted calls counted by start time in windows that begin at least 1 s
+// after the load started, 4 s windows; conditions are awaited by polling
+// against deadlines, never by fixed sleeps.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "bulwark/demo/v1/demo.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/integration/process.h"
+
+namespace bulwark::test {
+namespace {
+
+using ::bulwark::demo::v1::Demo;
+using ::bulwark::demo::v1::EchoRequest;
+using ::bulwark::demo::v1::EchoResponse;
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(30);
+constexpr double kRate = 20;  // per tenant, for all sidecars together
+constexpr int64_t kBurst = 5;
+
+// The same open-loop load as global_rate_limit_test.cc's.
+struct Call {
+  absl::Time start;
+  absl::Duration took;
+  grpc::StatusCode code;
+  bool rate_limited;
+};
+
+struct Counts {
+  int ok = 0;
+  int rate_limited = 0;
+  int other = 0;
+  absl::Duration max_latency;
+  int total() const { return ok + rate_limited + other; }
+};
+
+// Open-loop callers against one sidecar port, recording every call.
+class Load {
+ public:
+  struct Options {
+    int port = 0;
+    double rate = 100;  // calls per second, over all threads
+    int threads = 1;
+    std::string method = "Echo";  // Echo or Write
+    std::vector<std::pair<std::string, std::string>> metadata;
+  };
+
+  explicit Load(Options options) : options_(std::move(options)) {
+    const absl::Time start = absl::Now();
+    for (int t = 0; t < options_.threads; ++t) {
+      threads_.emplace_back([this, t, start] { Run(t, start); });
+    }
+  }
+  ~Load() { Stop(); }
+
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+  // Calls that started in [from, to).
+  Counts Between(absl::Time from, absl::Time to) {
+    Counts c;
+    absl::MutexLock lock(&mu_);
+    for (const Call& call : calls_) {
+      if (call.start < from || call.start >= to) continue;
+      if (call.code == grpc::StatusCode::OK) {
+        ++c.ok;
+      } else if (call.rate_limited) {
+        ++c.rate_limited;
+      } else {
+        ++c.other;
+      }
+      c.max_latency = std::max(c.max_latency, call.took);
+    }
+    return c;
+  }
+
+ private:
+  void Run(int thread, absl::Time start) {
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.use_local_subchannel_pool", 1);
+    auto stub = Demo::NewStub(
+        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", options_.port),
+                                  grpc::InsecureChannelCredentials(), args));
+    const absl::Duration gap = absl::Seconds(options_.threads / options_.rate);
+    const absl::Time first =
+        start + absl::Seconds(thread / options_.rate);  // spread the threads
+    for (int64_t i = 0; !stop_.load(); ++i) {
+      const absl::Time due = first + gap * i;
+      if (const absl::Time now = absl::Now(); now < due) {
+        absl::SleepFor(due - now);  // pacing the caller, not waiting for it
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+      for (const auto& [k, v] : options_.metadata) ctx.AddMetadata(k, v);
+      EchoRequest request;
+      request.set_payload("x");
+      EchoResponse response;
+      const absl::Time begun = absl::Now();
+      const grpc::Status status = options_.method == "Write"
+                                      ? stub->Write(&ctx, request, &response)
+                                      : stub->Echo(&ctx, request, &response);
+      const absl::Duration took = absl::Now() - begun;
+      const auto& trailers = ctx.GetServerTrailingMetadata();
+      auto it = trailers.find("x-bulwark-reason");
+      const bool limited =
+          it != trailers.end() &&
+          absl::string_view(it->second.data(), it->second.size()) ==
+              "rate_limited";
+      absl::MutexLock lock(&mu_);
+      calls_.push_back({begun, took, status.error_code(), limited});
+    }
+  }
+
+  const Options options_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+  absl::Mutex mu_;
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+std::string ToString(const Counts& c) {
+  return absl::StrCat("ok ", c.ok, ", rate_limited ", c.rate_limited,
+                      ", other ", c.other, ", slowest ",
+                      absl::FormatDuration(c.max_latency));
+}
+
+// The bucket key of tenant `tenant` on the "keyed" route of domain "shop"
+// (global_bucket_script.h).
+std::string BucketKey(const std::string& tenant) {
+  return absl::StrCat("bulwark:{shop:keyed:", tenant, "}:bucket");
+}
+
+class RedisClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveRedisServer()) {
+      GTEST_SKIP() << kRedisServerPath << " is not installed";
+    }
+    auto cluster = RedisCluster::Start(3);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = *std::move(cluster);
+    auto upstream = DemoUpstream::Start();
+    ASSERT_TRUE(upstream.ok()) << upstream.status();
+    upstream_ = *std::move(upstream);
+    dir_ = TempDir();
+    // One tenant per node: its bucket's slot is served there.
+    for (int i = 0; tenants_.size() < 3 && i < 200; ++i) {
+      const std::string tenant = absl::StrCat("tenant", i);
+      auto slot = cluster_->KeySlot(BucketKey(tenant));
+      ASSERT_TRUE(slot.ok()) << slot.status();
+      auto node = cluster_->NodeServing(*slot);
+      ASSERT_TRUE(node.ok()) << node.status();
+      if (!tenants_.contains(*node)) tenants_[*node] = tenant;
+    }
+    ASSERT_EQ(tenants_.size(), 3u);
+  }
+
+  void TearDown() override {
+    for (auto& sidecar : sidecars_) {
+      EXPECT_TRUE(sidecar.process->Running()) << sidecar.process->Log();
+      const ExitStatus exit = sidecar.process->Stop(absl::Seconds(20));
+      EXPECT_TRUE(exit.ExitedWith(0)) << exit.ToString() << "\n"
+                                      << sidecar.process->Log();
+    }
+  }
+
+  // A sidecar whose seed is cluster node `seed`; its "keyed" route (Write)
+  // has a global limit of kRate/s, burst kBurst, per x-tenant.
+  int StartOne(int seed, const std::string& on_redis_error) {
+    const int index = static_cast<int>(sidecars_.size());
+    const std::string config = absl::StrCat(dir_, "/bulwark", index, ".yaml");
+    EXPECT_TRUE(WriteFile(config, absl::StrCat(R"(
+listener: { address: "127.0.0.1:0" }
+admin: { address: "127.0.0.1:0" }
+workers: 1
+redis:
+  - name: main
+    address: ")",
+                                               cluster_->node(seed).address(),
+                                               R"("
+    timeout: 200ms
+clusters:
+  - name: demo
+    endpoints: [")",
+                                               upstream_->address(), R"("]
+routes:
+  - name: keyed
+    match: { service: bulwark.demo.v1.Demo, method: Write }
+    cluster: demo
+    rate_limit:
+      requests_per_second: )",
+                                               kRate, R"(
+      burst: )",
+                                               kBurst, R"(
+      key_header: x-tenant
+      global: { redis: main, domain: shop, on_redis_error: )",
+                                               on_redis_error, R"( }
+)"))
+                    .ok());
+    auto started = StartSidecar(
+        config, absl::StrCat(dir_, "/bulwark", index, ".log"), kStartTimeout);
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (!started.ok()) return -1;
+    sidecars_.push_back(*std::move(started));
+    return index;
+  }
+
+  std::string Admin(int index, const std::string& path) {
+    int code = 0;
+    auto body = HttpGet("127.0.0.1", sidecars_[index].admin_port, path, &code);
+    return body.ok() && code == 200 ? *body : "";
+  }
+
+  double RedisRequests(int index, const std::string& result) {
+    return MetricValue(Admin(index, "/metrics"), "bulwark_redis_requests_total",
+                       absl::StrCat("result=\"", result, "\""));
+  }
+
+  // Waits until both sidecars see 2 replicas on the shared bucket.
+  void AwaitShared(const std::vector<int>& indexes) {
+    for (int i : indexes) {
+      EXPECT_TRUE(PollUntil(
+          [&] {
+            const std::string routes = Admin(i, "/routes");
+            return absl::StrContains(routes, "\"mode\": \"shared\"") &&
+                   absl::StrContains(routes, "\"replicas\": 2");
+          },
+          absl::Seconds(15)))
+          << "sidecar " << i << ": " << Admin(i, "/routes") << "\n"
+          << sidecars_[i].process->Log();
+    }
+  }
+
+  // Two callers of kRate/s each (twice the limit together), one per sidecar.
+  std::vector<std::unique_ptr<Load>> LoadTenant(const std::string& tenant) {
+    std::vector<std::unique_ptr<Load>> loads;
+    for (const StartedSidecar& s : sidecars_) {
+      loads.push_back(std::make_unique<Load>(
+          Load::Options{.port = s.port,
+                        .rate = kRate,
+                        .threads = 1,
+                        .method = "Write",
+                        .metadata = {{"x-tenant", tenant}}}));
+    }
+    return loads;
+  }
+
+  static Counts Sum(std::vector<std::unique_ptr<Load>>& loads, absl::Time from,
+                    absl::Time to) {
+    Counts total;
+    for (auto& load : loads) {
+      load->Stop();
+      const Counts c = load->Between(from, to);
+      total.ok += c.ok;
+      total.rate_limited += c.rate_limited;
+      total.other += c.other;
+      total.max_latency = std::max(total.max_latency, c.max_latency);
+    }
+    return total;
+  }
+
+  // The bucket's refill time stamp on node `node` ("" when it is not there).
+  std::string BucketTs(int node, const std::string& tenant) {
+    auto ts = cluster_->node(node).Cli({"HGET", BucketKey(tenant), "ts"});
+    return ts.ok() ? *ts : "";
+  }
+
+  // Waits until node `node` holds the bucket with a time stamp other than
+  // `previous`: a refill reached it.
+  bool AwaitRefillOn(int node, const std::string& tenant,
+                     const std::string& previous) {
+    return PollUntil(
+        [&] {
+          const std::string ts = BucketTs(node, tenant);
+          return !ts.empty() && ts != previous;
+        },
+        absl::Seconds(10));
+  }
+
+  std::unique_ptr<RedisCluster> cluster_;
+  std::unique_ptr<DemoUpstream> upstream_;
+  std::string dir_;
+  std::map<int, std::string>
+      tenants_;  // node -> a tenant whose bucket is there
+  std::vector<StartedSidecar> sidecars_;
+};
+
+TEST_F(RedisClusterTest, LimitsOnEveryNodeHoldAcrossSidecarsSeededApart) {
+  const int s0 = StartOne(/*seed=*/0, "LOCAL");
+  const int s1 = StartOne(/*seed=*/1, "LOCAL");
+  ASSERT_EQ(sidecars_.size(), 2u);
+  AwaitShared({s0, s1});
+
+  std::map<int, std::vector<std::unique_ptr<Load>>> loads;
+  for (const auto& [node, tenant] : tenants_) loads[node] = LoadTenant(tenant);
+  const absl::Time from = absl::Now() + absl::Seconds(1);
+  const absl::Duration window = absl::Seconds(4);
+  absl::SleepFor(absl::Seconds(1) + window + absl::Milliseconds(300));
+  const double rate_window = kRate * absl::ToDoubleSeconds(window);
+  for (auto& [node, tenant_loads] : loads) {
+    const Counts c = Sum(tenant_loads, from, from + window);
+    std::cout << "tenant " << tenants_[node] << " (bucket on node " << node
+              << "), 4 s window, " << kRate << "/s burst " << kBurst
+              << " offered twice over two sidecars: " << ToString(c) << "\n";
+    EXPECT_LE(c.ok, 1.05 * (rate_window + kBurst)) << tenants_[node];
+    EXPECT_GE(c.ok, 0.95 * rate_window) << tenants_[node];
+    EXPECT_EQ(c.other, 0);
+    // The bucket lives where the cluster says.
+    auto exists =
+        cluster_->node(node).Cli({"EXISTS", BucketKey(tenants_[node])});
+    EXPECT_TRUE(exists.ok() && *exists == "1")
+        << "node " << node << ": " << exists.status();
+  }
+  // Shared, not LOCAL: no command failed, redirections included (one result
+  // per command).
+  for (int s : {s0, s1}) {
+    EXPECT_GT(RedisRequests(s, "ok"), 0) << s;
+    EXPECT_EQ(RedisRequests(s, "error"), 0) << Admin(s, "/metrics");
+    EXPECT_EQ(RedisRequests(s, "timeout"), 0) << s;
+  }
+}
+
+TEST_F(RedisClusterTest, ALimitWhoseSlotMigratesMidRunKeepsItsLimit) {
+  const int s0 = StartOne(/*seed=*/0, "LOCAL");
+  const int s1 = StartOne(/*seed=*/1, "LOCAL");
+  ASSERT_EQ(sidecars_.size(), 2u);
+  AwaitShared({s0, s1});
+
+  const int from_node = 2;
+  const int to_node = 0;
+  const std::string tenant = tenants_[from_node];
+  auto slot = cluster_->KeySlot(BucketKey(tenant));
+  ASSERT_TRUE(slot.ok()) << slot.status();
+
+  auto loads = LoadTenant(tenant);
+  const absl::Time from = absl::Now() + absl::Seconds(1);
+  ASSERT_TRUE(AwaitRefillOn(from_node, tenant, ""));
+  absl::SleepFor(absl::Seconds(1));  // pacing: the window starts with load
+
+  // IMPORTING / MIGRATING, then the key moves: the old node answers ASK.
+  ASSERT_TRUE(cluster_->BeginMigration(*slot, from_node, to_node).ok());
+  ASSERT_TRUE(cluster_->MigrateKeys(*slot, from_node, to_node).ok());
+  std::string ts = BucketTs(to_node, tenant);
+  EXPECT_TRUE(AwaitRefillOn(to_node, tenant, ts))
+      << "no refill reached node " << to_node << " through ASK";
+  // The slot is the new node's: MOVED from then on.
+  ASSERT_TRUE(cluster_->EndMigration(*slot, to_node).ok());
+  auto serving = cluster_->NodeServing(*slot);
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_EQ(*serving, to_node);
+  ts = BucketTs(to_node, tenant);
+  EXPECT_TRUE(AwaitRefillOn(to_node, tenant, ts))
+      << "no refill reached node " << to_node << " after MOVED";
+  absl::SleepFor(absl::Seconds(1));  // pacing: the window ends with load
+
+  const absl::Time to = absl::Now();
+  const Counts c = Sum(loads, from, to);
+  const double window = absl::ToDoubleSeconds(to - from);
+  std::cout << "tenant " << tenant << ", slot " << *slot << " migrated from "
+            << "node " << from_node << " to node " << to_node << " within a "
+            << window << " s window: " << ToString(c) << "\n";
+  EXPECT_LE(c.ok, 1.05 * (kRate * window + kBurst));
+  EXPECT_GE(c.ok, 0.95 * kRate * window);
+  EXPECT_EQ(c.other, 0);
+  auto gone = cluster_->node(from_node).Cli({"EXISTS", BucketKey(tenant)});
+  EXPECT_TRUE(gone.ok() && *gone == "0") << gone.status();
+  for (int s : {s0, s1}) {
+    EXPECT_EQ(RedisRequests(s, "error"), 0) << Admin(s, "/metrics");
+    EXPECT_EQ(RedisRequests(s, "timeout"), 0) << s;
+  }
+}
+
+TEST_F(RedisClusterTest, AKilledNodesLimitsFallBackAndTheOthersStayShared) {
+  // ALLOW makes the fallback visible: a limit whose node is gone admits
+  // everything, while the shared ones still hold.
+  const int s0 = StartOne(/*seed=*/0, "ALLOW");
+  const int s1 = StartOne(/*seed=*/1, "ALLOW");
+  ASSERT_EQ(sidecars_.size(), 2u);
+  AwaitShared({s0, s1});
+
+  const int dead = 2;
+  std::map<int, std::vector<std::unique_ptr<Load>>> loads;
+  for (const auto& [node, tenant] : tenants_) loads[node] = LoadTenant(tenant);
+  ASSERT_TRUE(AwaitRefillOn(dead, tenants_[dead], ""));
+  cluster_->node(dead).Kill();
+  // Both sidecars see the failure (their refills there fail).
+  for (int s : {s0, s1}) {
+    EXPECT_TRUE(PollUntil([&] { return RedisRequests(s, "error") > 0; },
+                          absl::Seconds(10)))
+        << Admin(s, "/metrics");
+  }
+  const absl::Time from = absl::Now() + absl::Seconds(1);
+  const absl::Duration window = absl::Seconds(4);
+  absl::SleepFor(absl::Seconds(1) + window + absl::Milliseconds(300));
+  const double rate_window = kRate * absl::ToDoubleSeconds(window);
+  for (auto& [node, tenant_loads] : loads) {
+    const Counts c = Sum(tenant_loads, from, from + window);
+    std::cout << "tenant " << tenants_[node] << " (bucket on node " << node
+              << (node == dead ? ", killed" : "")
+              << "), 4 s window: " << ToString(c) << "\n";
+    EXPECT_EQ(c.other, 0);
+    if (node == dead) {
+      // ALLOW: everything offered (2 x rate) is admitted.
+      EXPECT_GE(c.ok, 0.9 * 2 * rate_window) << tenants_[node];
+      EXPECT_EQ(c.rate_limited, 0) << tenants_[node];
+    } else {
+      EXPECT_LE(c.ok, 1.05 * (rate_window + kBurst)) << tenants_[node];
+      EXPECT_GE(c.ok, 0.95 * rate_window) << tenants_[node];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bulwark::test
