@@ -1,12 +1,13 @@
 // TlsBridge: TLS to Redis for a hiredis that has none (Debian 12's 0.14.1, no
 // hiredis_ssl). It listens on 127.0.0.1 (an ephemeral port) on the store's
-// loop; the RedisClient connects there instead of the real address, and for
-// each accepted connection the bridge opens a TLS connection to the real
-// Redis (SNI and host-name check: the TlsContext's server_name, else the
-// address's host) and relays bytes both ways. It decides three things: which
-// local connection it admits (only the socket the client announced through
-// Expect, so no other local process gets a tunnel, client certificate
-// included), how long a connect plus TLS handshake may take
+// loop; the RedisClient's connection to one Redis node (a bridge per node)
+// connects there instead of the node's address, and for each accepted
+// connection the bridge opens a TLS connection to that node (SNI and host-name
+// check: the TlsContext's server_name, else the address's host) and relays
+// bytes both ways. It decides three things: which local connection it admits
+// (only the socket the client announced through Expect, so no other local
+// process gets a tunnel, client certificate included), how long a connect plus
+// TLS handshake may take
 // (`handshake_timeout`; hiredis's own timeout covers each round trip
 // afterwards), and when a connection ends: both sides close when either
 // closes, fails, or the handshake fails or times out, after what one side
