@@ -4,7 +4,7 @@
 // also runs through AUTH with a password_file) and stops, freezes (SIGSTOP)
 // and kills by its pid. Skipped when /usr/bin/redis-server is missing.
 //
-// Load is open loop: each caller thread issues its calls at fixed times
+// PacedLoad is open loop: each caller thread issues its calls at fixed times
 // (call i at start + i / rate; a caller that falls behind catches up at
 // once), blocking gRPC calls with a 2 s deadline, and records each call's
 // start, duration, status and x-bulwark-reason. Admitted calls are counted by
@@ -20,25 +20,23 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bulwark/demo/v1/demo.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/integration/paced_load.h"
 #include "tests/integration/process.h"
 
 namespace bulwark::test {
@@ -56,115 +54,6 @@ std::vector<std::string> AclArgs() {
   return {"--user",  "bulwark", "on",    absl::StrCat(">", kPassword),
           "~*",      "&*",      "+@all", "--user",
           "default", "off"};
-}
-
-struct Call {
-  absl::Time start;
-  absl::Duration took;
-  grpc::StatusCode code;
-  bool rate_limited;
-};
-
-struct Counts {
-  int ok = 0;
-  int rate_limited = 0;
-  int other = 0;
-  absl::Duration max_latency;
-  int total() const { return ok + rate_limited + other; }
-};
-
-// Open-loop callers against one sidecar port, recording every call.
-class Load {
- public:
-  struct Options {
-    int port = 0;
-    double rate = 100;  // calls per second, over all threads
-    int threads = 1;
-    std::string method = "Echo";  // Echo or Write
-    std::vector<std::pair<std::string, std::string>> metadata;
-  };
-
-  explicit Load(Options options) : options_(std::move(options)) {
-    const absl::Time start = absl::Now();
-    for (int t = 0; t < options_.threads; ++t) {
-      threads_.emplace_back([this, t, start] { Run(t, start); });
-    }
-  }
-  ~Load() { Stop(); }
-
-  void Stop() {
-    stop_.store(true);
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
-  // Calls that started in [from, to).
-  Counts Between(absl::Time from, absl::Time to) {
-    Counts c;
-    absl::MutexLock lock(&mu_);
-    for (const Call& call : calls_) {
-      if (call.start < from || call.start >= to) continue;
-      if (call.code == grpc::StatusCode::OK) {
-        ++c.ok;
-      } else if (call.rate_limited) {
-        ++c.rate_limited;
-      } else {
-        ++c.other;
-      }
-      c.max_latency = std::max(c.max_latency, call.took);
-    }
-    return c;
-  }
-
- private:
-  void Run(int thread, absl::Time start) {
-    grpc::ChannelArguments args;
-    args.SetInt("grpc.use_local_subchannel_pool", 1);
-    auto stub = Demo::NewStub(
-        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", options_.port),
-                                  grpc::InsecureChannelCredentials(), args));
-    const absl::Duration gap = absl::Seconds(options_.threads / options_.rate);
-    const absl::Time first =
-        start + absl::Seconds(thread / options_.rate);  // spread the threads
-    for (int64_t i = 0; !stop_.load(); ++i) {
-      const absl::Time due = first + gap * i;
-      if (const absl::Time now = absl::Now(); now < due) {
-        absl::SleepFor(due - now);  // pacing the caller, not waiting for it
-      }
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-      for (const auto& [k, v] : options_.metadata) ctx.AddMetadata(k, v);
-      EchoRequest request;
-      request.set_payload("x");
-      EchoResponse response;
-      const absl::Time begun = absl::Now();
-      const grpc::Status status = options_.method == "Write"
-                                      ? stub->Write(&ctx, request, &response)
-                                      : stub->Echo(&ctx, request, &response);
-      const absl::Duration took = absl::Now() - begun;
-      const auto& trailers = ctx.GetServerTrailingMetadata();
-      auto it = trailers.find("x-bulwark-reason");
-      const bool limited =
-          it != trailers.end() &&
-          absl::string_view(it->second.data(), it->second.size()) ==
-              "rate_limited";
-      absl::MutexLock lock(&mu_);
-      calls_.push_back({begun, took, status.error_code(), limited});
-    }
-  }
-
-  const Options options_;
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
-  absl::Mutex mu_;
-  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
-};
-
-std::string ToString(const Counts& c) {
-  return absl::StrCat("ok ", c.ok, ", rate_limited ", c.rate_limited,
-                      ", other ", c.other, ", slowest ",
-                      absl::FormatDuration(c.max_latency));
 }
 
 struct SidecarSpec {
@@ -311,9 +200,9 @@ TEST_F(GlobalRateLimitTest, ThreeSidecarsShareOneLimitAndOneAloneGetsAllOfIt) {
   AwaitShared(all, 3);
 
   // Uneven: 240, 120 and 40 calls/s offered (twice the limit together).
-  Load a({.port = sidecars_[0].port, .rate = 240, .threads = 3});
-  Load b({.port = sidecars_[1].port, .rate = 120, .threads = 2});
-  Load c({.port = sidecars_[2].port, .rate = 40, .threads = 1});
+  PacedLoad a({.port = sidecars_[0].port, .rate = 240, .threads = 3});
+  PacedLoad b({.port = sidecars_[1].port, .rate = 120, .threads = 2});
+  PacedLoad c({.port = sidecars_[2].port, .rate = 40, .threads = 1});
   const absl::Time from = absl::Now() + absl::Seconds(1);
   const absl::Duration window = absl::Seconds(10);
   absl::SleepFor(absl::Seconds(1) + window + absl::Milliseconds(300));
@@ -353,7 +242,7 @@ TEST_F(GlobalRateLimitTest, ThreeSidecarsShareOneLimitAndOneAloneGetsAllOfIt) {
 
   // One sidecar alone (the other two idle, still counted as replicas) gets
   // the whole limit.
-  Load alone({.port = sidecars_[1].port, .rate = 400, .threads = 4});
+  PacedLoad alone({.port = sidecars_[1].port, .rate = 400, .threads = 4});
   const absl::Time alone_from = absl::Now() + absl::Seconds(1);
   const absl::Duration alone_window = absl::Seconds(4);
   absl::SleepFor(absl::Seconds(1) + alone_window + absl::Milliseconds(300));
@@ -374,21 +263,21 @@ TEST_F(GlobalRateLimitTest, KeyedGlobalLimitsHoldPerKeyAcrossSidecars) {
   AwaitShared({s0, s1}, 2);
   // Tenant "big" offers 3x its limit through both sidecars; tenant "small"
   // stays within its own (30/s of 50/s) and must never be limited.
-  Load big0({.port = sidecars_[s0].port,
-             .rate = 100,
-             .threads = 2,
-             .method = "Write",
-             .metadata = {{"x-tenant", "big"}}});
-  Load big1({.port = sidecars_[s1].port,
-             .rate = 50,
-             .threads = 1,
-             .method = "Write",
-             .metadata = {{"x-tenant", "big"}}});
-  Load small({.port = sidecars_[s1].port,
-              .rate = 30,
-              .threads = 1,
-              .method = "Write",
-              .metadata = {{"x-tenant", "small"}}});
+  PacedLoad big0({.port = sidecars_[s0].port,
+                  .rate = 100,
+                  .threads = 2,
+                  .method = "Write",
+                  .metadata = {{"x-tenant", "big"}}});
+  PacedLoad big1({.port = sidecars_[s1].port,
+                  .rate = 50,
+                  .threads = 1,
+                  .method = "Write",
+                  .metadata = {{"x-tenant", "big"}}});
+  PacedLoad small({.port = sidecars_[s1].port,
+                   .rate = 30,
+                   .threads = 1,
+                   .method = "Write",
+                   .metadata = {{"x-tenant", "small"}}});
   const absl::Time from = absl::Now() + absl::Seconds(1);
   const absl::Duration window = absl::Seconds(4);
   absl::SleepFor(absl::Seconds(1) + window + absl::Milliseconds(300));
@@ -427,10 +316,10 @@ TEST_F(GlobalRateLimitTest,
   }
   ASSERT_EQ(sidecars_.size(), 3u);
   AwaitShared(indexes, 1);
-  std::vector<std::unique_ptr<Load>> loads;
+  std::vector<std::unique_ptr<PacedLoad>> loads;
   for (int i : indexes) {
-    loads.push_back(std::make_unique<Load>(
-        Load::Options{.port = sidecars_[i].port, .rate = 200, .threads = 2}));
+    loads.push_back(std::make_unique<PacedLoad>(PacedLoad::Options{
+        .port = sidecars_[i].port, .rate = 200, .threads = 2}));
   }
   absl::SleepFor(absl::Seconds(1));
 
@@ -458,7 +347,7 @@ TEST_F(GlobalRateLimitTest,
 
   const double judged = absl::ToDoubleSeconds(phase - settle);
   for (size_t m = 0; m < modes.size(); ++m) {
-    Load& load = *loads[m];
+    PacedLoad& load = *loads[m];
     for (const auto& [name, from, to] :
          {std::tuple{"frozen", frozen + settle, frozen + phase},
           std::tuple{"down", killed + settle, killed + phase}}) {
@@ -508,7 +397,7 @@ TEST_F(GlobalRateLimitTest, AReloadThatChangesTheLimitTakesEffect) {
   const int s = StartOne(spec);
   ASSERT_EQ(s, 0);
   AwaitShared({s}, 1);
-  Load load({.port = sidecars_[s].port, .rate = 300, .threads = 3});
+  PacedLoad load({.port = sidecars_[s].port, .rate = 300, .threads = 3});
   const absl::Time from = absl::Now() + absl::Seconds(1);
   const absl::Duration window = absl::Seconds(2);
   absl::SleepFor(absl::Seconds(1) + window);
@@ -548,7 +437,7 @@ TEST_F(GlobalRateLimitTest, AuthWithAPasswordFileAndAWrongPasswordFallsBack) {
   AwaitShared({good}, 1);
   // The wrong password: every round trip fails, the route falls back to
   // on_redis_error and says why.
-  Load load({.port = sidecars_[bad].port, .rate = 50, .threads = 1});
+  PacedLoad load({.port = sidecars_[bad].port, .rate = 50, .threads = 1});
   EXPECT_TRUE(PollUntil(
       [&] {
         const std::string routes = Admin(bad, "/routes");

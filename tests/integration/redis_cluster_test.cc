@@ -10,152 +10,34 @@
 // (on_redis_error) while the others stay shared. Skipped when
 // /usr/bin/redis-server is missing.
 //
-// Load and windows as in global_rate_limit_test.cc: open-loop callers,
+// PacedLoad and windows as in global_rate_limit_test.cc: open-loop callers,
 // admitted calls counted by start time in windows that begin at least 1 s
 // after the load started, 4 s windows; conditions are awaited by polling
 // against deadlines, never by fixed sleeps.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "bulwark/demo/v1/demo.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/integration/paced_load.h"
 #include "tests/integration/process.h"
 
 namespace bulwark::test {
 namespace {
 
-using ::bulwark::demo::v1::Demo;
-using ::bulwark::demo::v1::EchoRequest;
-using ::bulwark::demo::v1::EchoResponse;
-
 constexpr absl::Duration kStartTimeout = absl::Seconds(30);
 constexpr double kRate = 20;  // per tenant, for all sidecars together
 constexpr int64_t kBurst = 5;
-
-// The same open-loop load as global_rate_limit_test.cc's.
-struct Call {
-  absl::Time start;
-  absl::Duration took;
-  grpc::StatusCode code;
-  bool rate_limited;
-};
-
-struct Counts {
-  int ok = 0;
-  int rate_limited = 0;
-  int other = 0;
-  absl::Duration max_latency;
-  int total() const { return ok + rate_limited + other; }
-};
-
-// Open-loop callers against one sidecar port, recording every call.
-class Load {
- public:
-  struct Options {
-    int port = 0;
-    double rate = 100;  // calls per second, over all threads
-    int threads = 1;
-    std::string method = "Echo";  // Echo or Write
-    std::vector<std::pair<std::string, std::string>> metadata;
-  };
-
-  explicit Load(Options options) : options_(std::move(options)) {
-    const absl::Time start = absl::Now();
-    for (int t = 0; t < options_.threads; ++t) {
-      threads_.emplace_back([this, t, start] { Run(t, start); });
-    }
-  }
-  ~Load() { Stop(); }
-
-  void Stop() {
-    stop_.store(true);
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
-  // Calls that started in [from, to).
-  Counts Between(absl::Time from, absl::Time to) {
-    Counts c;
-    absl::MutexLock lock(&mu_);
-    for (const Call& call : calls_) {
-      if (call.start < from || call.start >= to) continue;
-      if (call.code == grpc::StatusCode::OK) {
-        ++c.ok;
-      } else if (call.rate_limited) {
-        ++c.rate_limited;
-      } else {
-        ++c.other;
-      }
-      c.max_latency = std::max(c.max_latency, call.took);
-    }
-    return c;
-  }
-
- private:
-  void Run(int thread, absl::Time start) {
-    grpc::ChannelArguments args;
-    args.SetInt("grpc.use_local_subchannel_pool", 1);
-    auto stub = Demo::NewStub(
-        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", options_.port),
-                                  grpc::InsecureChannelCredentials(), args));
-    const absl::Duration gap = absl::Seconds(options_.threads / options_.rate);
-    const absl::Time first =
-        start + absl::Seconds(thread / options_.rate);  // spread the threads
-    for (int64_t i = 0; !stop_.load(); ++i) {
-      const absl::Time due = first + gap * i;
-      if (const absl::Time now = absl::Now(); now < due) {
-        absl::SleepFor(due - now);  // pacing the caller, not waiting for it
-      }
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-      for (const auto& [k, v] : options_.metadata) ctx.AddMetadata(k, v);
-      EchoRequest request;
-      request.set_payload("x");
-      EchoResponse response;
-      const absl::Time begun = absl::Now();
-      const grpc::Status status = options_.method == "Write"
-                                      ? stub->Write(&ctx, request, &response)
-                                      : stub->Echo(&ctx, request, &response);
-      const absl::Duration took = absl::Now() - begun;
-      const auto& trailers = ctx.GetServerTrailingMetadata();
-      auto it = trailers.find("x-bulwark-reason");
-      const bool limited =
-          it != trailers.end() &&
-          absl::string_view(it->second.data(), it->second.size()) ==
-              "rate_limited";
-      absl::MutexLock lock(&mu_);
-      calls_.push_back({begun, took, status.error_code(), limited});
-    }
-  }
-
-  const Options options_;
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
-  absl::Mutex mu_;
-  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
-};
-
-std::string ToString(const Counts& c) {
-  return absl::StrCat("ok ", c.ok, ", rate_limited ", c.rate_limited,
-                      ", other ", c.other, ", slowest ",
-                      absl::FormatDuration(c.max_latency));
-}
 
 // The bucket key of tenant `tenant` on the "keyed" route of domain "shop"
 // (global_bucket_script.h).
@@ -265,21 +147,22 @@ routes:
   }
 
   // Two callers of kRate/s each (twice the limit together), one per sidecar.
-  std::vector<std::unique_ptr<Load>> LoadTenant(const std::string& tenant) {
-    std::vector<std::unique_ptr<Load>> loads;
+  std::vector<std::unique_ptr<PacedLoad>> LoadTenant(
+      const std::string& tenant) {
+    std::vector<std::unique_ptr<PacedLoad>> loads;
     for (const StartedSidecar& s : sidecars_) {
-      loads.push_back(std::make_unique<Load>(
-          Load::Options{.port = s.port,
-                        .rate = kRate,
-                        .threads = 1,
-                        .method = "Write",
-                        .metadata = {{"x-tenant", tenant}}}));
+      loads.push_back(std::make_unique<PacedLoad>(
+          PacedLoad::Options{.port = s.port,
+                             .rate = kRate,
+                             .threads = 1,
+                             .method = "Write",
+                             .metadata = {{"x-tenant", tenant}}}));
     }
     return loads;
   }
 
-  static Counts Sum(std::vector<std::unique_ptr<Load>>& loads, absl::Time from,
-                    absl::Time to) {
+  static Counts Sum(std::vector<std::unique_ptr<PacedLoad>>& loads,
+                    absl::Time from, absl::Time to) {
     Counts total;
     for (auto& load : loads) {
       load->Stop();
@@ -341,7 +224,7 @@ TEST_F(RedisClusterTest, LimitsOnEveryNodeHoldAcrossSidecarsSeededApart) {
   ASSERT_EQ(sidecars_.size(), 2u);
   AwaitShared({s0, s1});
 
-  std::map<int, std::vector<std::unique_ptr<Load>>> loads;
+  std::map<int, std::vector<std::unique_ptr<PacedLoad>>> loads;
   for (const auto& [node, tenant] : tenants_) loads[node] = LoadTenant(tenant);
   const absl::Time from = absl::Now() + absl::Seconds(1);
   const absl::Duration window = absl::Seconds(4);
@@ -434,7 +317,7 @@ TEST_F(RedisClusterTest, AKilledNodesLimitsFallBackAndTheOthersStayShared) {
   AwaitShared({s0, s1});
 
   const int dead = 2;
-  std::map<int, std::vector<std::unique_ptr<Load>>> loads;
+  std::map<int, std::vector<std::unique_ptr<PacedLoad>>> loads;
   for (const auto& [node, tenant] : tenants_) loads[node] = LoadTenant(tenant);
   ASSERT_TRUE(AwaitRefillOn(dead, tenants_[dead], ""));
   cluster_->node(dead).Kill();
