@@ -301,23 +301,25 @@ constexpr char kPlainRoute[] = R"(  - name: demo
 
 TEST_F(RetryTest, PeakEwmaSendsATenTimesSlowerEndpointAlmostNoCalls) {
   // LEAST_REQUEST would send the slow endpoint about 1 call in 21 here (as
-  // many in flight on each, each call there 10x as long): some 11 of 240.
+  // many in flight on each, each call there 10x as long): some 28 of 600.
   Start({"--delay=60ms"}, "    load_balancing: PEAK_EWMA\n", kPlainRoute,
         {"--delay=6ms"});
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&] {
-      for (int i = 0; i < 60; ++i) EXPECT_TRUE(Call(false).ok());
+      for (int i = 0; i < 150; ++i) EXPECT_TRUE(Call(false).ok());
     });
   }
   for (auto& thread : threads) thread.join();
   const std::vector<uint64_t> calls = UpstreamCalls();
   std::cout << "calls per upstream (the last 10x slower): " << calls[0] << ", "
             << calls[1] << ", " << calls[2] << "\n";
-  EXPECT_EQ(calls[0] + calls[1] + calls[2], 240u);
-  // Its first answer (60 ms) prices it out for seconds: only the calls sent
-  // before that answer came back (at most one per worker while unsampled).
-  EXPECT_LE(calls[2], 3u);
+  EXPECT_EQ(calls[0] + calls[1] + calls[2], 600u);
+  // Its first answer (60 ms) prices it out for seconds: the calls sent before
+  // that answer came back (one or two), and a few more if a fast endpoint's
+  // answer is held up (a scheduling stall on a loaded machine) long enough to
+  // price it above 60 ms.
+  EXPECT_LE(calls[2], 10u);
   EXPECT_GE(calls[2], 1u);  // tried once: a new endpoint costs nothing
   // /routes shows the estimate it was priced by.
   const std::string slow = EndpointJson(*upstreams_[2]);
