@@ -270,8 +270,14 @@ void HttpServer::Stop() {
 
 bufferevent* HttpServer::OnNewConnection(event_base* base, void* arg) {
   auto* self = static_cast<HttpServer*>(arg);
-  // What evhttp would make itself (it closes the socket on its own).
-  bufferevent* bev = bufferevent_socket_new(base, -1, 0);
+  // What evhttp would make itself, except that the bufferevent, not evhttp,
+  // closes the socket. evhttp frees a connection from inside the bufferevent's
+  // own callbacks (the reply's last byte written), where libevent still holds
+  // a reference: left to evhttp, the socket is closed first and the
+  // bufferevent's events leave epoll only when that reference goes, by then
+  // under a number another thread (a worker's accept) may have been given. The
+  // bufferevent closes it after its events are gone.
+  bufferevent* bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
   if (bev == nullptr) return nullptr;
   auto* connection =
       new Connection{.server = self, .timer = nullptr, .bev = bev};
@@ -311,12 +317,19 @@ void HttpServer::Track(Connection* connection) {
   // evhttp sets its callbacks, with the connection as their argument, when it
   // makes the connection, and clears them when it frees it.
   auto* evcon = static_cast<evhttp_connection*>(cbarg);
-  bufferevent_decref(bev);  // evhttp's own reference remains, if any
   if (eventcb == nullptr || evcon == nullptr) {
+    // evhttp gave up while setting the connection up (out of memory, epoll
+    // full) and, on its usual way out, closed the socket itself: the
+    // bufferevent freed with our reference must not close that number again,
+    // by now perhaps another thread's. (Where that way does not close it, one
+    // socket leaks under memory exhaustion: the lesser harm.)
+    bufferevent_setfd(bev, -1);
+    bufferevent_decref(bev);
     event_free(connection->timer);
     delete connection;
     return;
   }
+  bufferevent_decref(bev);  // evhttp's own reference remains
   if (connections_.size() >= static_cast<size_t>(options_.max_connections)) {
     event_free(connection->timer);
     delete connection;
