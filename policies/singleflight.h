@@ -14,9 +14,10 @@
 // compared in full under it). Callbacks are never invoked under the lock nor
 // from inside Join.
 //
-// Cost: Join hashes the key once (outside the lock) and allocates one Flight
-// (which a follower discards); completing delivers one shared_ptr copy per
-// subscriber. Numbers in tests/microbench/queue_flight_bench.cc.
+// Cost: Join hashes the key once (outside the lock); a follower then costs one
+// map probe under the lock, a leader a second probe and one Flight allocated
+// outside it (with its copy of the key); completing delivers one shared_ptr
+// copy per subscriber. Numbers in tests/microbench/queue_flight_bench.cc.
 //
 // Lifetime: the Singleflight must outlive every Membership and Leadership it
 // handed out.
@@ -47,6 +48,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -69,6 +71,83 @@ struct SingleflightKeyHeader {
 std::string EncodeSingleflightKey(
     absl::string_view method, absl::string_view request_message,
     absl::Span<const SingleflightKeyHeader> key_headers);
+
+namespace singleflight_internal {
+
+// LEB128: a prefix code, so a length can never be confused with the bytes after
+// it.
+inline size_t VarintSize(uint64_t n) {
+  size_t size = 1;
+  while (n >= 0x80) {
+    n >>= 7;
+    ++size;
+  }
+  return size;
+}
+
+inline void AppendVarint(uint64_t n, std::string& out) {
+  while (n >= 0x80) {
+    out.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    n >>= 7;
+  }
+  out.push_back(static_cast<char>(n));
+}
+
+inline size_t FieldSize(absl::string_view field) {
+  return VarintSize(field.size()) + field.size();
+}
+
+inline void AppendField(absl::string_view field, std::string& out) {
+  AppendVarint(field.size(), out);
+  out.append(field.data(), field.size());
+}
+
+// Marks whether a header was sent, so "absent" and "sent empty" are different
+// keys.
+constexpr char kHeaderAbsent = 0;
+constexpr char kHeaderPresent = 1;
+
+}  // namespace singleflight_internal
+
+// The same key as EncodeSingleflightKey, read straight from the caller's own
+// header storage and written into `key` (its old contents replaced, its
+// capacity reused: a worker keeps one such buffer, so a key costs no
+// allocation). `for_each_part(emit)` calls emit(name, value) once per key
+// header part, in order (`value` a const absl::string_view*, null for a header
+// not sent), and must do the same each time, being called twice: to size the
+// key, then to write it. This is the per-call path (SingleflightStage::Key).
+template <typename ForEachPart>
+void EncodeSingleflightKeyInto(absl::string_view method,
+                               absl::string_view request_message,
+                               const ForEachPart& for_each_part,
+                               std::string& key) {
+  namespace internal = singleflight_internal;
+  size_t parts = 0;
+  size_t size =
+      internal::FieldSize(method) + internal::FieldSize(request_message);
+  for_each_part([&](absl::string_view name, const absl::string_view* value) {
+    ++parts;
+    size += internal::FieldSize(name) + 1;
+    if (value != nullptr) size += internal::FieldSize(*value);
+  });
+  size += internal::VarintSize(parts);
+
+  key.clear();
+  key.reserve(size);
+  internal::AppendField(method, key);
+  internal::AppendField(request_message, key);
+  internal::AppendVarint(parts, key);
+  for_each_part([&](absl::string_view name, const absl::string_view* value) {
+    internal::AppendField(name, key);
+    if (value != nullptr) {
+      key.push_back(internal::kHeaderPresent);
+      internal::AppendField(*value, key);
+    } else {
+      key.push_back(internal::kHeaderAbsent);
+    }
+  });
+  assert(key.size() == size);
+}
 
 // How a flight ended, as seen by each subscriber.
 enum class FlightEnd : uint8_t {
@@ -221,42 +300,45 @@ class Singleflight {
   Singleflight& operator=(const Singleflight&) = delete;
 
   // Subscribes this caller to the open flight for `key` (kFollower), or opens
-  // one and makes it the leader (kLeader). `on_unwanted` is kept only if this
-  // caller becomes the leader.
-  JoinResult Join(std::string key, OnOutcome on_outcome, OnUnwanted on_unwanted)
+  // one and makes it the leader (kLeader). `make_on_unwanted` is called, once
+  // and outside the lock, only if this caller may lead; a follower costs one
+  // hash, one map probe under the lock and no allocation (beyond a slot in the
+  // flight's list of subscribers). The key bytes are copied only by a leader.
+  JoinResult Join(absl::string_view key, OnOutcome on_outcome,
+                  absl::FunctionRef<OnUnwanted()> make_on_unwanted)
       ABSL_LOCKS_EXCLUDED(mu_) {
-    // Built before locking, so the critical section never allocates; a follower
-    // discards it.
-    auto fresh = std::make_shared<Flight>();
-    fresh->hash = KeyHash{}(absl::string_view(key));
-    fresh->key = std::move(key);
-    fresh->subscribers.push_back(std::move(on_outcome));
-    fresh->on_unwanted = std::move(on_unwanted);
-    fresh->interested = 1;
-
-    std::shared_ptr<Flight> open;
-    size_t slot;
+    const size_t hash = KeyHash{}(key);
     {
       absl::MutexLock lock(&mu_);
-      auto [it, inserted] =
-          flights_.try_emplace(KeyRef{fresh->key, fresh->hash}, fresh);
-      if (inserted) {
-        flights_open_.store(flights_.size(), std::memory_order_relaxed);
-        return {.role = Role::kLeader,
-                .membership = Membership(this, fresh, 0),
-                .leadership = Leadership(this, fresh)};
+      if (auto it = flights_.find(KeyRef{key, hash}); it != flights_.end()) {
+        return FollowLocked(it->second, on_outcome);
       }
-      open = it->second;
-      slot = open->subscribers.size();
-      open->subscribers.push_back(std::move(fresh->subscribers.front()));
-      ++open->interested;
-      followers_waiting_.fetch_add(1, std::memory_order_relaxed);
     }
-    // `fresh` (key copy, unused on_unwanted) is destroyed here, outside the
-    // lock.
-    return {.role = Role::kFollower,
-            .membership = Membership(this, std::move(open), slot),
-            .leadership = Leadership()};
+    // Built outside the lock, so the critical section never allocates a
+    // flight; if an identical call opened one meanwhile, this one follows it
+    // and `fresh` is discarded.
+    auto fresh = std::make_shared<Flight>();
+    fresh->hash = hash;
+    fresh->key.assign(key.data(), key.size());
+    fresh->on_unwanted = make_on_unwanted();
+    fresh->interested = 1;
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] =
+        flights_.try_emplace(KeyRef{fresh->key, fresh->hash}, fresh);
+    if (!inserted) return FollowLocked(it->second, on_outcome);
+    fresh->subscribers.push_back(std::move(on_outcome));
+    flights_open_.store(flights_.size(), std::memory_order_relaxed);
+    return {.role = Role::kLeader,
+            .membership = Membership(this, fresh, 0),
+            .leadership = Leadership(this, fresh)};
+    // A discarded `fresh` dies after `lock`, outside it.
+  }
+
+  // The same with the leader's on_unwanted made up front (tests, benchmarks).
+  JoinResult Join(absl::string_view key, OnOutcome on_outcome,
+                  OnUnwanted on_unwanted) ABSL_LOCKS_EXCLUDED(mu_) {
+    return Join(key, std::move(on_outcome),
+                [&on_unwanted] { return std::move(on_unwanted); });
   }
 
   // Racy snapshots for metrics and the admin page.
@@ -271,6 +353,18 @@ class Singleflight {
  private:
   // Most flights have no follower: the leader's own slot needs no allocation.
   using Subscribers = absl::InlinedVector<OnOutcome, 1>;
+
+  JoinResult FollowLocked(const std::shared_ptr<Flight>& open,
+                          OnOutcome& on_outcome)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t slot = open->subscribers.size();
+    open->subscribers.push_back(std::move(on_outcome));
+    ++open->interested;
+    followers_waiting_.fetch_add(1, std::memory_order_relaxed);
+    return {.role = Role::kFollower,
+            .membership = Membership(this, open, slot),
+            .leadership = Leadership()};
+  }
 
   // The map's key: a view of the key bytes owned by the Flight it maps to, plus
   // their hash, computed once per Join outside the lock (and never again, so

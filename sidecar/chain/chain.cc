@@ -110,6 +110,10 @@ class FlightCall final {
 
 namespace {
 
+// A worker's singleflight key buffer keeps at most this much capacity between
+// calls (SingleflightStage's default max_request_bytes, plus headers).
+constexpr size_t kKeyBufferKeptBytes = 80 * 1024;
+
 // The per-call state of the chain; the transport owns it (Call::SetObserver)
 // and calls OnClose once when the downstream stream ends.
 class ChainCall final : public net::CallObserver {
@@ -300,9 +304,10 @@ class ChainCall final : public net::CallObserver {
     const uint64_t call_id = call_.id();
     const uint64_t flight_id = handler_.NextFlightId();
     ProxyHandler* handler = &handler_;
-    std::shared_ptr<RouteState> state = route_.state;
+    std::string& key = handler_.key_buffer();
+    stage.KeyInto(call_, *body_, key);
     auto joined = stage.flights().Join(
-        stage.Key(call_, *body_),
+        key,
         [executor, call_id](Flights::Outcome outcome) {
           executor->Post(
               [executor, call_id, outcome = std::move(outcome)]() mutable {
@@ -313,11 +318,17 @@ class ChainCall final : public net::CallObserver {
                 }
               });
         },
-        [executor, handler, flight_id, state](bool deadline_expired) {
-          executor->Post([handler, flight_id, deadline_expired, state] {
-            handler->EndFlight(flight_id, deadline_expired);
-          });
+        [&]() -> Flights::OnUnwanted {
+          return [executor, handler, flight_id,
+                  state = route_.state](bool deadline_expired) {
+            executor->Post([handler, flight_id, deadline_expired, state] {
+              handler->EndFlight(flight_id, deadline_expired);
+            });
+          };
         });
+    // A key as large as the largest request held stays only while it is
+    // small.
+    if (key.capacity() > kKeyBufferKeptBytes) std::string().swap(key);
     const bool leader = joined.role == Flights::Role::kLeader;
     if (stage.shadow()) {
       // Shadow: count what would have been coalesced; every call goes

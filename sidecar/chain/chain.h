@@ -68,6 +68,9 @@ class ProxyHandler final : public net::CallHandler {
   void EndFlight(uint64_t id, bool deadline_expired, bool finished = false);
   size_t FlightsRunning() const { return flights_.size(); }
   net::Executor& executor() { return executor_; }
+  // The worker's buffer for singleflight keys: a key is built here, looked
+  // up, and copied only by a call that leads a flight.
+  std::string& key_buffer() { return key_buffer_; }
   // Whether this call's line goes to the access log (`sample` of OK calls,
   // `errors_only`). The worker's own generator: no lock.
   bool KeepInAccessLog(const config::v1::AccessLog& config, bool ok) {
@@ -83,6 +86,7 @@ class ProxyHandler final : public net::CallHandler {
   std::shared_ptr<const Snapshot> snapshot_;
   uint64_t last_flight_id_ = 0;
   absl::flat_hash_map<uint64_t, std::unique_ptr<FlightCall>> flights_;
+  std::string key_buffer_;
 };
 
 }  // namespace bulwark::chain

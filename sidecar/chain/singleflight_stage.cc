@@ -44,24 +44,35 @@ bool SingleflightStage::Coalescable(std::string_view path) const {
          unary_methods_->contains(absl::string_view(path.data(), path.size()));
 }
 
+void SingleflightStage::KeyInto(const net::Call& call, std::string_view body,
+                                std::string& key) const {
+  const net::HeaderList& headers = call.request_headers();
+  const std::string_view path = call.path();
+  // One part per value a key header carries (in the request's order), or one
+  // marking it absent.
+  EncodeSingleflightKeyInto(
+      absl::string_view(path.data(), path.size()),
+      absl::string_view(body.data(), body.size()),
+      [&](const auto& emit) {
+        for (const std::string& name : key_headers_) {
+          bool sent = false;
+          for (const auto& [header, value] : headers) {
+            if (header.size() != name.size() || header != name) continue;
+            const absl::string_view view(value);
+            emit(absl::string_view(name), &view);
+            sent = true;
+          }
+          if (!sent) emit(absl::string_view(name), nullptr);
+        }
+      },
+      key);
+}
+
 std::string SingleflightStage::Key(const net::Call& call,
                                    std::string_view body) const {
-  const net::HeaderList& headers = call.request_headers();
-  std::vector<SingleflightKeyHeader> parts;
-  parts.reserve(key_headers_.size() + 1);
-  for (const std::string& name : key_headers_) {
-    bool sent = false;
-    for (const auto& [header, value] : headers) {
-      if (header != name) continue;
-      parts.push_back({.name = name, .value = absl::string_view(value)});
-      sent = true;
-    }
-    if (!sent) parts.push_back({.name = name, .value = std::nullopt});
-  }
-  const std::string_view path = call.path();
-  return EncodeSingleflightKey(absl::string_view(path.data(), path.size()),
-                               absl::string_view(body.data(), body.size()),
-                               parts);
+  std::string key;
+  KeyInto(call, body, key);
+  return key;
 }
 
 std::string SingleflightStage::DescribeJson() const {

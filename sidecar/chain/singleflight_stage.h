@@ -10,7 +10,8 @@
 // the driver runs the leader's upstream call and fans the answer out.
 //
 // Thread-safety: const after construction; the flights are thread-safe. Cost:
-// one pass over the request headers and one key allocation per held call.
+// two passes over the request headers into the worker's key buffer, and one
+// copy of the key for a call that leads a flight.
 #ifndef BULWARK_SIDECAR_CHAIN_SINGLEFLIGHT_STAGE_H_
 #define BULWARK_SIDECAR_CHAIN_SINGLEFLIGHT_STAGE_H_
 
@@ -41,6 +42,10 @@ class SingleflightStage {
   bool Coalescable(std::string_view path) const;
   uint64_t max_request_bytes() const { return max_request_bytes_; }
   bool shadow() const { return shadow_; }
+  // The call's key, written into `key` (a reused buffer: no allocation once
+  // it is large enough).
+  void KeyInto(const net::Call& call, std::string_view body,
+               std::string& key) const;
   std::string Key(const net::Call& call, std::string_view body) const;
   Flights& flights() const { return flights_; }
   RouteMetrics& metrics() const { return metrics_; }

@@ -16,9 +16,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/types/span.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "policies/clock.h"
+#include "policies/singleflight.h"
+#include "sidecar/chain/singleflight_stage.h"
 #include "sidecar/config_loader.h"
 #include "sidecar/dns.h"
 #include "sidecar/metrics.h"
@@ -694,6 +697,32 @@ TEST_F(ChainTest, KeyTellsAbsentFromEmptyAndHoldsEveryValue) {
   Call({{"content-type", "application/grpc"}, {"x-tenant", "a"}})
       .SendRequest("q");
   EXPECT_EQ(UpstreamCalls(), 4u);
+}
+
+TEST_F(ChainTest, KeyIsTheEncodingOfEveryKeyHeaderValueInConfiguredOrder) {
+  Build(R"(    singleflight: {key_headers: [x-tenant, x-region]}
+)");
+  const SingleflightStage& stage = *route().singleflight;
+  // Request order differs from the configured order; x-tenant is sent twice,
+  // x-region and grpc-encoding not at all.
+  FakeCall& call = Call({{"x-tenant", "a"},
+                         {"grpc-accept-encoding", "gzip"},
+                         {"content-type", "application/grpc"},
+                         {"x-tenant", "b"}});
+  using H = SingleflightKeyHeader;
+  const std::vector<H> parts = {
+      {.name = "content-type", .value = "application/grpc"},
+      {.name = "grpc-encoding", .value = std::nullopt},
+      {.name = "grpc-accept-encoding", .value = "gzip"},
+      {.name = "x-tenant", .value = "a"},
+      {.name = "x-tenant", .value = "b"},
+      {.name = "x-region", .value = std::nullopt},
+  };
+  EXPECT_EQ(stage.Key(call, "msg"),
+            EncodeSingleflightKey(kMethod, "msg", parts));
+  EXPECT_NE(stage.Key(call, "msg"),
+            EncodeSingleflightKey(kMethod, "msg",
+                                  absl::MakeConstSpan(parts).first(5)));
 }
 
 TEST_F(ChainTest, AnswerTooLargeToShareReachesEveryCallerOnItsOwn) {
