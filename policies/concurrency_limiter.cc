@@ -117,21 +117,34 @@ ConcurrencyLimiter::WaiterMap::node_type ConcurrencyLimiter::Extract(
   return waiters_.extract(it);
 }
 
+std::optional<ConcurrencyLimiter::AcquireResult>
+ConcurrencyLimiter::TryAcquire() {
+  uint32_t in_flight = 0;
+  switch (TryWithoutLock(&in_flight)) {
+    case LockFreeAnswer::kTookSlot:
+      return AcquireResult{.status = AcquireStatus::kGranted,
+                           .permit = Grant(in_flight),
+                           .wait = WaitHandle{}};
+    case LockFreeAnswer::kQueueFull:
+      return AcquireResult{.status = adaptive_ != nullptr
+                                         ? AcquireStatus::kLoadShed
+                                         : AcquireStatus::kConcurrencyLimit,
+                           .permit = Permit(),
+                           .wait = WaitHandle{}};
+    case LockFreeAnswer::kNeedsLock:
+      break;
+  }
+  return std::nullopt;
+}
+
 ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
+  if (std::optional<AcquireResult> quick = TryAcquire()) {
+    return *std::move(quick);
+  }
   uint32_t in_flight = 0;
   const AcquireStatus refused = adaptive_ != nullptr
                                     ? AcquireStatus::kLoadShed
                                     : AcquireStatus::kConcurrencyLimit;
-  switch (TryWithoutLock(&in_flight)) {
-    case LockFreeAnswer::kTookSlot:
-      return {.status = AcquireStatus::kGranted,
-              .permit = Grant(in_flight),
-              .wait = WaitHandle{}};
-    case LockFreeAnswer::kQueueFull:
-      return {.status = refused, .permit = Permit(), .wait = WaitHandle{}};
-    case LockFreeAnswer::kNeedsLock:
-      break;
-  }
   // Adaptive shedding needs the time; a fixed limiter reads it only once it
   // parks (below).
   const absl::Time now = adaptive_ != nullptr ? clock_.Now() : absl::Time();

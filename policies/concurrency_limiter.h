@@ -201,6 +201,12 @@ class ConcurrencyLimiter {
   // Never blocks and never invokes waiter.on_done itself; when not parked,
   // `waiter` is simply dropped.
   AcquireResult Acquire(Waiter waiter) ABSL_LOCKS_EXCLUDED(mu_);
+  // Acquire's lock-free part, which needs no Waiter: kGranted when a slot is
+  // free and nobody queues, the refusal when the queue is full (and no
+  // priority could displace a waiter); std::nullopt when only Acquire can
+  // answer (it may park). A caller whose Waiter costs something to build (its
+  // on_done allocates) tries this first.
+  std::optional<AcquireResult> TryAcquire();
 
   // For a caller that went away while parked. kCancelled: the waiter is removed
   // at once, its timer cancelled and its on_done destroyed (on this thread)

@@ -370,24 +370,25 @@ class ChainCall final : public net::CallObserver {
     net::Executor* executor = &executor_;
     const uint64_t call_id = call_.id();
     const uint64_t acquisition = ++acquisition_;
-    std::shared_ptr<RouteState> state = route_.state;
     auto acquired = route_.concurrency->Acquire(
         executor_.timers(), call_.deadline(),
         route_.concurrency->PriorityOf(call_),
-        [executor, call_id, acquisition,
-         state](ConcurrencyStage::WaitResult result) mutable {
-          // Any thread: hop to the call's worker. If the call is gone, the
-          // permit in `result` is released there (`state` keeps the limiter
-          // alive until then).
-          executor->Post([executor, call_id, acquisition,
-                          state = std::move(state),
-                          result = std::move(result)]() mutable {
-            if (net::Call* call = executor->FindCall(call_id)) {
-              if (auto* self = static_cast<ChainCall*>(call->observer())) {
-                self->OnSlot(acquisition, std::move(result));
+        [&]() -> ConcurrencyStage::OnDone {
+          return [executor, call_id, acquisition, state = route_.state](
+                     ConcurrencyStage::WaitResult result) mutable {
+            // Any thread: hop to the call's worker. If the call is gone, the
+            // permit in `result` is released there (`state` keeps the limiter
+            // alive until then).
+            executor->Post([executor, call_id, acquisition,
+                            state = std::move(state),
+                            result = std::move(result)]() mutable {
+              if (net::Call* call = executor->FindCall(call_id)) {
+                if (auto* self = static_cast<ChainCall*>(call->observer())) {
+                  self->OnSlot(acquisition, std::move(result));
+                }
               }
-            }
-          });
+            });
+          };
         });
     wait_ = acquired.wait;
     switch (acquired.verdict.kind) {

@@ -82,11 +82,15 @@ Verdict ConcurrencyStage::LoadShed(std::string_view why) const {
 
 ConcurrencyStage::Acquired ConcurrencyStage::Acquire(
     TimerQueue& timers, absl::Time call_deadline, Priority priority,
-    absl::AnyInvocable<void(WaitResult)> on_done) const {
-  auto acquired = limiter_.Acquire({.timers = timers,
-                                    .call_deadline = call_deadline,
-                                    .priority = priority,
-                                    .on_done = std::move(on_done)});
+    absl::FunctionRef<OnDone()> make_on_done) const {
+  std::optional<ConcurrencyLimiter::AcquireResult> quick =
+      limiter_.TryAcquire();
+  auto acquired = quick.has_value()
+                      ? *std::move(quick)
+                      : limiter_.Acquire({.timers = timers,
+                                          .call_deadline = call_deadline,
+                                          .priority = priority,
+                                          .on_done = make_on_done()});
   Acquired out;
   switch (acquired.status) {
     case ConcurrencyLimiter::AcquireStatus::kGranted:

@@ -23,6 +23,8 @@
 #include <string_view>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "bulwark/config/v1/config.pb.h"
 #include "policies/clock.h"
 #include "policies/concurrency_limiter.h"
@@ -61,10 +63,13 @@ class ConcurrencyStage {
   };
   // The call's priority from priority_header (kNormal without one).
   Priority PriorityOf(const net::Call& call) const;
-  // `on_done` may run on any thread (see ConcurrencyLimiter::Waiter).
+  using OnDone = absl::AnyInvocable<void(WaitResult)>;
+  // `make_on_done` is called only if the call may have to wait (no free slot
+  // at first sight); the callback it makes may run on any thread (see
+  // ConcurrencyLimiter::Waiter).
   Acquired Acquire(TimerQueue& timers, absl::Time call_deadline,
                    Priority priority,
-                   absl::AnyInvocable<void(WaitResult)> on_done) const;
+                   absl::FunctionRef<OnDone()> make_on_done) const;
   // How a booked wait ended: kContinue (granted; in shadow always), or the
   // answer an enforcing waiter gets.
   Verdict OnWaitEnded(ConcurrencyLimiter::WaitStatus status) const;

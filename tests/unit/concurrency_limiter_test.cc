@@ -92,6 +92,32 @@ TEST_F(ConcurrencyLimiterTest, RejectsWhenTheQueueIsFull) {
   limiter.Cancel(parked_b.wait);
 }
 
+TEST_F(ConcurrencyLimiterTest, TryAcquireAnswersOnlyWhatNeedsNoWaiter) {
+  ConcurrencyLimiter limiter(
+      {.max_in_flight = 1, .max_queued = 1, .queue_timeout = absl::Seconds(1)},
+      clock_);
+  std::optional<ConcurrencyLimiter::AcquireResult> free = limiter.TryAcquire();
+  ASSERT_TRUE(free.has_value());
+  EXPECT_EQ(free->status, AcquireStatus::kGranted);
+  EXPECT_TRUE(free->permit.Held());
+  // The slot is held and the queue has room: only Acquire, with a waiter,
+  // can answer.
+  EXPECT_FALSE(limiter.TryAcquire().has_value());
+  Outcome parked;
+  auto waiting = limiter.Acquire(WaiterInto(parked));
+  ASSERT_EQ(waiting.status, AcquireStatus::kParked);
+  // The queue is full: refused without a lock or a waiter.
+  std::optional<ConcurrencyLimiter::AcquireResult> full = limiter.TryAcquire();
+  ASSERT_TRUE(full.has_value());
+  EXPECT_EQ(full->status, AcquireStatus::kConcurrencyLimit);
+  EXPECT_FALSE(full->permit.Held());
+  EXPECT_EQ(limiter.InFlightApprox(), 1u);
+  EXPECT_EQ(limiter.QueuedApprox(), 1u);
+  free->permit.Release();  // hands the slot to the parked waiter
+  EXPECT_EQ(parked.calls, 1);
+  EXPECT_EQ(parked.status, WaitStatus::kGranted);
+}
+
 TEST_F(ConcurrencyLimiterTest, FifoOrderIsKept) {
   ConcurrencyLimiter limiter(
       {.max_in_flight = 1, .max_queued = 3, .queue_timeout = absl::Seconds(1)},
