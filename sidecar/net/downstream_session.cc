@@ -692,10 +692,8 @@ void DownstreamStream::ForwardHeld(const UpstreamAddress& upstream,
                                    std::string body) {
   // The held bytes were consumed as they arrived; the request has ended.
   request_held_ = false;
-  request_body_.Clear();
   request_preconsumed_ = body.size();
-  request_body_.Append(reinterpret_cast<const uint8_t*>(body.data()),
-                       body.size());
+  request_body_.Assign(std::move(body));
   Forward(upstream);
 }
 

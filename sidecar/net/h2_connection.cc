@@ -198,6 +198,14 @@ std::string ByteQueue::Take() {
   return out;
 }
 
+void ByteQueue::Assign(std::string bytes) {
+  Clear();
+  if (bytes.empty()) return;
+  size_ = bytes.size();
+  last_chunk_capacity_ = bytes.capacity();
+  chunks_.push_back(std::move(bytes));
+}
+
 int H2Connection::AppendDataFrame(
     const nghttp2_frame* frame, const uint8_t* framehd, size_t length,
     absl::FunctionRef<bool(size_t, std::string&)> fill) {

@@ -45,6 +45,9 @@ class ByteQueue {
   void Clear();
   // Moves everything out (for whole-message capture).
   std::string Take();
+  // Replaces the contents with `bytes`, taking over their memory (no copy):
+  // a message Take() moved out, given back.
+  void Assign(std::string bytes);
 
  private:
   // A new chunk gets room for its bytes or twice the previous chunk's, up to

@@ -64,5 +64,23 @@ TEST(ByteQueueTest, TakeAndClear) {
   EXPECT_EQ(q.Take(), "");
 }
 
+TEST(ByteQueueTest, AssignTakesTheBytesOverAndAppendsAfterThem) {
+  ByteQueue q;
+  Append(q, "stale");
+  q.Assign(std::string(300, 'm'));
+  EXPECT_EQ(q.size(), 300u);
+  Append(q, "tail");
+  std::string out;
+  q.MoveTo(q.size(), out);
+  EXPECT_EQ(out, std::string(300, 'm') + "tail");
+  // Given back untouched, the same memory comes out again: no copy.
+  std::string again(300, 'n');
+  const char* memory = again.data();
+  q.Assign(std::move(again));
+  EXPECT_EQ(q.Take().data(), memory);
+  q.Assign("");
+  EXPECT_TRUE(q.empty());
+}
+
 }  // namespace
 }  // namespace bulwark::net
