@@ -201,7 +201,7 @@ struct DownstreamCallbacks {
                       nghttp2_data_source*, void* user_data) {
     DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
     return static_cast<DownstreamSession*>(user_data)->AppendDataFrame(
-        frame, framehd, length, [stream](size_t n, std::string& out) {
+        frame, framehd, length, [stream](size_t n, OutputBuffer& out) {
           return stream != nullptr && stream->CopyResponseBody(n, out);
         });
   }
@@ -495,15 +495,17 @@ ssize_t DownstreamStream::ReadRequestBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-bool DownstreamStream::CopyRequestBody(size_t length, std::string& out) {
+bool DownstreamStream::CopyRequestBody(size_t length, OutputBuffer& out) {
   if (request_body_.size() < length) return false;
   if (length == 0) return true;
   request_body_.MoveTo(length, out);
   // Kept, while small and unanswered, to send again if the upstream refuses
-  // the stream unseen.
+  // the stream unseen. (Bytes this small were copied into the output's tail.)
   if (replayable_) {
-    if (replay_.size() + length <= kReplayBytes && !response_headers_done_) {
-      replay_.append(out, out.size() - length, length);
+    const std::string_view sent = out.Last(length);
+    if (replay_.size() + length <= kReplayBytes && !response_headers_done_ &&
+        sent.size() == length) {
+      replay_.append(sent);
     } else {
       replayable_ = false;
       std::string().swap(replay_);
@@ -614,11 +616,11 @@ ssize_t DownstreamStream::ReadResponseBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-bool DownstreamStream::CopyResponseBody(size_t length, std::string& out) {
+bool DownstreamStream::CopyResponseBody(size_t length, OutputBuffer& out) {
   if (shared_response_ != nullptr) {
     const std::string& body = shared_response_->body;
     if (body.size() - shared_offset_ < length) return false;
-    out.append(body, shared_offset_, length);
+    out.Append(body.data() + shared_offset_, length);
     shared_offset_ += length;
     result_.response_bytes += length;
     return true;

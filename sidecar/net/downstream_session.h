@@ -81,11 +81,11 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   // the next DATA frame carries (and EOF, trailers); CopyResponseBody then
   // writes them into the frame.
   ssize_t ReadResponseBody(size_t length, uint32_t* flags);
-  bool CopyResponseBody(size_t length, std::string& out);
+  bool CopyResponseBody(size_t length, OutputBuffer& out);
 
   // --- upstream connection events ---
   ssize_t ReadRequestBody(size_t length, uint32_t* flags) override;
-  bool CopyRequestBody(size_t length, std::string& out) override;
+  bool CopyRequestBody(size_t length, OutputBuffer& out) override;
   void AddResponseHeader(std::string_view name,
                          std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;

@@ -180,6 +180,107 @@ void ByteQueue::MoveTo(size_t len, std::string& out) {
   }
 }
 
+void ByteQueue::MoveTo(size_t len, OutputBuffer& out) {
+  len = std::min(len, size_);
+  size_ -= len;
+  while (len > 0) {
+    std::string& head = chunks_.front();
+    const size_t n = std::min(len, head.size() - head_offset_);
+    len -= n;
+    if (head_offset_ + n < head.size()) {  // the chunk goes on
+      out.Append(head.data() + head_offset_, n);
+      head_offset_ += n;
+      continue;
+    }
+    // The rest of the chunk: large, it is handed over from where the frame
+    // starts in it; small, copied (and a lone chunk's memory kept).
+    if (n >= OutputBuffer::kAdoptMinBytes) {
+      out.Adopt(std::move(head), head_offset_);
+    } else {
+      out.Append(head.data() + head_offset_, n);
+    }
+    head_offset_ = 0;
+    if (chunks_.size() == 1) {
+      head.clear();
+    } else {
+      chunks_.erase(chunks_.begin());
+    }
+  }
+}
+
+void OutputBuffer::Append(const char* data, size_t len) {
+  if (len == 0) return;
+  if (!tail_open_) {
+    segments_.emplace_back();
+    tail_open_ = true;
+  }
+  segments_.back().bytes.append(data, len);
+  size_ += len;
+}
+
+void OutputBuffer::Adopt(std::string bytes, size_t from) {
+  if (bytes.size() <= from) return;
+  size_ += bytes.size() - from;
+  segments_.push_back({.bytes = std::move(bytes), .start = from});
+  tail_open_ = false;
+}
+
+std::string_view OutputBuffer::Last(size_t len) const {
+  if (!tail_open_) return {};
+  const Segment& tail = segments_.back();
+  const size_t written = head_ + 1 == segments_.size() ? head_offset_ : 0;
+  if (tail.bytes.size() - tail.start - written < len) return {};
+  return std::string_view(tail.bytes).substr(tail.bytes.size() - len);
+}
+
+void OutputBuffer::DropLast(size_t len) {
+  std::string& tail = segments_.back().bytes;
+  tail.resize(tail.size() - len);
+  size_ -= len;
+}
+
+int OutputBuffer::Gather(iovec* iov, int max) const {
+  int count = 0;
+  size_t offset = head_offset_;
+  for (size_t i = head_; i < segments_.size() && count < max; ++i) {
+    const Segment& segment = segments_[i];
+    const size_t begin = segment.start + offset;
+    if (segment.bytes.size() > begin) {
+      iov[count].iov_base = const_cast<char*>(segment.bytes.data() + begin);
+      iov[count].iov_len = segment.bytes.size() - begin;
+      ++count;
+    }
+    offset = 0;
+  }
+  return count;
+}
+
+void OutputBuffer::Consume(size_t n) {
+  size_ -= n;
+  while (n > 0) {
+    Segment& segment = segments_[head_];
+    const size_t left = segment.bytes.size() - segment.start - head_offset_;
+    if (n < left) {
+      head_offset_ += n;
+      return;
+    }
+    n -= left;
+    head_offset_ = 0;
+    // Written: a handed-over chunk's memory goes now. (The first segment's is
+    // kept for the next bytes.)
+    if (head_ > 0) std::string().swap(segment.bytes);
+    ++head_;
+  }
+  if (size_ == 0) {
+    segments_.resize(1);
+    segments_[0].bytes.clear();
+    segments_[0].start = 0;
+    head_ = 0;
+    head_offset_ = 0;
+    tail_open_ = true;
+  }
+}
+
 void ByteQueue::Clear() {
   chunks_.clear();
   head_offset_ = 0;
@@ -208,23 +309,36 @@ void ByteQueue::Assign(std::string bytes) {
 
 int H2Connection::AppendDataFrame(
     const nghttp2_frame* frame, const uint8_t* framehd, size_t length,
-    absl::FunctionRef<bool(size_t, std::string&)> fill) {
-  if (out_.size() - out_offset_ >= kMaxPendingOut) {
+    absl::FunctionRef<bool(size_t, OutputBuffer&)> fill) {
+  if (out_.size() >= kMaxPendingOut) {
     // nghttp2 keeps the frame and asks again on the next mem_send (which then
     // returns 0 for now); Flush writes first, as it does at the cap below.
     send_blocked_ = true;
     return NGHTTP2_ERR_WOULDBLOCK;
   }
-  const size_t start = out_.size();
-  out_.append(reinterpret_cast<const char*>(framehd), 9);
   const size_t padlen = frame->data.padlen;
-  if (padlen > 0) out_.push_back(static_cast<char>(padlen - 1));
+  const size_t header_bytes = padlen > 0 ? 10 : 9;
+  out_.Append(reinterpret_cast<const char*>(framehd), 9);
+  if (padlen > 0) {
+    const char pad_length = static_cast<char>(padlen - 1);
+    out_.Append(&pad_length, 1);
+  }
   const size_t before = out_.size();
-  if (!fill(length, out_) || out_.size() - before != length) {
-    out_.resize(start);
+  // The sources check that they hold `length` bytes before moving any, so a
+  // refusal leaves only the header to take back.
+  if (!fill(length, out_)) {
+    out_.DropLast(header_bytes);
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   }
-  if (padlen > 1) out_.append(padlen - 1, '\0');
+  if (out_.size() - before != length) {
+    // Cannot be taken back: the connection fails (mem_send returns the error
+    // and Flush closes it).
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  if (padlen > 1) {
+    static constexpr char kZeros[256] = {};
+    out_.Append(kZeros, padlen - 1);
+  }
   return 0;
 }
 
@@ -236,7 +350,7 @@ void H2Connection::Flush() {
   while (true) {
     bool capped = false;
     while (true) {
-      if (out_.size() - out_offset_ >= kMaxPendingOut) {
+      if (out_.size() >= kMaxPendingOut) {
         capped = true;
         break;
       }
@@ -252,47 +366,50 @@ void H2Connection::Flush() {
         send_blocked_ = false;
         break;
       }
-      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+      out_.Append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
     WriteOut();
     if (closed_) return;
     // Stopped at the cap and the socket took everything: nghttp2 may hold more
     // frames. (If the socket is full, the write event resumes the flush.)
-    if (!capped || out_offset_ < out_.size()) break;
+    if (!capped || !out_.empty()) break;
   }
-  if (out_offset_ == out_.size() && nghttp2_session_want_read(session_) == 0 &&
+  if (out_.empty() && nghttp2_session_want_read(session_) == 0 &&
       nghttp2_session_want_write(session_) == 0) {
     Close("session finished");
   }
 }
 
 void H2Connection::WriteOut() {
-  while (out_offset_ < out_.size()) {
+  // One writev takes up to this many segments (a frame header and its
+  // handed-over payload alternate).
+  constexpr int kMaxIov = 32;
+  while (!out_.empty()) {
+    iovec iov[kMaxIov];
+    const int count = out_.Gather(iov, ssl_ != nullptr ? 1 : kMaxIov);
     if (ssl_ != nullptr) {
-      const int rc = SSL_write(ssl_, out_.data() + out_offset_,
-                               static_cast<int>(out_.size() - out_offset_));
+      const int rc =
+          SSL_write(ssl_, iov[0].iov_base, static_cast<int>(iov[0].iov_len));
       if (rc <= 0) {
         const int err = SSL_get_error(ssl_, rc);
         if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) break;
         Close("TLS write failed");
         return;
       }
-      out_offset_ += static_cast<size_t>(rc);
+      out_.Consume(static_cast<size_t>(rc));
       continue;
     }
-    const ssize_t n =
-        write(fd_, out_.data() + out_offset_, out_.size() - out_offset_);
+    const ssize_t n = count == 1 ? write(fd_, iov[0].iov_base, iov[0].iov_len)
+                                 : writev(fd_, iov, count);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       Close("write failed");
       return;
     }
-    out_offset_ += static_cast<size_t>(n);
+    out_.Consume(static_cast<size_t>(n));
   }
-  if (out_offset_ == out_.size()) {
-    out_.clear();
-    out_offset_ = 0;
+  if (out_.empty()) {
     if (write_armed_) {
       event_del(write_event_);
       write_armed_ = false;

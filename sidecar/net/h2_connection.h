@@ -14,11 +14,13 @@
 #define BULWARK_SIDECAR_NET_H2_CONNECTION_H_
 
 #include <nghttp2/nghttp2.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/functional/function_ref.h"
@@ -35,6 +37,47 @@ class Worker;
 // growing contiguous buffer copied a 64 KiB message about twice over as it
 // grew). A lone chunk's memory is reused once it is consumed. Bounded by the
 // HTTP/2 windows the sidecar advertises, never by itself.
+// A connection's bytes waiting for the socket: frames nghttp2 serialised and
+// DATA payloads, in order. Small pieces are copied into an open tail segment;
+// a whole queued chunk of a stream's body (ByteQueue) is handed over as a
+// segment of its own, so a large message goes from the bytes read on one
+// connection to writev on the other with no copy in between.
+class OutputBuffer {
+ public:
+  // Chunks smaller than this are copied rather than handed over (a copy is
+  // cheaper than the segment and the allocation the queue then needs anew).
+  static constexpr size_t kAdoptMinBytes = 8 * 1024;
+
+  size_t size() const { return size_; }  // bytes not written yet
+  bool empty() const { return size_ == 0; }
+  void Append(const char* data, size_t len);
+  // bytes[from..] become a segment of their own (their memory is taken over;
+  // the first `from` bytes were sent before).
+  void Adopt(std::string bytes, size_t from = 0);
+  // The last `len` bytes, if they sit in the open tail segment (else empty).
+  std::string_view Last(size_t len) const;
+  // Drops the last `len` bytes, which must all sit in the open tail segment
+  // (a frame header whose payload could not be supplied).
+  void DropLast(size_t len);
+  // Up to `max` iovecs over the unwritten bytes, in order; returns how many.
+  int Gather(iovec* iov, int max) const;
+  // `n` bytes were written: drops them from the front.
+  void Consume(size_t n);
+
+ private:
+  // segments_[head_..] are unwritten, the first from head_offset_ on. Drained,
+  // the first segment's memory stays for the next bytes.
+  struct Segment {
+    std::string bytes;
+    size_t start = 0;  // bytes before it are not part of the output
+  };
+  std::vector<Segment> segments_;
+  size_t head_ = 0;
+  size_t head_offset_ = 0;
+  size_t size_ = 0;
+  bool tail_open_ = false;  // segments_.back() takes appended bytes
+};
+
 class ByteQueue {
  public:
   size_t size() const { return size_; }
@@ -42,6 +85,9 @@ class ByteQueue {
   void Append(const uint8_t* bytes, size_t len);
   // Appends the first `len` bytes (len <= size()) to `out` and drops them.
   void MoveTo(size_t len, std::string& out);
+  // The same into a connection's output: a chunk consumed whole, from its
+  // start, of at least OutputBuffer::kAdoptMinBytes is handed over uncopied.
+  void MoveTo(size_t len, OutputBuffer& out);
   void Clear();
   // Moves everything out (for whole-message capture).
   std::string Take();
@@ -98,7 +144,7 @@ class H2Connection {
   // bytes.
   int AppendDataFrame(const nghttp2_frame* frame, const uint8_t* framehd,
                       size_t length,
-                      absl::FunctionRef<bool(size_t, std::string&)> fill);
+                      absl::FunctionRef<bool(size_t, OutputBuffer&)> fill);
 
  protected:
   // Starts watching the socket for reads.
@@ -133,8 +179,7 @@ class H2Connection {
   bool closed_ = false;
   SSL* ssl_ = nullptr;
   bool handshake_done_ = false;
-  std::string out_;
-  size_t out_offset_ = 0;
+  OutputBuffer out_;
   bool send_blocked_ = false;  // AppendDataFrame refused a frame at the cap
 };
 

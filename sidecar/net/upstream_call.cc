@@ -101,9 +101,9 @@ ssize_t UpstreamCall::ReadRequestBody(size_t length, uint32_t* flags) {
   return static_cast<ssize_t>(n);
 }
 
-bool UpstreamCall::CopyRequestBody(size_t length, std::string& out) {
+bool UpstreamCall::CopyRequestBody(size_t length, OutputBuffer& out) {
   if (request_.body.size() - request_offset_ < length) return false;
-  out.append(request_.body, request_offset_, length);
+  out.Append(request_.body.data() + request_offset_, length);
   request_offset_ += length;
   return true;
 }

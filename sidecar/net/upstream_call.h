@@ -41,7 +41,7 @@ class UpstreamCall final : public UpstreamPeer, public UpstreamCallHandle {
 
   // --- UpstreamPeer ---
   ssize_t ReadRequestBody(size_t length, uint32_t* flags) override;
-  bool CopyRequestBody(size_t length, std::string& out) override;
+  bool CopyRequestBody(size_t length, OutputBuffer& out) override;
   void AddResponseHeader(std::string_view name,
                          std::string_view value) override;
   void OnResponseHeadersDone(bool end_stream) override;

@@ -140,7 +140,7 @@ struct UpstreamCallbacks {
                       nghttp2_data_source*, void* user_data) {
     UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
     return static_cast<UpstreamConnection*>(user_data)->AppendDataFrame(
-        frame, framehd, length, [peer](size_t n, std::string& out) {
+        frame, framehd, length, [peer](size_t n, OutputBuffer& out) {
           return peer != nullptr && peer->CopyRequestBody(n, out);
         });
   }

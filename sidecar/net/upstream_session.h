@@ -33,7 +33,7 @@ class UpstreamPeer {
   // the frame in `out`, or returns false (appending nothing) if it no longer
   // has them.
   virtual ssize_t ReadRequestBody(size_t length, uint32_t* flags) = 0;
-  virtual bool CopyRequestBody(size_t length, std::string& out) = 0;
+  virtual bool CopyRequestBody(size_t length, OutputBuffer& out) = 0;
   virtual void AddResponseHeader(std::string_view name,
                                  std::string_view value) = 0;
   virtual void OnResponseHeadersDone(bool end_stream) = 0;

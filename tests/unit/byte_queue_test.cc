@@ -1,6 +1,10 @@
 // ByteQueue (sidecar/net/h2_connection.h): the per-stream queue of bytes
 // waiting for the other side's window, drained straight into DATA frames.
+#include <sys/uio.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <random>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -80,6 +84,103 @@ TEST(ByteQueueTest, AssignTakesTheBytesOverAndAppendsAfterThem) {
   EXPECT_EQ(q.Take().data(), memory);
   q.Assign("");
   EXPECT_TRUE(q.empty());
+}
+
+// Drains `out` the way a connection does (gather, write some, consume) into
+// `written`, `step` bytes at a time at most.
+void Drain(OutputBuffer& out, std::string& written, size_t step) {
+  while (!out.empty()) {
+    iovec iov[4];
+    const int count = out.Gather(iov, 4);
+    ASSERT_GT(count, 0);
+    size_t n = 0;
+    for (int i = 0; i < count && n < step; ++i) {
+      const size_t take = std::min(step - n, iov[i].iov_len);
+      written.append(static_cast<const char*>(iov[i].iov_base), take);
+      n += take;
+    }
+    out.Consume(n);
+  }
+}
+
+TEST(OutputBufferTest, LargeChunksAreHandedOverAndOrderHolds) {
+  ByteQueue body;
+  const std::string big(3 * OutputBuffer::kAdoptMinBytes, 'b');
+  Append(body, big);
+  OutputBuffer out;
+  out.Append("head1", 5);
+  // A frame takes the first 100 bytes (copied: the chunk goes on), the next
+  // the rest of the chunk (handed over from where it stands).
+  body.MoveTo(100, out);
+  out.Append("head2", 5);
+  body.MoveTo(big.size() - 100, out);
+  out.Append("tail", 4);
+  EXPECT_TRUE(body.empty());
+  EXPECT_EQ(out.size(), 5 + big.size() + 5 + 4);
+  // The handed-over bytes are not in the tail: Last() sees only "tail".
+  EXPECT_EQ(out.Last(4), "tail");
+  EXPECT_EQ(out.Last(5), "");
+  std::string written;
+  Drain(out, written, 1000);
+  EXPECT_EQ(written,
+            "head1" + big.substr(0, 100) + "head2" + big.substr(100) + "tail");
+  // Drained, it takes bytes again.
+  out.Append("again", 5);
+  written.clear();
+  Drain(out, written, 2);
+  EXPECT_EQ(written, "again");
+}
+
+TEST(OutputBufferTest, RandomInterleavingKeepsEveryByteInOrder) {
+  std::mt19937 rng(7);
+  ByteQueue body;
+  OutputBuffer out;
+  std::string queued, expected, written;
+  char next = 'a';
+  for (int round = 0; round < 2000; ++round) {
+    switch (rng() % 4) {
+      case 0: {  // a stream's DATA arrives
+        const std::string piece(rng() % (3 * OutputBuffer::kAdoptMinBytes),
+                                next);
+        next = next == 'z' ? 'a' : next + 1;
+        Append(body, piece);
+        queued += piece;
+        break;
+      }
+      case 1: {  // a frame header
+        const std::string header = "<" + std::to_string(round) + ">";
+        out.Append(header.data(), header.size());
+        expected += header;
+        break;
+      }
+      case 2: {  // a DATA frame's payload
+        const size_t n = std::min<size_t>(rng() % 20000, body.size());
+        body.MoveTo(n, out);
+        expected += queued.substr(0, n);
+        queued.erase(0, n);
+        break;
+      }
+      case 3:  // the socket takes some
+        if (!out.empty()) {
+          iovec iov[3];
+          const int count = out.Gather(iov, 3);
+          size_t n = std::min<size_t>(rng() % 30000, iov[0].iov_len);
+          written.append(static_cast<const char*>(iov[0].iov_base), n);
+          if (count > 1 && n == iov[0].iov_len) {
+            const size_t more = std::min<size_t>(rng() % 100, iov[1].iov_len);
+            written.append(static_cast<const char*>(iov[1].iov_base), more);
+            n += more;
+          }
+          out.Consume(n);
+        }
+        break;
+    }
+    ASSERT_EQ(out.size(), expected.size() - written.size()) << round;
+  }
+  body.MoveTo(body.size(), out);
+  expected += queued;
+  Drain(out, written, 5000);
+  EXPECT_EQ(written, expected);
 }
 
 }  // namespace
