@@ -8,6 +8,7 @@ packages=(
   clang             # the -Wthread-safety build in scripts/test.sh
   libssl-dev openssl  # TLS in the sidecar; the TLS tests make certificates with openssl
   libnghttp2-dev libevent-dev
+  libgoogle-perftools-dev  # tcmalloc_minimal, the sidecar's allocator
   libhiredis-dev redis-server  # global rate limits: the Redis client, and the tests' Redis
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libyaml-cpp-dev

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "sidecar/allocator.h"
 #include "sidecar/config_loader.h"
 #include "sidecar/log.h"
 #include "sidecar/sidecar.h"
@@ -80,6 +81,9 @@ int main(int argc, char** argv) {
   // Debian's Abseil checks every Mutex for lock-order cycles by default:
   // measurable CPU on the data path and nothing a release build needs.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  bulwark::ConfigureAllocator();
+  bulwark::Log(bulwark::LogLevel::kInfo, "memory allocator: %s",
+               bulwark::AllocatorName());
   bulwark::Sidecar::BlockSignals();
   auto sidecar = bulwark::Sidecar::Create(*std::move(config));
   if (!sidecar.ok()) {
@@ -87,5 +91,5 @@ int main(int argc, char** argv) {
                  std::string(sidecar.status().message()));
     return 2;
   }
-  return (*sidecar)->Run();
+  return (*sidecar)->Run(bulwark::ReleaseFreeMemory);
 }

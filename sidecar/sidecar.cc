@@ -266,7 +266,7 @@ std::shared_ptr<const Snapshot> Sidecar::current() {
   return snapshot_;
 }
 
-int Sidecar::Run() {
+int Sidecar::Run(absl::AnyInvocable<void()> on_tick) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
@@ -301,6 +301,7 @@ int Sidecar::Run() {
       continue;
     }
     ReleaseUnusedRedisStores();
+    if (on_tick) on_tick();
     // Timeout: has the file's content changed (ConfigMap updates swap a
     // symlink)?
     if (!config_path_.empty()) {

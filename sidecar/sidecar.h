@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "sidecar/admin_server.h"
@@ -44,7 +45,8 @@ class Sidecar {
   static void BlockSignals();
 
   // Serves until SIGTERM/SIGINT, then drains. Returns the process exit code.
-  int Run();
+  // `on_tick`, if set, runs on this (the main) thread about once a second.
+  int Run(absl::AnyInvocable<void()> on_tick = nullptr);
 
  private:
   Sidecar() = default;
