@@ -341,6 +341,14 @@ class Singleflight {
                 [&on_unwanted] { return std::move(on_unwanted); });
   }
 
+  // Whether a flight for `key` is open now: what a caller that only counts
+  // would-be coalescing (shadow mode) needs, without subscribing and leaving.
+  bool HasOpenFlight(absl::string_view key) ABSL_LOCKS_EXCLUDED(mu_) {
+    const size_t hash = KeyHash{}(key);
+    absl::MutexLock lock(&mu_);
+    return flights_.contains(KeyRef{key, hash});
+  }
+
   // Racy snapshots for metrics and the admin page.
   size_t FlightsOpenApprox() const {
     return flights_open_.load(std::memory_order_relaxed);

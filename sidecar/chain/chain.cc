@@ -306,6 +306,15 @@ class ChainCall final : public net::CallObserver {
     ProxyHandler* handler = &handler_;
     std::string& key = handler_.key_buffer();
     stage.KeyInto(call_, *body_, key);
+    if (stage.shadow() && stage.flights().HasOpenFlight(key)) {
+      // Shadow, and an identical call's flight is open: this one would have
+      // followed it. Counted; it goes upstream on its own.
+      stage.metrics().ShadowRejections(RejectReason::kCoalesced).Increment();
+      solo_ = true;
+      ReleaseKeyBuffer(key);
+      RunConcurrency();
+      return;
+    }
     auto joined = stage.flights().Join(
         key,
         [executor, call_id](Flights::Outcome outcome) {
@@ -326,9 +335,7 @@ class ChainCall final : public net::CallObserver {
             });
           };
         });
-    // A key as large as the largest request held stays only while it is
-    // small.
-    if (key.capacity() > kKeyBufferKeptBytes) std::string().swap(key);
+    ReleaseKeyBuffer(key);
     const bool leader = joined.role == Flights::Role::kLeader;
     if (stage.shadow()) {
       // Shadow: count what would have been coalesced; every call goes
@@ -360,6 +367,12 @@ class ChainCall final : public net::CallObserver {
     leadership_ = std::move(joined.leadership);
     flight_id_ = flight_id;
     RunConcurrency();
+  }
+
+  // A key buffer as large as the largest request held stays only while it is
+  // small.
+  static void ReleaseKeyBuffer(std::string& key) {
+    if (key.capacity() > kKeyBufferKeptBytes) std::string().swap(key);
   }
 
   void RunConcurrency() {

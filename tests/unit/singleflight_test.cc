@@ -88,6 +88,18 @@ TEST(SingleflightTest, DifferentKeysFlyApart) {
   EXPECT_EQ(flights.FlightsOpenApprox(), 2u);
 }
 
+TEST(SingleflightTest, HasOpenFlightSeesAFlightOnlyWhileItIsOpen) {
+  Flights flights;
+  EXPECT_FALSE(flights.HasOpenFlight(Key("id=1")));
+  auto leader = flights.Join(Key("id=1"), Ignore(), [](bool) {});
+  EXPECT_TRUE(flights.HasOpenFlight(Key("id=1")));
+  EXPECT_FALSE(flights.HasOpenFlight(Key("id=2")));
+  // Asking subscribes nobody.
+  EXPECT_EQ(flights.FollowersWaitingApprox(), 0u);
+  leader.leadership.Complete(Ok("order 1"));
+  EXPECT_FALSE(flights.HasOpenFlight(Key("id=1")));
+}
+
 TEST(SingleflightTest, SingleflightThousandFollowersGetOneResult) {
   Flights flights;
   Received leader_got;
