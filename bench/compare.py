@@ -13,6 +13,7 @@ configurations in bench/peers/ (rendered into a temporary directory) and stopped
     haproxy           HAProxy mode http, proto h2 on bind and server, http-reuse always
     nginx             nginx grpc_pass, keepalive upstream pool, 1 worker process
     bulwark-plain     Bulwark, workers: 1, no policy
+    bulwark-2workers  bulwark-plain with workers: 2 (how it scales onto a second core)
     bulwark-tls       bulwark-plain with listener TLS (self-signed EC P-256 certificate made
                       with openssl in the temp dir); h2load and nghttp use https:// (ALPN h2,
                       no verification); bulwark-bench has no TLS, so stream / bidi are n/a
@@ -28,8 +29,10 @@ Workloads (each run bounded by --seconds, after a separate --warmup run):
     bidi    bidi ping-pong (bulwark-bench), 1 call of 100 round trips at a time: msg/s
 
 Rounds are interleaved (every contestant once per workload per round); each cell is the
-median over rounds with the spread (min-max). Results go to --out-dir as <date>.md and
-<date>.json; the Markdown is also printed. See bench/README.md for the method.
+median over rounds with the spread (min-max). Results go to --out-dir as <date>.md,
+<date>.json (ignored by git) and, when gnuplot is installed, <date>.png: one bar chart per
+measured figure (QPS, CPU per call, latency), each bar the median with its min-max range.
+The Markdown is also printed. See bench/README.md for the method.
 
 --mode singleflight: 100 identical concurrent unary calls against a 100 ms upstream, through
 Bulwark with singleflight and without: upstream calls (from /metrics) and client p50 / p99.
@@ -64,8 +67,8 @@ ECHO_PATH = "/bulwark.demo.v1.Demo/Echo"
 USER_AGENT = "bulwark-compare"  # fixed, so every contestant's reply has the same size
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_CONTESTANTS = ["direct", "nghttpx", "haproxy", "nginx", "bulwark-plain", "bulwark-tls",
-                   "bulwark-policies"]
+ALL_CONTESTANTS = ["direct", "nghttpx", "haproxy", "nginx", "bulwark-plain", "bulwark-2workers",
+                   "bulwark-tls", "bulwark-policies"]
 # Contestants whose listener speaks TLS: h2load / nghttp reach them with https:// (ALPN h2,
 # certificates not verified); bulwark-bench has no TLS option, so no streaming runs.
 TLS_CONTESTANTS = {"bulwark-tls"}
@@ -464,6 +467,7 @@ def start_contestant(name, bins, tmp, upstream, proxy_cpu, sf_shadow=True):
         if name in TLS_CONTESTANTS:
             values["CERT_FILE"], values["KEY_FILE"] = self_signed_cert(tmp)
         template = {"bulwark-plain": "bulwark-plain.yaml",
+                    "bulwark-2workers": "bulwark-2workers.yaml",
                     "bulwark-tls": "bulwark-tls.yaml",
                     "bulwark-policies": "bulwark-policies.yaml",
                     "bulwark-singleflight": "bulwark-singleflight.yaml",
@@ -977,6 +981,54 @@ def compare_mode(args, bins, tmp, cmdline):
     return md, data
 
 
+# The chart's panels: (workload, key, title, scale to the plotted unit).
+CHART_PANELS = [
+    ("qps", "qps", "100 B unary, 64 in flight: kQPS (higher is better)", 1e-3),
+    ("big", "qps", "64 KiB unary, 64 in flight: QPS (higher is better)", 1.0),
+    ("qps", "proxy_cpu_us_per_call", "100 B @64: proxy CPU µs/call (lower is better)", 1.0),
+    ("big", "proxy_cpu_us_per_call", "64 KiB @64: proxy CPU µs/call (lower is better)", 1.0),
+    ("lat", "p50_us", "100 B, 1 in flight: p50 µs (lower is better)", 1.0),
+    ("lat", "p99_us", "100 B, 1 in flight: p99 µs (lower is better)", 1.0),
+]
+
+
+def write_chart(png_path, title, contestants, summary, tmp):
+    """One gnuplot bar chart per panel that has data: median bars, min-max error bars."""
+    panels = []
+    for wl, key, panel_title, scale in CHART_PANELS:
+        rows = []
+        for name in contestants:
+            stat = summary.get(name, {}).get(wl, {}).get(key)
+            if stat is None or ("cpu" in key and name == "direct"):
+                continue
+            rows.append((name, stat["median"] * scale, stat["min"] * scale,
+                         stat["max"] * scale))
+        if rows:
+            panels.append((panel_title, rows))
+    if not panels or not shutil.which("gnuplot"):
+        return None
+    cols = 2
+    lines = [f"set terminal pngcairo size 1100,{330 * ((len(panels) + 1) // cols)} "
+             f"font 'sans,9'",
+             f"set output '{png_path}'",
+             f"set multiplot layout {(len(panels) + 1) // cols},{cols} "
+             f"title \"{title}\" font 'sans,11'",
+             "set termoption noenhanced",
+             "set style data histogram", "set style histogram errorbars gap 1 lw 1",
+             "set style fill solid 0.6 border -1", "set boxwidth 0.8",
+             "set yrange [0:*]", "set grid ytics", "unset key", "set xtics rotate by -25"]
+    for i, (panel_title, rows) in enumerate(panels):
+        data = os.path.join(tmp, f"chart-{i}.dat")
+        with open(data, "w") as f:
+            for name, med, lo, hi in rows:
+                f.write(f"\"{name}\" {med} {lo} {hi}\n")
+        lines += [f"set title \"{panel_title}\"",
+                  f"plot '{data}' using 2:3:4:xtic(1) lc rgb '#4878a8'"]
+    lines.append("unset multiplot")
+    subprocess.run(["gnuplot"], input="\n".join(lines).encode(), check=True, timeout=60)
+    return png_path
+
+
 def summarize_bulwark_metrics(before, after):
     def counters(text):
         out = {}
@@ -1340,6 +1392,16 @@ def main(argv=None):
             shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(args.out_dir, exist_ok=True)
     for name, md, data in outputs:
+        if data.get("kind") == "compare":
+            chart_tmp = tempfile.mkdtemp(prefix="bulwark-chart-")
+            try:
+                png = write_chart(os.path.join(args.out_dir, name + ".png"),
+                                  f"Bulwark vs peers, {name}", list(data["contestants"]),
+                                  data["summary"], chart_tmp)
+            finally:
+                shutil.rmtree(chart_tmp, ignore_errors=True)
+            if png:
+                md += f"\n\n![Bulwark vs peers]({os.path.basename(png)})"
         with open(os.path.join(args.out_dir, name + ".md"), "w") as f:
             f.write(md + "\n")
         with open(os.path.join(args.out_dir, name + ".json"), "w") as f:
