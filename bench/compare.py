@@ -328,11 +328,13 @@ def log(msg):
 
 PEER_PACKAGES = {"nghttpx": "nghttp2-proxy", "h2load": "nghttp2-client",
                  "nghttp": "nghttp2-client", "haproxy": "haproxy", "nginx": "nginx-light",
-                 "openssl": "openssl"}
+                 "openssl": "openssl", "gnuplot": "gnuplot-nox"}
 
 
 def ensure_tools(contestants, no_install):
     need = {"h2load", "nghttp", "taskset"}
+    if contestants:
+        need.add("gnuplot")  # the run's chart
     for c in contestants:
         if c in ("nghttpx", "haproxy", "nginx"):
             need.add(c)
