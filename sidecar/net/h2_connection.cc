@@ -271,6 +271,12 @@ void OutputBuffer::Consume(size_t n) {
     if (head_ > 0) std::string().swap(segment.bytes);
     ++head_;
   }
+  if (size_ != 0 && head_ >= kCompactAfter && 2 * head_ >= segments_.size()) {
+    // A connection whose output never drains entirely (a steady stream to a
+    // slow reader) would keep every written segment's slot: drop them.
+    segments_.erase(segments_.begin(), segments_.begin() + head_);
+    head_ = 0;
+  }
   if (size_ == 0) {
     segments_.resize(1);
     segments_[0].bytes.clear();

@@ -47,6 +47,8 @@ class OutputBuffer {
   // Chunks smaller than this are copied rather than handed over (a copy is
   // cheaper than the segment and the allocation the queue then needs anew).
   static constexpr size_t kAdoptMinBytes = 8 * 1024;
+  // Written segments' slots are dropped once this many lead the list.
+  static constexpr size_t kCompactAfter = 16;
 
   size_t size() const { return size_; }  // bytes not written yet
   bool empty() const { return size_ == 0; }
@@ -63,6 +65,8 @@ class OutputBuffer {
   int Gather(iovec* iov, int max) const;
   // `n` bytes were written: drops them from the front.
   void Consume(size_t n);
+  // Segment slots held, written ones not yet dropped included (tests).
+  size_t segment_slots() const { return segments_.size(); }
 
  private:
   // segments_[head_..] are unwritten, the first from head_offset_ on. Drained,

@@ -131,6 +131,34 @@ TEST(OutputBufferTest, LargeChunksAreHandedOverAndOrderHolds) {
   EXPECT_EQ(written, "again");
 }
 
+TEST(OutputBufferTest, AnOutputThatNeverDrainsKeepsFewSegments) {
+  OutputBuffer out;
+  ByteQueue body;
+  std::string expected, written;
+  for (int i = 0; i < 1000; ++i) {
+    // A frame header and a handed-over payload per round; the socket takes all
+    // but the last byte each time, so the buffer is never empty.
+    const std::string header = "h" + std::to_string(i);
+    out.Append(header.data(), header.size());
+    const std::string payload(OutputBuffer::kAdoptMinBytes, 'a' + i % 26);
+    Append(body, payload);
+    body.MoveTo(payload.size(), out);
+    expected += header + payload;
+    while (out.size() > 1) {
+      iovec iov[4];
+      const int count = out.Gather(iov, 4);
+      ASSERT_GT(count, 0);
+      const size_t n = std::min(iov[0].iov_len, out.size() - 1);
+      written.append(static_cast<const char*>(iov[0].iov_base), n);
+      out.Consume(n);
+    }
+    // Written segments' slots do not pile up.
+    ASSERT_LE(out.segment_slots(), 2 * OutputBuffer::kCompactAfter + 2) << i;
+  }
+  Drain(out, written, 100);
+  EXPECT_EQ(written, expected);
+}
+
 TEST(OutputBufferTest, RandomInterleavingKeepsEveryByteInOrder) {
   std::mt19937 rng(7);
   ByteQueue body;
