@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,9 @@
 
 namespace bulwark::net {
 namespace {
+
+// Response headers and trailers fit inline: no allocation per call.
+using NvList = absl::InlinedVector<nghttp2_nv, 16>;
 
 // gRPC status codes: absl::StatusCode has gRPC's numbering (one enum for every
 // layer; the wire carries the number).
@@ -638,7 +642,7 @@ bool DownstreamStream::CopyResponseBody(size_t length, OutputBuffer& out) {
 }
 
 void DownstreamStream::SubmitTrailers(const HeaderList& trailers) {
-  std::vector<nghttp2_nv> nv;
+  NvList nv;
   nv.reserve(trailers.size());
   for (const auto& [name, value] : trailers) nv.push_back(MakeNv(name, value));
   const int rv =
@@ -709,7 +713,7 @@ void DownstreamStream::ResumeResponse() {
 
 void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers,
                                              bool with_body) {
-  std::vector<nghttp2_nv> nv;
+  NvList nv;
   nv.reserve(headers.size());
   for (const auto& [name, value] : headers) nv.push_back(MakeNv(name, value));
   nghttp2_data_provider provider{};
@@ -724,7 +728,7 @@ void DownstreamStream::SubmitResponseHeaders(const HeaderList& headers,
 void DownstreamStream::SubmitTrailersOnly(const LocalAnswer& answer) {
   const std::string status = std::to_string(answer.http_status);
   const HeaderList trailers = LocalAnswerTrailers(answer);
-  std::vector<nghttp2_nv> nv;
+  NvList nv;
   nv.reserve(trailers.size() + 2);
   nv.push_back(MakeNv(":status", status));
   nv.push_back(MakeNv("content-type", "application/grpc"));

@@ -22,6 +22,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/time/time.h"
 #include "sidecar/net/stream_handler.h"
 
@@ -45,7 +46,8 @@ class UpstreamRequestHeaders {
 
  private:
   std::string timeout_;  // the grpc-timeout value the nv_ entry points into
-  std::vector<nghttp2_nv> nv_;
+  // A typical gRPC request's headers fit inline: no allocation per call.
+  absl::InlinedVector<nghttp2_nv, 16> nv_;
 };
 
 // What an upstream's first header block says, for the forwarding path and the
