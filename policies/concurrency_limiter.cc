@@ -126,11 +126,8 @@ ConcurrencyLimiter::TryAcquire() {
                            .permit = Grant(in_flight),
                            .wait = WaitHandle{}};
     case LockFreeAnswer::kQueueFull:
-      return AcquireResult{.status = adaptive_ != nullptr
-                                         ? AcquireStatus::kLoadShed
-                                         : AcquireStatus::kConcurrencyLimit,
-                           .permit = Permit(),
-                           .wait = WaitHandle{}};
+      return AcquireResult{
+          .status = Refused(), .permit = Permit(), .wait = WaitHandle{}};
     case LockFreeAnswer::kNeedsLock:
       break;
   }
@@ -142,9 +139,7 @@ ConcurrencyLimiter::AcquireResult ConcurrencyLimiter::Acquire(Waiter waiter) {
     return *std::move(quick);
   }
   uint32_t in_flight = 0;
-  const AcquireStatus refused = adaptive_ != nullptr
-                                    ? AcquireStatus::kLoadShed
-                                    : AcquireStatus::kConcurrencyLimit;
+  const AcquireStatus refused = Refused();
   // Adaptive shedding needs the time; a fixed limiter reads it only once it
   // parks (below).
   const absl::Time now = adaptive_ != nullptr ? clock_.Now() : absl::Time();

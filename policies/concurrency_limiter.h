@@ -276,6 +276,12 @@ class ConcurrencyLimiter {
   enum class LockFreeAnswer : uint8_t { kTookSlot, kQueueFull, kNeedsLock };
   // On kTookSlot, `in_flight` is the count with the new permit.
   LockFreeAnswer TryWithoutLock(uint32_t* in_flight);
+  // How a call without a slot is refused: shed by an adaptive limit, else at
+  // the fixed limit.
+  AcquireStatus Refused() const {
+    return adaptive_ != nullptr ? AcquireStatus::kLoadShed
+                                : AcquireStatus::kConcurrencyLimit;
+  }
   void ReleaseSlot() ABSL_LOCKS_EXCLUDED(mu_);
   void OnSample(absl::Time granted_at, uint32_t in_flight, bool overloaded)
       ABSL_LOCKS_EXCLUDED(mu_);

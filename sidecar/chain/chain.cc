@@ -300,21 +300,19 @@ class ChainCall final : public net::CallObserver {
 
   void JoinFlight() {
     const SingleflightStage& stage = *route_.singleflight;
-    net::Executor* executor = &executor_;
-    const uint64_t call_id = call_.id();
-    const uint64_t flight_id = handler_.NextFlightId();
-    ProxyHandler* handler = &handler_;
     std::string& key = handler_.key_buffer();
     stage.KeyInto(call_, *body_, key);
     if (stage.shadow() && stage.flights().HasOpenFlight(key)) {
       // Shadow, and an identical call's flight is open: this one would have
-      // followed it. Counted; it goes upstream on its own.
-      stage.metrics().ShadowRejections(RejectReason::kCoalesced).Increment();
-      solo_ = true;
+      // followed it.
       ReleaseKeyBuffer(key);
-      RunConcurrency();
+      RunShadowFollower();
       return;
     }
+    net::Executor* executor = &executor_;
+    const uint64_t call_id = call_.id();
+    const uint64_t flight_id = handler_.NextFlightId();
+    ProxyHandler* handler = &handler_;
     auto joined = stage.flights().Join(
         key,
         [executor, call_id](Flights::Outcome outcome) {
@@ -341,13 +339,13 @@ class ChainCall final : public net::CallObserver {
       // Shadow: count what would have been coalesced; every call goes
       // upstream on its own. The leader keeps its flight open while its call
       // runs, so identical calls meanwhile count as coalesced.
-      solo_ = true;
-      if (leader) {
-        membership_ = std::move(joined.membership);
-        shadow_leadership_ = std::move(joined.leadership);
-      } else {
-        stage.metrics().ShadowRejections(RejectReason::kCoalesced).Increment();
+      if (!leader) {
+        RunShadowFollower();  // an identical call opened its flight meanwhile
+        return;
       }
+      solo_ = true;
+      membership_ = std::move(joined.membership);
+      shadow_leadership_ = std::move(joined.leadership);
       RunConcurrency();
       return;
     }
@@ -366,6 +364,16 @@ class ChainCall final : public net::CallObserver {
     }
     leadership_ = std::move(joined.leadership);
     flight_id_ = flight_id;
+    RunConcurrency();
+  }
+
+  // Shadow mode, a call that would have followed an open flight: counted as
+  // coalesced, it goes upstream on its own.
+  void RunShadowFollower() {
+    route_.singleflight->metrics()
+        .ShadowRejections(RejectReason::kCoalesced)
+        .Increment();
+    solo_ = true;
     RunConcurrency();
   }
 

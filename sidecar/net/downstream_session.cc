@@ -506,9 +506,11 @@ bool DownstreamStream::CopyRequestBody(size_t length, OutputBuffer& out) {
   // Kept, while small and unanswered, to send again if the upstream refuses
   // the stream unseen. (Bytes this small were copied into the output's tail.)
   if (replayable_) {
-    const std::string_view sent = out.Last(length);
-    if (replay_.size() + length <= kReplayBytes && !response_headers_done_ &&
-        sent.size() == length) {
+    const std::string_view sent =
+        replay_.size() + length <= kReplayBytes && !response_headers_done_
+            ? out.Last(length)
+            : std::string_view();
+    if (sent.size() == length) {
       replay_.append(sent);
     } else {
       replayable_ = false;
