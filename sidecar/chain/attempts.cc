@@ -22,7 +22,10 @@ std::optional<int64_t> Pushback(const net::CapturedResponse& response) {
     for (const auto& [name, value] : *list) {
       if (name != "grpc-retry-pushback-ms") continue;
       int64_t ms = 0;
-      if (!absl::SimpleAtoi(value, &ms) || ms < 0) return -1;
+      if (!absl::SimpleAtoi(absl::string_view(value.data(), value.size()),
+                            &ms) ||
+          ms < 0)
+        return -1;
       return ms;
     }
   }

@@ -58,7 +58,7 @@ void SingleflightStage::KeyInto(const net::Call& call, std::string_view body,
           bool sent = false;
           for (const auto& [header, value] : headers) {
             if (header.size() != name.size() || header != name) continue;
-            const absl::string_view view(value);
+            const absl::string_view view(value.data(), value.size());
             emit(absl::string_view(name), &view);
             sent = true;
           }

@@ -243,9 +243,8 @@ DownstreamStream::DownstreamStream(DownstreamSession& session,
       call_id_(call_id),
       start_(session.worker().clock().Now()),
       request_scanner_(max_message_bytes) {
-  // Typical gRPC header counts: one allocation each instead of a growth series.
-  request_headers_.reserve(12);
-  response_headers_.reserve(4);
+  // Typical gRPC request headers fit: one allocation, not a growth series.
+  request_headers_.reserve(HeaderList::kInlineFields, 256);
 }
 
 DownstreamStream::~DownstreamStream() = default;
@@ -272,13 +271,15 @@ bool DownstreamStream::AddRequestHeader(std::string_view name,
     if (name == ":path") {
       path_ = value;
     } else if (name == ":method") {
-      method_ = value;
+      post_ = value == "POST";
     } else if (name == ":authority") {
       request_headers_.emplace_back(name, value);  // kept for forwarding
     }
     return true;
   }
-  if (name == "content-type") content_type_ = value;
+  if (name == "content-type") {
+    grpc_content_type_ = value.substr(0, 16) == "application/grpc";
+  }
   request_headers_.emplace_back(name, value);
   return true;
 }
@@ -309,8 +310,7 @@ void DownstreamStream::OnClientReset() {
 void DownstreamStream::OnRequestHeadersDone(bool end_stream) {
   request_ended_ = end_stream;
   worker().RegisterCall(call_id_, this);
-  if (method_ != "POST" ||
-      !absl::StartsWith(content_type_, "application/grpc")) {
+  if (!post_ || !grpc_content_type_) {
     RespondLocal(
         {.grpc_code = kInternal,
          .message =
@@ -923,8 +923,8 @@ void DownstreamSession::Start() {
   // gRPC accepts metadata values with leading or trailing spaces, so the
   // sidecar passes them (SPEC section 3); nghttp2's other checks stay.
   nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1);
-  nghttp2_session_server_new2(&session_, DownstreamCallbacks::Get(), this,
-                              option);
+  nghttp2_session_server_new3(&session_, DownstreamCallbacks::Get(), this,
+                              option, worker_.h2_mem());
   nghttp2_option_del(option);
   const WorkerOptions& o = worker_.options();
   const nghttp2_settings_entry settings[] = {

@@ -121,10 +121,10 @@ class DownstreamStream final : public Call, public UpstreamPeer {
   const int32_t stream_id_;
   const uint64_t call_id_;
   std::string path_;
-  std::string method_;
-  std::string content_type_;
-  HeaderList request_headers_;  // regular headers only, in arrival order
-  uint32_t header_bytes_ = 0;   // of the header list being received
+  bool post_ = false;               // :method POST
+  bool grpc_content_type_ = false;  // content-type application/grpc...
+  HeaderList request_headers_;      // regular headers only, in arrival order
+  uint32_t header_bytes_ = 0;       // of the header list being received
   bool reset_prematurely_ = false;
   absl::Time start_;
   absl::Time client_deadline_ = absl::InfiniteFuture();

@@ -12,7 +12,6 @@ namespace bulwark::net {
 
 HeaderList LocalAnswerTrailers(const LocalAnswer& answer) {
   HeaderList fields;
-  fields.reserve(5);
   fields.emplace_back("grpc-status", std::to_string(answer.grpc_code));
   const std::string message =
       TruncateGrpcMessage(answer.message, kMaxLocalMessageBytes);

@@ -31,12 +31,11 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "policies/clock.h"
+#include "sidecar/net/header_list.h"
 
 namespace bulwark::net {
 
 class Worker;
-
-using HeaderList = std::vector<std::pair<std::string, std::string>>;
 
 // A whole gRPC response kept in memory, to be given to several callers
 // (singleflight): the response headers, the body bytes as framed on the wire,

@@ -25,11 +25,7 @@ UpstreamCall::UpstreamCall(Worker& worker, UpstreamRequest request,
       listener_(listener),
       options_(options),
       start_(worker.clock().Now()),
-      alive_(std::make_shared<bool>(true)) {
-  // Typical gRPC header counts: one allocation each instead of a growth series.
-  headers_.reserve(4);
-  trailers_.reserve(4);
-}
+      alive_(std::make_shared<bool>(true)) {}
 
 std::unique_ptr<UpstreamCall> UpstreamCall::Start(
     Worker& worker, const UpstreamAddress& address, UpstreamRequest request,

@@ -230,8 +230,8 @@ UpstreamConnection* UpstreamConnection::Connect(Worker& worker,
   nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1);
   nghttp2_option_set_peer_max_concurrent_streams(option,
                                                  conn->assumed_max_streams_);
-  nghttp2_session_client_new2(&conn->session_, UpstreamCallbacks::Get(), conn,
-                              option);
+  nghttp2_session_client_new3(&conn->session_, UpstreamCallbacks::Get(), conn,
+                              option, worker.h2_mem());
   nghttp2_option_del(option);
   const WorkerOptions& o = worker.options();
   const nghttp2_settings_entry settings[] = {

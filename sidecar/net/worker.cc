@@ -378,6 +378,7 @@ void Worker::ScheduleMemoryTrim() {
   // whichever worker's timer fires first does it for all.
   timers_.Schedule(clock_.Now() + kMemoryTrimDelay, [this] {
     trim_scheduled_ = false;
+    h2_pool_.ReleaseFree();  // this worker's, before the process-wide trim
     static std::atomic<int64_t> last_trim_ns{0};
     const int64_t now = absl::GetCurrentTimeNanos();
     int64_t last = last_trim_ns.load(std::memory_order_relaxed);

@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "sidecar/net/block_pool.h"
 #include "sidecar/net/event_loop.h"
 #include "sidecar/net/stream_handler.h"
 
@@ -97,6 +98,8 @@ class Worker final : public Executor {
   uint16_t listen_port() const { return listen_port_; }
   int index() const { return options_.index; }
   const WorkerOptions& options() const { return options_; }
+  // What this worker's nghttp2 sessions allocate from (worker thread only).
+  nghttp2_mem* h2_mem() { return h2_pool_.mem(); }
   // Streams open on this worker (a racy snapshot, for drain and /routes).
   int64_t OpenStreamsApprox() const {
     return open_streams_.load(std::memory_order_relaxed);
@@ -169,6 +172,9 @@ class Worker final : public Executor {
 
   WorkerOptions options_;
   Clock& clock_;
+  // nghttp2's memory for this worker's sessions; declared first among the
+  // state so it outlives every session (the destructor deletes them).
+  BlockPool h2_pool_;
   EventLoop loop_;
   LoopTimerQueue timers_{loop_, clock_};
   CallHandler* handler_ = nullptr;

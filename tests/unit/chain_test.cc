@@ -1163,7 +1163,7 @@ net::UpstreamCallResult Unreachable() {
 
 std::string HeaderOf(const FakeUpstreamCall& call, std::string_view name) {
   for (const auto& [n, v] : call.request.headers) {
-    if (n == name) return v;
+    if (n == name) return std::string(v);
   }
   return "<absent>";
 }

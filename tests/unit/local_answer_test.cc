@@ -17,7 +17,7 @@ using ::testing::Pair;
 
 std::string Field(const HeaderList& fields, const std::string& name) {
   for (const auto& [n, v] : fields) {
-    if (n == name) return v;
+    if (n == name) return std::string(v);
   }
   return "<absent>";
 }

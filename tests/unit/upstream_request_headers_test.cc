@@ -62,7 +62,7 @@ TEST(UpstreamRequestHeadersTest, SendsTheTimeLeftNotTheClientsGrpcTimeout) {
                                        absl::Milliseconds(1500), false);
   const HeaderList fields = Fields(headers);
   ASSERT_FALSE(fields.empty());
-  EXPECT_THAT(fields.back(), Pair("grpc-timeout", "1500000u"));
+  EXPECT_THAT(fields[fields.size() - 1], Pair("grpc-timeout", "1500000u"));
   int timeouts = 0;
   for (const auto& [name, value] : fields) timeouts += name == "grpc-timeout";
   EXPECT_EQ(timeouts, 1);
