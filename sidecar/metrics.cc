@@ -1,5 +1,7 @@
 #include "sidecar/metrics.h"
 
+#include <algorithm>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -56,7 +58,7 @@ int CodeIndex(int code) {
 // Call durations of a sidecar range from ~100 µs (a local rejection) to seconds
 // (a slow upstream, a queued call); a 1-2.5-5 series per decade keeps relative
 // error near 2.5x with 16 buckets, so one route costs 19 series, not hundreds.
-prometheus::Histogram::BucketBoundaries DurationBuckets() {
+std::vector<double> DurationBuckets() {
   return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
           0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0,  10.0};
 }
@@ -81,7 +83,80 @@ std::string_view RejectReasonName(RejectReason reason) {
   return kRejectReasonNames[static_cast<size_t>(reason)];
 }
 
+// --- Histogram ---
+
+Histogram::Histogram(const std::vector<double>& bounds)
+    : bounds_(bounds), counts_(new std::atomic<uint64_t>[bounds.size() + 1]) {
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    counts_[i].store(0, std::memory_order_relaxed);
+  }
+}
+
+void Histogram::Observe(double value) {
+  // The first bucket whose upper bound is >= value (Prometheus buckets are
+  // "less than or equal"); past the last bound, +Inf.
+  const size_t i = static_cast<size_t>(
+      std::lower_bound(bounds_.begin(), bounds_.end(), value) -
+      bounds_.begin());
+  counts_[i].fetch_add(1, std::memory_order_relaxed);
+  double sum = sum_.load(std::memory_order_relaxed);
+  while (!sum_.compare_exchange_weak(sum, sum + value,
+                                     std::memory_order_relaxed)) {
+  }
+}
+
+prometheus::ClientMetric Histogram::Collect() const {
+  prometheus::ClientMetric metric;
+  auto& out = metric.histogram;
+  out.bucket.reserve(bounds_.size() + 1);
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += counts_[i].load(std::memory_order_relaxed);
+    prometheus::ClientMetric::Bucket bucket;
+    bucket.cumulative_count = cumulative;
+    bucket.upper_bound = i < bounds_.size()
+                             ? bounds_[i]
+                             : std::numeric_limits<double>::infinity();
+    out.bucket.push_back(bucket);
+  }
+  out.sample_count = cumulative;
+  out.sample_sum = sum_.load(std::memory_order_relaxed);
+  return metric;
+}
+
 namespace metrics_internal {
+
+HistogramFamily::HistogramFamily(std::string name, std::string help,
+                                 std::vector<double> bounds)
+    : name_(std::move(name)),
+      help_(std::move(help)),
+      bounds_(std::move(bounds)) {}
+
+Histogram& HistogramFamily::Add(const prometheus::Labels& labels) {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<Histogram>& slot = series_[labels];
+  if (slot == nullptr) slot = std::make_unique<Histogram>(bounds_);
+  return *slot;
+}
+
+void HistogramFamily::CollectInto(
+    std::vector<prometheus::MetricFamily>& out) const {
+  absl::MutexLock lock(&mu_);
+  if (series_.empty()) return;
+  prometheus::MetricFamily family;
+  family.name = name_;
+  family.help = help_;
+  family.type = prometheus::MetricType::Histogram;
+  family.metric.reserve(series_.size());
+  for (const auto& [labels, series] : series_) {
+    prometheus::ClientMetric metric = series->Collect();
+    for (const auto& [key, value] : labels) {
+      metric.label.push_back(prometheus::ClientMetric::Label{key, value});
+    }
+    family.metric.push_back(std::move(metric));
+  }
+  out.push_back(std::move(family));
+}
 
 // Help texts are the "meaning" column of SPEC section 5.
 struct Families {
@@ -91,10 +166,9 @@ struct Families {
                      .Help("downstream calls by final status code name (OK, "
                            "UNAVAILABLE, ...)")
                      .Register(registry)),
-        request_duration(prometheus::BuildHistogram()
-                             .Name("bulwark_request_duration_seconds")
-                             .Help("downstream call time in the sidecar")
-                             .Register(registry)),
+        request_duration("bulwark_request_duration_seconds",
+                         "downstream call time in the sidecar",
+                         DurationBuckets()),
         rejections(
             prometheus::BuildCounter()
                 .Name("bulwark_rejections_total")
@@ -108,10 +182,8 @@ struct Families {
                               .Name("bulwark_upstream_requests_total")
                               .Help("calls sent upstream")
                               .Register(registry)),
-        upstream_duration(prometheus::BuildHistogram()
-                              .Name("bulwark_upstream_request_duration_seconds")
-                              .Help("upstream call time")
-                              .Register(registry)),
+        upstream_duration("bulwark_upstream_request_duration_seconds",
+                          "upstream call time", DurationBuckets()),
         breaker_state(
             prometheus::BuildGauge()
                 .Name("bulwark_circuit_breaker_state")
@@ -163,10 +235,8 @@ struct Families {
                                   "exact-method route nor descriptor_sets "
                                   "names) by final status")
                             .Register(registry)),
-        method_duration(prometheus::BuildHistogram()
-                            .Name("bulwark_method_request_duration_seconds")
-                            .Help("downstream call time per method")
-                            .Register(registry)),
+        method_duration("bulwark_method_request_duration_seconds",
+                        "downstream call time per method", DurationBuckets()),
         upstream_attempts(prometheus::BuildCounter()
                               .Name("bulwark_upstream_attempts_total")
                               .Help("upstream attempts by kind: first, retry, "
@@ -202,22 +272,19 @@ struct Families {
                            .Help("Redis round trips by result: ok, error, "
                                  "timeout")
                            .Register(registry)),
-        redis_duration(prometheus::BuildHistogram()
-                           .Name("bulwark_redis_request_duration_seconds")
-                           .Help("time per Redis round trip")
-                           .Register(registry)),
+        redis_duration("bulwark_redis_request_duration_seconds",
+                       "time per Redis round trip", DurationBuckets()),
         build_info(prometheus::BuildGauge()
                        .Name("bulwark_build_info")
                        .Help("always 1")
-                       .Register(registry)),
-        duration_buckets(DurationBuckets()) {}
+                       .Register(registry)) {}
 
   prometheus::Family<prometheus::Counter>& requests;
-  prometheus::Family<prometheus::Histogram>& request_duration;
+  HistogramFamily request_duration;
   prometheus::Family<prometheus::Counter>& rejections;
   prometheus::Family<prometheus::Counter>& shadow_rejections;
   prometheus::Family<prometheus::Counter>& upstream_requests;
-  prometheus::Family<prometheus::Histogram>& upstream_duration;
+  HistogramFamily upstream_duration;
   prometheus::Family<prometheus::Gauge>& breaker_state;
   prometheus::Family<prometheus::Counter>& breaker_transitions;
   prometheus::Family<prometheus::Gauge>& tokens;
@@ -229,7 +296,7 @@ struct Families {
   prometheus::Family<prometheus::Counter>& health_checks;
   prometheus::Family<prometheus::Counter>& config_reloads;
   prometheus::Family<prometheus::Counter>& method_requests;
-  prometheus::Family<prometheus::Histogram>& method_duration;
+  HistogramFamily method_duration;
   prometheus::Family<prometheus::Counter>& upstream_attempts;
   prometheus::Family<prometheus::Counter>& retry_budget_exhausted;
   prometheus::Family<prometheus::Gauge>& endpoint_ejected;
@@ -237,9 +304,8 @@ struct Families {
   prometheus::Family<prometheus::Counter>& access_log_dropped;
   prometheus::Family<prometheus::Gauge>& global_replicas;
   prometheus::Family<prometheus::Counter>& redis_requests;
-  prometheus::Family<prometheus::Histogram>& redis_duration;
+  HistogramFamily redis_duration;
   prometheus::Family<prometheus::Gauge>& build_info;
-  const prometheus::Histogram::BucketBoundaries duration_buckets;
 };
 
 }  // namespace metrics_internal
@@ -263,10 +329,9 @@ prometheus::Counter& RouteMetrics::Requests(int grpc_code) {
                           [&] { return With("code", kGrpcCodeNames[i]); });
 }
 
-prometheus::Histogram& RouteMetrics::Duration() {
-  return duration_.Get(
-      families_.request_duration, [&] { return route_label_; },
-      families_.duration_buckets);
+Histogram& RouteMetrics::Duration() {
+  return duration_.Get(families_.request_duration,
+                       [&] { return route_label_; });
 }
 
 prometheus::Counter& RouteMetrics::Rejections(RejectReason reason) {
@@ -327,10 +392,8 @@ prometheus::Counter& MethodMetrics::Requests(int grpc_code) {
   });
 }
 
-prometheus::Histogram& MethodMetrics::Duration() {
-  return duration_.Get(
-      families_.method_duration, [&] { return labels_; },
-      families_.duration_buckets);
+Histogram& MethodMetrics::Duration() {
+  return duration_.Get(families_.method_duration, [&] { return labels_; });
 }
 
 prometheus::Gauge& RouteMetrics::Limit() {
@@ -363,8 +426,7 @@ prometheus::Gauge& RouteMetrics::GlobalReplicas() {
 
 RedisMetrics::RedisMetrics(std::string_view name,
                            metrics_internal::Families& families)
-    : duration_(&families.redis_duration.Add(Labels1("redis", name),
-                                             families.duration_buckets)) {
+    : duration_(&families.redis_duration.Add(Labels1("redis", name))) {
   for (size_t i = 0; i < requests_.size(); ++i) {
     requests_[i] = &families.redis_requests.Add(
         AddLabel(Labels1("redis", name), "result", kRedisResultNames[i]));
@@ -431,10 +493,9 @@ ClusterMetrics::ClusterMetrics(std::string name,
       families_(families),
       cluster_label_(Labels1("cluster", name_)) {}
 
-prometheus::Histogram& ClusterMetrics::UpstreamDuration() {
-  return duration_.Get(
-      families_.upstream_duration, [&] { return cluster_label_; },
-      families_.duration_buckets);
+Histogram& ClusterMetrics::UpstreamDuration() {
+  return duration_.Get(families_.upstream_duration,
+                       [&] { return cluster_label_; });
 }
 
 std::shared_ptr<EndpointMetrics> ClusterMetrics::ForEndpoint(
@@ -531,7 +592,12 @@ std::string Metrics::Serialize() {
     hook = collect_hook_;
   }
   if (hook != nullptr) (*hook)();
-  return prometheus::TextSerializer().Serialize(registry_->Collect());
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  families_->request_duration.CollectInto(families);
+  families_->upstream_duration.CollectInto(families);
+  families_->method_duration.CollectInto(families);
+  families_->redis_duration.CollectInto(families);
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace bulwark

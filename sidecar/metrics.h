@@ -15,9 +15,11 @@
 // Cost: a handle accessor is one acquire load of a cached pointer; the first
 // use of a label combination (e.g. the first call on a route ending with a
 // given code) creates its series under the family's mutex. Counter/Gauge
-// updates are a lock-free atomic add; a histogram observation takes
-// prometheus-cpp's per-series mutex. ForRoute/ForCluster/ForEndpoint take a
-// mutex and a hash lookup: call them when a config loads, never per call.
+// updates are a lock-free atomic add; a histogram observation (Histogram
+// below, not prometheus-cpp's, which takes a mutex per observation) is a
+// binary search over the buckets and two atomic adds.
+// ForRoute/ForCluster/ForEndpoint take a mutex and a hash lookup: call them
+// when a config loads, never per call.
 #ifndef BULWARK_SIDECAR_METRICS_H_
 #define BULWARK_SIDECAR_METRICS_H_
 
@@ -25,18 +27,21 @@
 #include <atomic>
 #include <cstddef>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "prometheus/client_metric.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
-#include "prometheus/histogram.h"
 #include "prometheus/labels.h"
+#include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 
 namespace bulwark {
@@ -64,10 +69,58 @@ enum class RejectReason {
 inline constexpr int kRejectReasonCount = 8;
 std::string_view RejectReasonName(RejectReason reason);
 
+// One histogram series: per bucket an atomic count, and the sum. Observe is
+// lock-free (workers of every thread feed the same series), and what Collect
+// reads is the prometheus-cpp histogram model, so the exposition is the same.
+// A scrape racing observations may see a count that includes an observation
+// whose sum it does not yet include (or the reverse); each figure on its own
+// is exact.
+class Histogram {
+ public:
+  // `bounds`: ascending upper bounds, outliving the series (its family's).
+  explicit Histogram(const std::vector<double>& bounds);
+  Histogram(const Histogram&) = delete;
+  Histogram& operator=(const Histogram&) = delete;
+
+  void Observe(double value);
+  prometheus::ClientMetric Collect() const;
+
+ private:
+  const std::vector<double>& bounds_;
+  // bounds_.size() + 1 counts; the last is the +Inf bucket.
+  std::unique_ptr<std::atomic<uint64_t>[]> counts_;
+  std::atomic<double> sum_{0};
+};
+
 namespace metrics_internal {
 
 // Every family of SPEC section 5, owned by Metrics and shared by the handles.
 struct Families;
+
+// A family of Histogram series (label sets to series), collected next to the
+// registry's families. Series are never removed (routes and clusters keep
+// theirs until restart, as Metrics says). Thread-safe.
+class HistogramFamily {
+ public:
+  HistogramFamily(std::string name, std::string help,
+                  std::vector<double> bounds);
+  HistogramFamily(const HistogramFamily&) = delete;
+  HistogramFamily& operator=(const HistogramFamily&) = delete;
+
+  // The series for `labels`, created on first use (the same one after).
+  Histogram& Add(const prometheus::Labels& labels) ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends this family to `out` if it has a series.
+  void CollectInto(std::vector<prometheus::MetricFamily>& out) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  const std::string name_;
+  const std::string help_;
+  const std::vector<double> bounds_;
+  mutable absl::Mutex mu_;
+  std::map<prometheus::Labels, std::unique_ptr<Histogram>> series_
+      ABSL_GUARDED_BY(mu_);
+};
 
 // One series of `family` with fixed labels, created on first Get() and cached,
 // so a series appears in the exposition only once something used it. The labels
@@ -80,9 +133,8 @@ class LazySeries {
   LazySeries(const LazySeries&) = delete;
   LazySeries& operator=(const LazySeries&) = delete;
 
-  template <typename MakeLabels, typename... Args>
-  T& Get(prometheus::Family<T>& family, MakeLabels make_labels,
-         const Args&... args) {
+  template <typename Family, typename MakeLabels, typename... Args>
+  T& Get(Family& family, MakeLabels make_labels, const Args&... args) {
     // Acquire pairs with the release below: a thread that sees the pointer sees
     // the fully constructed series.
     if (T* cached = series_.load(std::memory_order_acquire);
@@ -121,7 +173,7 @@ class MethodMetrics {
   MethodMetrics& operator=(const MethodMetrics&) = delete;
 
   prometheus::Counter& Requests(int grpc_code);
-  prometheus::Histogram& Duration();
+  Histogram& Duration();
 
  private:
   friend class RouteMetrics;
@@ -132,7 +184,7 @@ class MethodMetrics {
   metrics_internal::Families& families_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, kGrpcCodeCount>
       requests_;
-  metrics_internal::LazySeries<prometheus::Histogram> duration_;
+  metrics_internal::LazySeries<Histogram> duration_;
 };
 
 // The series of one route (label `route`). Obtained from Metrics::ForRoute.
@@ -149,7 +201,7 @@ class RouteMetrics {
   // status.
   prometheus::Counter& Requests(int grpc_code);
   // bulwark_request_duration_seconds{route}.
-  prometheus::Histogram& Duration();
+  Histogram& Duration();
   // bulwark_rejections_total{route, reason}.
   prometheus::Counter& Rejections(RejectReason reason);
   // bulwark_shadow_rejections_total{route, reason}.
@@ -196,7 +248,7 @@ class RouteMetrics {
   const prometheus::Labels route_label_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>, kGrpcCodeCount>
       requests_;
-  metrics_internal::LazySeries<prometheus::Histogram> duration_;
+  metrics_internal::LazySeries<Histogram> duration_;
   std::array<metrics_internal::LazySeries<prometheus::Counter>,
              kRejectReasonCount>
       rejections_;
@@ -281,14 +333,14 @@ class RedisMetrics {
     return *requests_[static_cast<size_t>(result)];
   }
   // bulwark_redis_request_duration_seconds{redis}.
-  prometheus::Histogram& Duration() { return *duration_; }
+  Histogram& Duration() { return *duration_; }
 
  private:
   friend class Metrics;
   RedisMetrics(std::string_view name, metrics_internal::Families& families);
 
   std::array<prometheus::Counter*, 3> requests_;
-  prometheus::Histogram* duration_;
+  Histogram* duration_;
 };
 
 // The series of one upstream cluster (label `cluster`) and its endpoints.
@@ -298,7 +350,7 @@ class ClusterMetrics {
   ClusterMetrics& operator=(const ClusterMetrics&) = delete;
 
   // bulwark_upstream_request_duration_seconds{cluster}.
-  prometheus::Histogram& UpstreamDuration();
+  Histogram& UpstreamDuration();
   // The endpoint's handles, the same object for the same address while any
   // endpoint holds it; when the last holder lets go, the endpoint's series are
   // removed. Mutex + hash lookup: call when the config loads.
@@ -314,7 +366,7 @@ class ClusterMetrics {
   const std::string name_;
   metrics_internal::Families& families_;
   const prometheus::Labels cluster_label_;
-  metrics_internal::LazySeries<prometheus::Histogram> duration_;
+  metrics_internal::LazySeries<Histogram> duration_;
   // Deleter of the handles given out by ForEndpoint.
   void Release(EndpointMetrics* endpoint) ABSL_LOCKS_EXCLUDED(endpoints_mu_);
 

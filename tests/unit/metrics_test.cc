@@ -321,6 +321,58 @@ TEST(MetricsTest, ConcurrentFirstUseYieldsOneSeries) {
           R"(bulwark_rejections_total{reason="queue_timeout",route="r"} 40000)"));
 }
 
+// Prometheus buckets are "less than or equal": a value on a bound counts in
+// that bound's bucket; past the last bound only +Inf holds it.
+TEST(MetricsTest, HistogramBucketsAreCumulativeAndInclusive) {
+  Metrics metrics("test");
+  Histogram& h = metrics.ForRoute("r")->Duration();
+  h.Observe(0.0001);  // exactly the first bound
+  h.Observe(0.0003);  // between 0.00025 and 0.0005
+  h.Observe(0.0005);
+  h.Observe(60);  // past the last bound (10)
+  const std::string text = metrics.Serialize();
+  const auto bucket = [&](absl::string_view le) {
+    return absl::StrCat(
+        R"(bulwark_request_duration_seconds_bucket{route="r",le=")", le,
+        R"("} )");
+  };
+  EXPECT_THAT(text, HasSubstr(bucket("0.0001") + "1\n"));
+  EXPECT_THAT(text, HasSubstr(bucket("0.00025") + "1\n"));
+  EXPECT_THAT(text, HasSubstr(bucket("0.0005") + "3\n"));
+  EXPECT_THAT(text, HasSubstr(bucket("10") + "3\n"));
+  EXPECT_THAT(text, HasSubstr(bucket("+Inf") + "4\n"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("bulwark_request_duration_seconds_count{route=\"r\"} 4\n"));
+  EXPECT_THAT(
+      text,
+      HasSubstr("bulwark_request_duration_seconds_sum{route=\"r\"} 60.0009\n"));
+}
+
+// Observations from many threads at once are all counted, in count and sum.
+TEST(MetricsTest, ConcurrentObservationsAreAllCounted) {
+  Metrics metrics("test");
+  Histogram& h = metrics.ForCluster("c")->UpstreamDuration();
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 20000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) h.Observe(0.5);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(
+      Samples(text, "bulwark_upstream_request_duration_seconds_count"),
+      ::testing::ElementsAre(
+          R"(bulwark_upstream_request_duration_seconds_count{cluster="c"} 80000)"));
+  EXPECT_THAT(
+      Samples(text, "bulwark_upstream_request_duration_seconds_sum"),
+      ::testing::ElementsAre(
+          R"(bulwark_upstream_request_duration_seconds_sum{cluster="c"} 40000)"));
+}
+
 // Runs `promtool check metrics` with `text` on its stdin; returns its exit
 // status and output.
 struct PromtoolResult {
