@@ -171,9 +171,10 @@ bool RouteTable::Matches(const Route& route, std::string_view path) const {
   return true;  // {} matches every call
 }
 
-const Route* RouteTable::Match(std::string_view path) const {
+const Route* RouteTable::Match(std::string_view path, size_t path_hash) const {
   size_t exact = routes_.size();
-  if (auto it = exact_.find(absl::string_view(path.data(), path.size()));
+  if (auto it =
+          exact_.find(absl::string_view(path.data(), path.size()), path_hash);
       it != exact_.end()) {
     exact = it->second;
   }

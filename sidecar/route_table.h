@@ -67,6 +67,13 @@ struct RouteState {
   RecentActivity recent;
 };
 
+// The hash the path-keyed maps (RouteTable's exact routes, a route's
+// method_metrics) use: a call computes it once for both lookups.
+inline size_t HashPath(std::string_view path) {
+  return absl::flat_hash_map<std::string, size_t>::hasher{}(
+      absl::string_view(path.data(), path.size()));
+}
+
 // One route of a snapshot: immutable config plus the stages of its chain, in
 // SPEC order; an unconfigured policy has no stage.
 struct Route {
@@ -87,7 +94,13 @@ struct Route {
   absl::flat_hash_map<std::string, MethodMetrics*> method_metrics;
   MethodMetrics* other_method = nullptr;
   MethodMetrics& MethodMetricsFor(std::string_view path) const {
-    auto it = method_metrics.find(absl::string_view(path.data(), path.size()));
+    return MethodMetricsFor(path, HashPath(path));
+  }
+  // The same, with `path_hash` = HashPath(path) (computed once per call).
+  MethodMetrics& MethodMetricsFor(std::string_view path,
+                                  size_t path_hash) const {
+    auto it = method_metrics.find(absl::string_view(path.data(), path.size()),
+                                  path_hash);
     return it != method_metrics.end() ? *it->second : *other_method;
   }
 };
@@ -114,7 +127,11 @@ class RouteTable {
       const RedisStores* redis_stores = nullptr);
 
   // The first route matching `path` ("/pkg.Service/Method"), or nullptr.
-  const Route* Match(std::string_view path) const;
+  const Route* Match(std::string_view path) const {
+    return Match(path, HashPath(path));
+  }
+  // The same, with `path_hash` = HashPath(path).
+  const Route* Match(std::string_view path, size_t path_hash) const;
   const std::vector<std::unique_ptr<Route>>& routes() const { return routes_; }
 
  private:

@@ -119,11 +119,12 @@ constexpr size_t kKeyBufferKeptBytes = 80 * 1024;
 class ChainCall final : public net::CallObserver {
  public:
   ChainCall(ProxyHandler& handler, std::shared_ptr<const Snapshot> snapshot,
-            const Route& route, net::Call& call)
+            const Route& route, net::Call& call, size_t path_hash)
       : handler_(handler),
         snapshot_(std::move(snapshot)),
         route_(route),
         call_(call),
+        path_hash_(path_hash),
         executor_(call.executor()) {
     route_.state->active_calls.fetch_add(1, std::memory_order_relaxed);
   }
@@ -189,7 +190,7 @@ class ChainCall final : public net::CallObserver {
     route_.state->recent.AddCall(now);
     const double seconds = absl::ToDoubleSeconds(now - call_.start_time());
     metrics.Duration().Observe(seconds);
-    MethodMetrics& method = route_.MethodMetricsFor(call_.path());
+    MethodMetrics& method = route_.MethodMetricsFor(call_.path(), path_hash_);
     method.Requests(result.grpc_code).Increment();
     method.Duration().Observe(seconds);
     if (snapshot_->access_log != nullptr &&
@@ -569,6 +570,7 @@ class ChainCall final : public net::CallObserver {
   std::shared_ptr<const Snapshot> snapshot_;  // keeps route_ alive
   const Route& route_;
   net::Call& call_;
+  const size_t path_hash_;  // HashPath(call_.path())
   net::Executor& executor_;
   std::optional<std::string> body_;  // a held unary request (singleflight)
   bool solo_ = false;                // held, but not (or no longer) coalesced
@@ -619,7 +621,8 @@ void ProxyHandler::EndFlight(uint64_t id, bool deadline_expired,
 }
 
 void ProxyHandler::OnCall(net::Call& call) {
-  const Route* route = snapshot_->routes->Match(call.path());
+  const size_t path_hash = HashPath(call.path());
+  const Route* route = snapshot_->routes->Match(call.path(), path_hash);
   if (route == nullptr) {
     call.RespondLocal(
         {.grpc_code = static_cast<int>(absl::StatusCode::kUnimplemented),
@@ -633,7 +636,8 @@ void ProxyHandler::OnCall(net::Call& call) {
     deadline = std::min(deadline, call.start_time() + route->timeout);
   }
   call.SetDeadline(deadline);
-  auto chain = std::make_unique<ChainCall>(*this, snapshot_, *route, call);
+  auto chain =
+      std::make_unique<ChainCall>(*this, snapshot_, *route, call, path_hash);
   ChainCall* self = chain.get();
   call.SetObserver(std::move(chain));
   self->Start();

@@ -3,7 +3,7 @@
 // headers and trailers are about a dozen short strings; as separate
 // std::strings, each one past 15 bytes was an allocation and a free per call.
 // Here a list of up to kInlineFields fields costs at most one allocation (its
-// byte buffer, none at all while the bytes fit std::string's inline storage).
+// byte buffer, none while it is empty).
 //
 // Elements are pairs of string_views into the list: they stay valid until the
 // list is next changed (a field appended, clear, assignment) or destroyed.
@@ -15,8 +15,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <iterator>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -29,7 +31,7 @@ class HeaderList {
  public:
   using value_type = std::pair<std::string_view, std::string_view>;
   static constexpr size_t kInlineFields = 8;
-  // The byte buffer's first allocation (bytes past the inline 15).
+  // The byte buffer's first allocation.
   static constexpr size_t kFirstBytes = 128;
 
   class const_iterator {
@@ -124,9 +126,40 @@ class HeaderList {
     }
   }
 
+  HeaderList(const HeaderList& other) { *this = other; }
+  HeaderList& operator=(const HeaderList& other) {
+    if (this == &other) return *this;
+    CopyInlineFields(other);
+    more_ = other.more_;
+    size_ = other.size_;
+    bytes_size_ = 0;
+    Reserve(other.bytes_size_);
+    if (other.bytes_size_ != 0) {
+      std::memcpy(bytes_.get(), other.bytes_.get(), other.bytes_size_);
+    }
+    bytes_size_ = other.bytes_size_;
+    return *this;
+  }
+  HeaderList(HeaderList&& other) noexcept { *this = std::move(other); }
+  HeaderList& operator=(HeaderList&& other) noexcept {
+    if (this == &other) return *this;
+    CopyInlineFields(other);
+    more_ = std::move(other.more_);
+    size_ = std::exchange(other.size_, 0);
+    bytes_ = std::move(other.bytes_);
+    bytes_size_ = std::exchange(other.bytes_size_, 0);
+    bytes_capacity_ = std::exchange(other.bytes_capacity_, 0);
+    other.more_.clear();
+    return *this;
+  }
+
   void emplace_back(std::string_view name, std::string_view value) {
-    const Field field{static_cast<uint32_t>(bytes_.size()),
-                      static_cast<uint32_t>(name.size()),
+    const size_t need = bytes_size_ + name.size() + value.size();
+    if (need > bytes_capacity_) {
+      // Straight to a size that holds a typical list, then doubling.
+      Reserve(std::max({need, 2 * size_t{bytes_capacity_}, kFirstBytes}));
+    }
+    const Field field{bytes_size_, static_cast<uint32_t>(name.size()),
                       static_cast<uint32_t>(value.size())};
     if (size_ < kInlineFields) {
       inline_[size_] = field;
@@ -134,33 +167,32 @@ class HeaderList {
       more_.push_back(field);
     }
     ++size_;
-    const size_t need = bytes_.size() + name.size() + value.size();
-    if (need > bytes_.capacity()) {
-      // Past the inline bytes, straight to a size that holds a typical list.
-      bytes_.reserve(std::max({need, 2 * bytes_.capacity(), kFirstBytes}));
+    char* at = bytes_.get() + bytes_size_;
+    if (!name.empty()) std::memcpy(at, name.data(), name.size());
+    if (!value.empty()) {
+      std::memcpy(at + name.size(), value.data(), value.size());
     }
-    bytes_.append(name);
-    bytes_.append(value);
+    bytes_size_ = static_cast<uint32_t>(need);
   }
 
   // Room for `fields` fields of `bytes` name and value bytes together.
   void reserve(size_t fields, size_t bytes) {
     if (fields > kInlineFields) more_.reserve(fields - kInlineFields);
-    bytes_.reserve(bytes);
+    Reserve(bytes);
   }
   void clear() {
     size_ = 0;
     more_.clear();
-    bytes_.clear();
+    bytes_size_ = 0;
   }
   bool empty() const { return size_ == 0; }
   size_t size() const { return size_; }
   // Name and value bytes together (no per-field overhead).
-  size_t bytes() const { return bytes_.size(); }
+  size_t bytes() const { return bytes_size_; }
 
   value_type operator[](size_t i) const {
     const Field& f = i < kInlineFields ? inline_[i] : more_[i - kInlineFields];
-    const char* base = bytes_.data() + f.offset;
+    const char* base = bytes_.get() + f.offset;
     return {std::string_view(base, f.name_size),
             std::string_view(base + f.name_size, f.value_size)};
   }
@@ -187,16 +219,33 @@ class HeaderList {
   }
 
  private:
+  void CopyInlineFields(const HeaderList& other) {
+    std::copy_n(other.inline_.begin(),
+                std::min<size_t>(other.size_, kInlineFields), inline_.begin());
+  }
+  // Makes room for `bytes` bytes in all, keeping those held.
+  void Reserve(size_t bytes) {
+    if (bytes <= bytes_capacity_) return;
+    std::unique_ptr<char[]> grown(new char[bytes]);
+    if (bytes_size_ != 0) std::memcpy(grown.get(), bytes_.get(), bytes_size_);
+    bytes_ = std::move(grown);
+    bytes_capacity_ = static_cast<uint32_t>(bytes);
+  }
+
+  // Left uninitialized where unused: a list is made per call.
   struct Field {
-    uint32_t offset = 0;  // of the name in bytes_; the value follows it
-    uint32_t name_size = 0;
-    uint32_t value_size = 0;
+    uint32_t offset;  // of the name in bytes_; the value follows it
+    uint32_t name_size;
+    uint32_t value_size;
   };
   // The first kInlineFields fields, then the rest.
   std::array<Field, kInlineFields> inline_;
   std::vector<Field> more_;
   uint32_t size_ = 0;
-  std::string bytes_;
+  // Names and values back to back: bytes_size_ used of bytes_capacity_.
+  std::unique_ptr<char[]> bytes_;
+  uint32_t bytes_size_ = 0;
+  uint32_t bytes_capacity_ = 0;
 };
 
 }  // namespace bulwark::net

@@ -48,6 +48,14 @@ TEST(HeaderListTest, ManyAndLongFieldsSurviveGrowth) {
   EXPECT_EQ(list.end() - list.begin(), 40);
   EXPECT_EQ((*(list.begin() + 9)).first, "x-field-9");
   EXPECT_EQ(HeaderList(list.begin() + 38, list.end()).size(), 2u);
+  // A copy holds its own bytes and the fields past the inline ones.
+  HeaderList copy = list;
+  list.clear();
+  list.emplace_back("x-field-0", "overwritten");
+  ASSERT_EQ(copy.size(), expected.size());
+  EXPECT_EQ(copy[39].first, "x-field-39");
+  EXPECT_EQ(copy[39].second, expected[39].second);
+  EXPECT_EQ(copy[0].second, "");
 }
 
 TEST(HeaderListTest, CopiesAreIndependentAndCompareByContent) {
