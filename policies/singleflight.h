@@ -39,6 +39,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -85,21 +86,24 @@ inline size_t VarintSize(uint64_t n) {
   return size;
 }
 
-inline void AppendVarint(uint64_t n, std::string& out) {
+// The Put* helpers write at `out` (room made beforehand) and return the end.
+inline char* PutVarint(uint64_t n, char* out) {
   while (n >= 0x80) {
-    out.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    *out++ = static_cast<char>((n & 0x7f) | 0x80);
     n >>= 7;
   }
-  out.push_back(static_cast<char>(n));
+  *out++ = static_cast<char>(n);
+  return out;
 }
 
 inline size_t FieldSize(absl::string_view field) {
   return VarintSize(field.size()) + field.size();
 }
 
-inline void AppendField(absl::string_view field, std::string& out) {
-  AppendVarint(field.size(), out);
-  out.append(field.data(), field.size());
+inline char* PutField(absl::string_view field, char* out) {
+  out = PutVarint(field.size(), out);
+  if (!field.empty()) std::memcpy(out, field.data(), field.size());
+  return out + field.size();
 }
 
 // Marks whether a header was sent, so "absent" and "sent empty" are different
@@ -132,21 +136,22 @@ void EncodeSingleflightKeyInto(absl::string_view method,
   });
   size += internal::VarintSize(parts);
 
-  key.clear();
-  key.reserve(size);
-  internal::AppendField(method, key);
-  internal::AppendField(request_message, key);
-  internal::AppendVarint(parts, key);
+  // Sized once, then written in place: no capacity check per byte.
+  key.resize(size);
+  char* out = key.data();
+  out = internal::PutField(method, out);
+  out = internal::PutField(request_message, out);
+  out = internal::PutVarint(parts, out);
   for_each_part([&](absl::string_view name, const absl::string_view* value) {
-    internal::AppendField(name, key);
+    out = internal::PutField(name, out);
     if (value != nullptr) {
-      key.push_back(internal::kHeaderPresent);
-      internal::AppendField(*value, key);
+      *out++ = internal::kHeaderPresent;
+      out = internal::PutField(*value, out);
     } else {
-      key.push_back(internal::kHeaderAbsent);
+      *out++ = internal::kHeaderAbsent;
     }
   });
-  assert(key.size() == size);
+  assert(out == key.data() + key.size());
 }
 
 // How a flight ended, as seen by each subscriber.

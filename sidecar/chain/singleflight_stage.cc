@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace bulwark::chain {
@@ -49,20 +50,36 @@ void SingleflightStage::KeyInto(const net::Call& call, std::string_view body,
   const net::HeaderList& headers = call.request_headers();
   const std::string_view path = call.path();
   // One part per value a key header carries (in the request's order), or one
-  // marking it absent.
+  // marking it absent. One pass over the request finds the values (the
+  // encoder walks the parts twice: to size the key, then to write it).
+  struct Found {
+    size_t key_header;  // index in key_headers_
+    std::string_view value;
+  };
+  absl::InlinedVector<Found, 4> found;
+  for (const auto& [header, value] : headers) {
+    for (size_t k = 0; k < key_headers_.size(); ++k) {
+      const std::string& name = key_headers_[k];
+      if (header.size() == name.size() && header == name) {
+        found.push_back({k, value});
+        break;  // key_headers_ has no repeats
+      }
+    }
+  }
   EncodeSingleflightKeyInto(
       absl::string_view(path.data(), path.size()),
       absl::string_view(body.data(), body.size()),
       [&](const auto& emit) {
-        for (const std::string& name : key_headers_) {
+        for (size_t k = 0; k < key_headers_.size(); ++k) {
+          const absl::string_view name(key_headers_[k]);
           bool sent = false;
-          for (const auto& [header, value] : headers) {
-            if (header.size() != name.size() || header != name) continue;
-            const absl::string_view view(value.data(), value.size());
-            emit(absl::string_view(name), &view);
+          for (const Found& f : found) {
+            if (f.key_header != k) continue;
+            const absl::string_view view(f.value.data(), f.value.size());
+            emit(name, &view);
             sent = true;
           }
-          if (!sent) emit(absl::string_view(name), nullptr);
+          if (!sent) emit(name, nullptr);
         }
       },
       key);

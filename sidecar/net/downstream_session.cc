@@ -42,20 +42,20 @@ constexpr absl::Duration kClientDeadlineSlack = absl::Milliseconds(5);
 // max_concurrent_streams already bounds.
 constexpr absl::Duration kPrematureResetWindow = absl::Seconds(1);
 
-DownstreamStream* StreamOf(nghttp2_session* session, int32_t id) {
+DownstreamStream* StreamOf(void* session, int32_t id) {
   return static_cast<DownstreamStream*>(
-      nghttp2_session_get_stream_user_data(session, id));
+      static_cast<DownstreamSession*>(session)->StreamData(id));
 }
 
 }  // namespace
 
 // nghttp2 server callbacks; user_data is the DownstreamSession.
 struct DownstreamCallbacks {
-  static int OnBeginHeaders(nghttp2_session* session,
-                            const nghttp2_frame* frame, void* user_data) {
+  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
+                            void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
-      if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+      if (DownstreamStream* stream = StreamOf(user_data, frame->hd.stream_id)) {
         stream->BeginRequestTrailers();
       }
       return 0;
@@ -65,18 +65,17 @@ struct DownstreamCallbacks {
     auto stream = std::make_unique<DownstreamStream>(
         *self, frame->hd.stream_id, worker.NextCallId(),
         worker.options().max_message_bytes);
-    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id,
-                                         stream.get());
+    self->SetStreamData(frame->hd.stream_id, stream.get());
     self->streams_.emplace(frame->hd.stream_id, std::move(stream));
     worker.StreamOpened();
     return 0;
   }
 
-  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
                       const uint8_t* name, size_t namelen, const uint8_t* value,
                       size_t valuelen, uint8_t, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+    DownstreamStream* stream = StreamOf(user_data, frame->hd.stream_id);
     if (stream == nullptr) return 0;
     auto* self = static_cast<DownstreamSession*>(user_data);
     const std::string_view n(reinterpret_cast<const char*>(name), namelen);
@@ -88,12 +87,12 @@ struct DownstreamCallbacks {
     return within ? 0 : self->AbandonHeaderBlock(frame->hd.stream_id);
   }
 
-  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
-                         void*) {
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
+                         void* user_data) {
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS: {
-        DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+        DownstreamStream* stream = StreamOf(user_data, frame->hd.stream_id);
         if (stream == nullptr) return 0;
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
           stream->OnRequestHeadersDone(end_stream);
@@ -105,13 +104,14 @@ struct DownstreamCallbacks {
       case NGHTTP2_DATA:
         if (end_stream) {
           if (DownstreamStream* stream =
-                  StreamOf(session, frame->hd.stream_id)) {
+                  StreamOf(user_data, frame->hd.stream_id)) {
             stream->OnRequestEnd();
           }
         }
         break;
       case NGHTTP2_RST_STREAM:  // the stream closes right after this
-        if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+        if (DownstreamStream* stream =
+                StreamOf(user_data, frame->hd.stream_id)) {
           stream->OnClientReset();
         }
         break;
@@ -129,16 +129,16 @@ struct DownstreamCallbacks {
     // stream windows.
     nghttp2_session_consume_connection(session, len);
     static_cast<DownstreamSession*>(user_data)->MarkDirty();
-    if (DownstreamStream* stream = StreamOf(session, stream_id)) {
+    if (DownstreamStream* stream = StreamOf(user_data, stream_id)) {
       stream->OnRequestData(data, len);
     }
     return 0;
   }
 
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id,
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id,
                            uint32_t error_code, void* user_data) {
     auto* self = static_cast<DownstreamSession*>(user_data);
-    if (DownstreamStream* stream = StreamOf(session, stream_id)) {
+    if (DownstreamStream* stream = StreamOf(user_data, stream_id)) {
       const bool forwarded = stream->forwarded();
       const bool premature = stream->reset_prematurely();
       stream->OnDownstreamClosed(error_code);
@@ -176,34 +176,33 @@ struct DownstreamCallbacks {
   // refused to send, e.g. a header block over its send limit: nghttp2 leaves
   // the stream open, so without a reset the client would wait for an answer
   // that never comes.
-  static int OnFrameNotSend(nghttp2_session* session,
-                            const nghttp2_frame* frame, int lib_error_code,
-                            void*) {
+  static int OnFrameNotSend(nghttp2_session*, const nghttp2_frame* frame,
+                            int lib_error_code, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS ||
         lib_error_code == NGHTTP2_ERR_STREAM_CLOSED ||
         lib_error_code == NGHTTP2_ERR_STREAM_CLOSING) {
       return 0;
     }
-    if (DownstreamStream* stream = StreamOf(session, frame->hd.stream_id)) {
+    if (DownstreamStream* stream = StreamOf(user_data, frame->hd.stream_id)) {
       stream->ResetUnanswerable();
     }
     return 0;
   }
 
-  static ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id,
-                              uint8_t*, size_t length, uint32_t* flags,
-                              nghttp2_data_source*, void*) {
-    DownstreamStream* stream = StreamOf(session, stream_id);
+  static ssize_t ReadResponse(nghttp2_session*, int32_t stream_id, uint8_t*,
+                              size_t length, uint32_t* flags,
+                              nghttp2_data_source*, void* user_data) {
+    DownstreamStream* stream = StreamOf(user_data, stream_id);
     if (stream == nullptr) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     const ssize_t n = stream->ReadResponseBody(length, flags);
     if (n >= 0) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
     return n;
   }
 
-  static int SendData(nghttp2_session* session, nghttp2_frame* frame,
+  static int SendData(nghttp2_session*, nghttp2_frame* frame,
                       const uint8_t* framehd, size_t length,
                       nghttp2_data_source*, void* user_data) {
-    DownstreamStream* stream = StreamOf(session, frame->hd.stream_id);
+    DownstreamStream* stream = StreamOf(user_data, frame->hd.stream_id);
     return static_cast<DownstreamSession*>(user_data)->AppendDataFrame(
         frame, framehd, length, [stream](size_t n, OutputBuffer& out) {
           return stream != nullptr && stream->CopyResponseBody(n, out);
@@ -1049,7 +1048,7 @@ DownstreamStream* DownstreamSession::FindStream(int32_t id) {
 }
 
 void DownstreamSession::EraseStream(int32_t id) {
-  nghttp2_session_set_stream_user_data(session_, id, nullptr);
+  SetStreamData(id, nullptr);
   streams_.erase(id);
   if (streams_.empty()) idle_since_ = worker_.clock().Now();
 }
@@ -1060,7 +1059,7 @@ void DownstreamSession::OnClosed(std::string_view) {
   auto streams = std::move(streams_);
   streams_.clear();
   for (auto& [id, stream] : streams) {
-    nghttp2_session_set_stream_user_data(session_, id, nullptr);
+    SetStreamData(id, nullptr);
     stream->OnDownstreamClosed(NGHTTP2_CANCEL);
   }
   worker_.OnDownstreamClosed(this);

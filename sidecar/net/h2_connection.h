@@ -119,6 +119,26 @@ class H2Connection {
   H2Connection& operator=(const H2Connection&) = delete;
 
   nghttp2_session* session() const { return session_; }
+  // nghttp2's stream user data, through a one-entry cache: nghttp2 calls back
+  // for one stream many times in a row (a header block is a callback per
+  // field), and each lookup is a hash-map probe inside nghttp2. All stream
+  // user data goes through SetStreamData (or nghttp2_submit_request with a
+  // fresh id, followed by NoteStreamData), so the cache is never stale.
+  void* StreamData(int32_t id) {
+    if (id != cached_stream_id_) {
+      cached_stream_data_ = nghttp2_session_get_stream_user_data(session_, id);
+      cached_stream_id_ = id;
+    }
+    return cached_stream_data_;
+  }
+  void SetStreamData(int32_t id, void* data) {
+    nghttp2_session_set_stream_user_data(session_, id, data);
+    NoteStreamData(id, data);
+  }
+  // After nghttp2 set stream `id`'s user data itself (nghttp2_submit_request).
+  void NoteStreamData(int32_t id, void* data) {
+    if (id == cached_stream_id_) cached_stream_data_ = data;
+  }
   bool closed() const { return closed_; }
   Worker& worker() { return worker_; }
 
@@ -165,6 +185,9 @@ class H2Connection {
   Worker& worker_;
   int fd_;
   nghttp2_session* session_ = nullptr;
+  // StreamData's cache (stream 0, the connection, has no user data).
+  int32_t cached_stream_id_ = 0;
+  void* cached_stream_data_ = nullptr;
   bool connecting_ = false;
 
  private:

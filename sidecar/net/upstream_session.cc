@@ -16,9 +16,9 @@
 namespace bulwark::net {
 namespace {
 
-UpstreamPeer* PeerOf(nghttp2_session* session, int32_t id) {
+UpstreamPeer* PeerOf(void* conn, int32_t id) {
   return static_cast<UpstreamPeer*>(
-      nghttp2_session_get_stream_user_data(session, id));
+      static_cast<UpstreamConnection*>(conn)->StreamData(id));
 }
 
 }  // namespace
@@ -35,11 +35,11 @@ struct UpstreamCallbacks {
     return 0;
   }
 
-  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame,
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame,
                       const uint8_t* name, size_t namelen, const uint8_t* value,
                       size_t valuelen, uint8_t, void* user_data) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
+    UpstreamPeer* peer = PeerOf(user_data, frame->hd.stream_id);
     if (peer == nullptr) return 0;
     auto* self = static_cast<UpstreamConnection*>(user_data);
     // RFC 9113 6.5.2's measure, as for requests: name, value and 32 bytes.
@@ -61,18 +61,18 @@ struct UpstreamCallbacks {
     return 0;
   }
 
-  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame,
+  static int OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame,
                          void* user_data) {
     const bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS:
-        if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
+        if (UpstreamPeer* peer = PeerOf(user_data, frame->hd.stream_id)) {
           peer->OnResponseHeadersDone(end_stream);
         }
         break;
       case NGHTTP2_DATA:
         if (end_stream) {
-          if (UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id)) {
+          if (UpstreamPeer* peer = PeerOf(user_data, frame->hd.stream_id)) {
             peer->OnResponseEnd();
           }
         }
@@ -102,16 +102,16 @@ struct UpstreamCallbacks {
     // connection.
     nghttp2_session_consume_connection(session, len);
     static_cast<UpstreamConnection*>(user_data)->MarkDirty();
-    if (UpstreamPeer* peer = PeerOf(session, stream_id))
+    if (UpstreamPeer* peer = PeerOf(user_data, stream_id))
       peer->OnResponseData(data, len);
     return 0;
   }
 
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id,
+  static int OnStreamClose(nghttp2_session*, int32_t stream_id,
                            uint32_t error_code, void* user_data) {
     auto* self = static_cast<UpstreamConnection*>(user_data);
-    if (UpstreamPeer* peer = PeerOf(session, stream_id)) {
-      nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+    if (UpstreamPeer* peer = PeerOf(user_data, stream_id)) {
+      self->SetStreamData(stream_id, nullptr);
       self->streams_.erase(peer);
       peer->OnUpstreamClosed(error_code);
     }
@@ -122,10 +122,10 @@ struct UpstreamCallbacks {
     return 0;
   }
 
-  static ssize_t ReadRequest(nghttp2_session* session, int32_t stream_id,
-                             uint8_t*, size_t length, uint32_t* flags,
-                             nghttp2_data_source*, void*) {
-    UpstreamPeer* peer = PeerOf(session, stream_id);
+  static ssize_t ReadRequest(nghttp2_session*, int32_t stream_id, uint8_t*,
+                             size_t length, uint32_t* flags,
+                             nghttp2_data_source*, void* user_data) {
+    UpstreamPeer* peer = PeerOf(user_data, stream_id);
     // Nobody will send the rest of this request (the caller left, or the
     // upstream already answered): reset the stream rather than defer it
     // forever, which would keep it, and its connection, open.
@@ -135,10 +135,10 @@ struct UpstreamCallbacks {
     return n;
   }
 
-  static int SendData(nghttp2_session* session, nghttp2_frame* frame,
+  static int SendData(nghttp2_session*, nghttp2_frame* frame,
                       const uint8_t* framehd, size_t length,
                       nghttp2_data_source*, void* user_data) {
-    UpstreamPeer* peer = PeerOf(session, frame->hd.stream_id);
+    UpstreamPeer* peer = PeerOf(user_data, frame->hd.stream_id);
     return static_cast<UpstreamConnection*>(user_data)->AppendDataFrame(
         frame, framehd, length, [peer](size_t n, OutputBuffer& out) {
           return peer != nullptr && peer->CopyRequestBody(n, out);
@@ -271,6 +271,7 @@ int32_t UpstreamConnection::Submit(UpstreamPeer* stream,
   const int32_t id = nghttp2_submit_request(session_, nullptr, headers, count,
                                             &provider, stream);
   if (id >= 0) {
+    NoteStreamData(id, stream);
     streams_.insert(stream);
     ++open_streams_;
   }
@@ -283,7 +284,7 @@ void UpstreamConnection::Reset(int32_t stream_id, uint32_t error_code) {
 }
 
 void UpstreamConnection::Forget(UpstreamPeer* stream, int32_t stream_id) {
-  nghttp2_session_set_stream_user_data(session_, stream_id, nullptr);
+  SetStreamData(stream_id, nullptr);
   streams_.erase(stream);
 }
 
