@@ -133,15 +133,15 @@ class LazySeries {
   LazySeries(const LazySeries&) = delete;
   LazySeries& operator=(const LazySeries&) = delete;
 
-  template <typename Family, typename MakeLabels, typename... Args>
-  T& Get(Family& family, MakeLabels make_labels, const Args&... args) {
+  template <typename Family, typename MakeLabels>
+  T& Get(Family& family, MakeLabels make_labels) {
     // Acquire pairs with the release below: a thread that sees the pointer sees
     // the fully constructed series.
     if (T* cached = series_.load(std::memory_order_acquire);
         cached != nullptr) {
       return *cached;
     }
-    T& created = family.Add(make_labels(), args...);
+    T& created = family.Add(make_labels());
     series_.store(&created, std::memory_order_release);
     return created;
   }

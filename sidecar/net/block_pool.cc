@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 
 namespace bulwark::net {
 namespace {
@@ -25,6 +24,11 @@ Prefix* PrefixOf(void* ptr) {
 
 void* Payload(Prefix* prefix) {
   return reinterpret_cast<char*>(prefix) + sizeof(Prefix);
+}
+
+// A pooled class's block, prefix included.
+size_t BlockBytes(size_t cls) {
+  return sizeof(Prefix) + (cls + 1) * BlockPool::kGranule;
 }
 
 }  // namespace
@@ -53,7 +57,7 @@ BlockPool::~BlockPool() { ReleaseFree(); }
 void* BlockPool::Allocate(size_t size) {
   const size_t cls = (size - 1) / kGranule;  // size 0 wraps: unpooled
   if (cls < kClasses) {
-    const size_t block_bytes = sizeof(Prefix) + (cls + 1) * kGranule;
+    const size_t block_bytes = BlockBytes(cls);
     if (FreeBlock* block = free_[cls]; block != nullptr) {
       ASAN_UNPOISON_MEMORY_REGION(block, block_bytes);
       free_[cls] = block->next;
@@ -88,7 +92,7 @@ void BlockPool::Free(void* ptr) {
     std::free(prefix);
     return;
   }
-  const size_t block_bytes = sizeof(Prefix) + (cls + 1) * kGranule;
+  const size_t block_bytes = BlockBytes(cls);
   if (retained_bytes_ + block_bytes > kMaxRetainedBytes) {
     std::free(prefix);
     return;
@@ -105,14 +109,14 @@ void* BlockPool::Reallocate(void* ptr, size_t size) {
   if (ptr == nullptr) return Allocate(size);
   if (size == 0) size = 1;
   Prefix* prefix = PrefixOf(ptr);
-  const size_t usable = prefix->size_class == kUnpooled
+  const bool unpooled = prefix->size_class == kUnpooled;
+  const size_t usable = unpooled
                             ? prefix->bytes
-                            : (prefix->size_class + 1) * kGranule;
-  // Kept where it fits and would not be better in a smaller class.
-  if (size <= usable && (prefix->size_class == kUnpooled
-                             ? size > kMaxPooledBytes
-                             : (size - 1) / kGranule == prefix->size_class)) {
-    if (prefix->size_class == kUnpooled) prefix->bytes = size;
+                            : BlockBytes(prefix->size_class) - sizeof(Prefix);
+  // Kept where it fits and would not be better in another class.
+  if (unpooled ? size > kMaxPooledBytes && size <= usable
+               : (size - 1) / kGranule == prefix->size_class) {
+    if (unpooled) prefix->bytes = size;
     return ptr;
   }
   void* moved = Allocate(size);
@@ -124,7 +128,7 @@ void* BlockPool::Reallocate(void* ptr, size_t size) {
 
 void BlockPool::ReleaseFree() {
   for (size_t cls = 0; cls < kClasses; ++cls) {
-    const size_t block_bytes = sizeof(Prefix) + (cls + 1) * kGranule;
+    const size_t block_bytes = BlockBytes(cls);
     while (FreeBlock* block = free_[cls]) {
       ASAN_UNPOISON_MEMORY_REGION(block, block_bytes);
       free_[cls] = block->next;

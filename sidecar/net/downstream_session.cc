@@ -277,7 +277,7 @@ bool DownstreamStream::AddRequestHeader(std::string_view name,
     return true;
   }
   if (name == "content-type") {
-    grpc_content_type_ = value.substr(0, 16) == "application/grpc";
+    grpc_content_type_ = value.starts_with("application/grpc");
   }
   request_headers_.emplace_back(name, value);
   return true;
